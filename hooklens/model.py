@@ -1,0 +1,334 @@
+"""One adapter over HookedTransformer and TransformerBridge.
+
+Everything hooklens needs from a model goes through `ModelAdapter`: sizes, the final
+norm, the unembedding, the logit softcap, the tokenizer, the hook names of the residual
+stream, and a fingerprint that tells whether a saved lens fits this model. This is the
+only module that spells a hook name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from functools import cached_property
+from typing import Any, Literal, get_args
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+ResidualComponent = Literal["resid_pre", "resid_mid", "resid_post"]
+RESIDUAL_COMPONENTS: tuple[str, ...] = get_args(ResidualComponent)
+
+# Hashing walks W_U in vocabulary blocks so a 256k-vocab model never needs a second
+# full copy of its unembedding in memory.
+_HASH_BLOCK = 8192
+
+
+def _is_hooked_transformer(model: object) -> bool:
+    # HookedTransformer is gone in transformer-lens 4; import it lazily so 4.x users
+    # can still use hooklens with TransformerBridge.
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError:
+        return False
+    return isinstance(model, HookedTransformer)
+
+
+def _is_transformer_bridge(model: object) -> bool:
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:
+        return False
+    return isinstance(model, TransformerBridge)
+
+
+def _is_unit(t: Tensor | None, value: float) -> bool:
+    return t is None or bool((t == value).all())
+
+
+def _is_centred(matrix: Tensor) -> bool:
+    """Whether every row of `matrix` has zero mean, up to float32 rounding."""
+    scale = matrix.abs().mean().clamp_min(torch.finfo(torch.float32).tiny)
+    return bool(matrix.float().mean(dim=-1).abs().max() <= 1e-4 * scale)
+
+
+@dataclass(frozen=True)
+class WeightProcessing:
+    """TransformerLens weight processing, as read off the weights themselves.
+
+    Neither model class records which processing it was loaded with, so each flag is
+    detected from what that processing leaves behind:
+
+    - `fold_ln`: the final norm has unit gain and no bias (they were folded into W_U).
+    - `center_writing_weights`: every row of W_E has zero mean (LayerNorm models only;
+      TransformerLens never centres RMSNorm models).
+    - `center_unembed`: every row of W_U has zero mean over the vocabulary.
+    """
+
+    fold_ln: bool
+    center_writing_weights: bool
+    center_unembed: bool
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """What a lens must agree with to be valid for a model.
+
+    `unembedding_hash` covers the *whole* final norm (gain, bias), W_U, b_U and the
+    softcap, rounded to bfloat16 so a float32 and a bfloat16 load of the same
+    checkpoint agree.
+    """
+
+    model_name: str
+    d_model: int
+    n_layers: int
+    d_vocab: int
+    unembedding_hash: str
+    fold_ln: bool
+    center_writing_weights: bool
+    center_unembed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelFingerprint:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @property
+    def processing(self) -> WeightProcessing:
+        return WeightProcessing(self.fold_ln, self.center_writing_weights, self.center_unembed)
+
+
+def _same_model_name(a: str, b: str) -> bool:
+    # "gpt2" and "openai-community/gpt2" name the same checkpoint.
+    return a.rsplit("/", 1)[-1].lower() == b.rsplit("/", 1)[-1].lower()
+
+
+def fingerprint_differences(expected: ModelFingerprint, actual: ModelFingerprint) -> list[str]:
+    """Human-readable list of what differs between two fingerprints (empty if none)."""
+    found = []
+    if not _same_model_name(expected.model_name, actual.model_name):
+        found.append(f"model: lens has {expected.model_name!r}, model is {actual.model_name!r}")
+    for name in ("d_model", "n_layers", "d_vocab"):
+        if getattr(expected, name) != getattr(actual, name):
+            found.append(
+                f"{name}: lens has {getattr(expected, name)}, model has {getattr(actual, name)}"
+            )
+    for name in ("fold_ln", "center_writing_weights", "center_unembed"):
+        if getattr(expected, name) != getattr(actual, name):
+            found.append(
+                f"weight processing {name}: lens has {getattr(expected, name)}, "
+                f"model has {getattr(actual, name)}"
+            )
+    if expected.unembedding_hash != actual.unembedding_hash:
+        found.append(
+            "unembedding (final norm, W_U, b_U, softcap): hash "
+            f"{expected.unembedding_hash[:12]}… in the lens, {actual.unembedding_hash[:12]}… "
+            "in the model"
+        )
+    return found
+
+
+def _bf16_bytes(t: Tensor) -> bytes:
+    # numpy has no bfloat16, so reinterpret the 16-bit payload as int16.
+    return t.detach().to("cpu", torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes()
+
+
+class ModelAdapter:
+    """The parts of a TransformerLens model that a lens reads.
+
+    Works for `HookedTransformer` (with or without weight processing) and
+    `TransformerBridge` (raw, or after `enable_compatibility_mode()`).
+
+    Example:
+        >>> from hooklens.model import ModelAdapter
+        >>> adapter = ModelAdapter(model)                          # doctest: +SKIP
+        >>> adapter.hook_name("resid_pre", 3)                      # doctest: +SKIP
+        'blocks.3.hook_resid_pre'
+        >>> _, cache = model.run_with_cache(
+        ...     tokens, names_filter=adapter.residual_hook_names())  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module):
+        if isinstance(model, ModelAdapter):
+            model = model.model
+        if _is_hooked_transformer(model):
+            self.kind = "HookedTransformer"
+        elif _is_transformer_bridge(model):
+            self.kind = "TransformerBridge"
+        else:
+            raise TypeError(
+                "hooklens reads TransformerLens models: expected a HookedTransformer or a "
+                f"TransformerBridge, got {type(model).__name__}. Wrap a Hugging Face model "
+                "with TransformerBridge.boot_transformers(name, hf_model=model)."
+            )
+        self.model = model
+        self.cfg = model.cfg
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelAdapter({self.kind}, model={self.model_name!r}, n_layers={self.n_layers}, "
+            f"d_model={self.d_model}, d_vocab={self.d_vocab})"
+        )
+
+    # --- sizes -------------------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self.cfg, "model_name", "") or type(self.model).__name__)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.cfg.d_model)
+
+    @property
+    def d_vocab(self) -> int:
+        return int(self.W_U.shape[-1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_U.device
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.model, "tokenizer", None)
+
+    # --- the unembedding ---------------------------------------------------------------
+
+    @property
+    def final_norm(self) -> nn.Module:
+        """The model's own final norm module, without TransformerLens hook wrappers.
+
+        For a bridge this is the wrapped Hugging Face module, so lens readouts never
+        fire the user's `ln_final.*` hooks and match the model's arithmetic exactly.
+        """
+        norm = getattr(self.model, "ln_final", None)
+        if norm is None:
+            return nn.Identity()
+        return getattr(norm, "original_component", None) or norm
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.model.W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"] | None:
+        return getattr(self.model, "b_U", None)
+
+    @property
+    def logit_softcap(self) -> float | None:
+        """`cap` in `logits = cap * tanh(logits / cap)`, or None when the model has none."""
+        cap = getattr(self.cfg, "output_logits_soft_cap", None)
+        if cap is None or cap <= 0:
+            hf_config = getattr(getattr(self.model, "original_model", None), "config", None)
+            cap = getattr(hf_config, "final_logit_softcapping", None)
+        return float(cap) if cap is not None and cap > 0 else None
+
+    def _final_norm_gain_and_bias(self) -> tuple[Tensor | None, Tensor | None]:
+        norm = self.final_norm
+        gain = getattr(norm, "w", None)
+        if gain is None:
+            gain = getattr(norm, "weight", None)
+        bias = getattr(norm, "b", None)
+        if bias is None:
+            bias = getattr(norm, "bias", None)
+        if gain is not None and getattr(self.cfg, "rmsnorm_uses_offset", False):
+            gain = gain + 1.0  # Gemma-style norms multiply by (1 + weight).
+        return gain, bias
+
+    # --- hook names --------------------------------------------------------------------
+
+    def hook_name(self, component: str, layer: int) -> str:
+        """Hook of `component` entering (`resid_pre`) or inside block `layer`."""
+        component = normalize_component(component)
+        if not 0 <= layer < self.n_layers:
+            raise IndexError(
+                f"layer {layer} is out of range: the model has blocks 0..{self.n_layers - 1}"
+            )
+        if component == "resid_mid" and getattr(self.cfg, "parallel_attn_mlp", False):
+            raise ValueError(
+                "this model runs attention and MLP in parallel, so it has no resid_mid; "
+                "use component='resid_pre' or 'resid_post'"
+            )
+        return f"blocks.{layer}.hook_{component}"
+
+    @property
+    def final_hook_name(self) -> str:
+        """The residual after the last block, which the final norm and W_U read."""
+        return self.hook_name("resid_post", self.n_layers - 1)
+
+    def residual_hook_names(self, component: str = "resid_pre") -> list[str]:
+        """Every hook a lens reads for `component`: one per block plus the final residual.
+
+        Pass it as `names_filter` to `run_with_cache` to cache nothing else.
+        """
+        names = [self.hook_name(component, layer) for layer in range(self.n_layers)]
+        if self.final_hook_name not in names:
+            names.append(self.final_hook_name)
+        return names
+
+    # --- fingerprint -------------------------------------------------------------------
+
+    @property
+    def processing(self) -> WeightProcessing:
+        gain, bias = self._final_norm_gain_and_bias()
+        return WeightProcessing(
+            fold_ln=_is_unit(gain, 1.0) and _is_unit(bias, 0.0),
+            center_writing_weights=_is_centred(self.model.W_E),
+            center_unembed=_is_centred(self.W_U),
+        )
+
+    def unembedding_hash(self) -> str:
+        """SHA-256 of the whole unembedding: final norm, every entry of W_U, b_U, softcap."""
+        gain, bias = self._final_norm_gain_and_bias()
+        norm_type = str(getattr(self.cfg, "normalization_type", None) or "none")
+        header = {
+            "norm": norm_type.removesuffix("Pre"),
+            "d_model": self.d_model,
+            "d_vocab": self.d_vocab,
+            "softcap": self.logit_softcap,
+        }
+        digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+        # An absent gain or bias is the same map as ones or zeros: a folded norm and an
+        # unfolded one with unit gain must hash alike.
+        d = self.d_model
+        digest.update(_bf16_bytes(gain if gain is not None else torch.ones(d)))
+        digest.update(_bf16_bytes(bias if bias is not None else torch.zeros(d)))
+        b_U = self.b_U if self.b_U is not None else torch.zeros(self.d_vocab)
+        digest.update(_bf16_bytes(b_U))
+        for block in self.W_U.T.split(_HASH_BLOCK):
+            digest.update(_bf16_bytes(block))
+        return digest.hexdigest()
+
+    @cached_property
+    def fingerprint(self) -> ModelFingerprint:
+        """Identity of this model as far as a lens is concerned (computed once)."""
+        processing = self.processing
+        return ModelFingerprint(
+            model_name=self.model_name,
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            d_vocab=self.d_vocab,
+            unembedding_hash=self.unembedding_hash(),
+            fold_ln=processing.fold_ln,
+            center_writing_weights=processing.center_writing_weights,
+            center_unembed=processing.center_unembed,
+        )
+
+
+def normalize_component(component: str) -> str:
+    """Accept `"resid_pre"` and TransformerLens's `"hook_resid_pre"` spelling."""
+    name = component.removeprefix("hook_")
+    if name not in RESIDUAL_COMPONENTS:
+        raise ValueError(
+            f"component must be one of {', '.join(RESIDUAL_COMPONENTS)}; got {component!r}"
+        )
+    return name

