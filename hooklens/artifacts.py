@@ -77,7 +77,9 @@ def read_lens_dir(path: str | os.PathLike) -> LensFiles:
     if (directory / PARAMS_FILE).is_file():
         return LensFiles(config, load_file(directory / PARAMS_FILE), "hooklens")
     if (directory / TUNED_LENS_PARAMS_FILE).is_file():
-        state = torch.load(directory / TUNED_LENS_PARAMS_FILE, weights_only=True, map_location="cpu")
+        state = torch.load(
+            directory / TUNED_LENS_PARAMS_FILE, weights_only=True, map_location="cpu"
+        )
         return LensFiles(config, _translator_keys(state), "tuned-lens")
     raise FileNotFoundError(
         f"{directory} has {CONFIG_FILE} but neither {PARAMS_FILE} nor {TUNED_LENS_PARAMS_FILE}"
@@ -129,18 +131,14 @@ def check_fingerprint(saved: ModelFingerprint, adapter: ModelAdapter, *, strict:
     if saved.processing != actual.processing:
         advice = _processing_advice(saved, actual)
     elif any(d.startswith(("model", "d_", "n_layers")) for d in differences):
-        advice = (
-            f"Load {saved.model_name!r}, or train a lens for this model with `hooklens train`."
-        )
+        advice = f"Load {saved.model_name!r}, or train a lens for this model with `hooklens train`."
     else:
         advice = (
             "The final norm or unembedding differs from the one the lens was trained with "
             "(another checkpoint or fine-tune, or a float16 load). Pass strict=False to "
             "load it anyway."
         )
-    message = (
-        "this lens does not fit the model:\n  - " + "\n  - ".join(differences) + "\n" + advice
-    )
+    message = "this lens does not fit the model:\n  - " + "\n  - ".join(differences) + "\n" + advice
     if strict:
         raise LensMismatchError(message)
     warnings.warn(message, stacklevel=3)

@@ -166,8 +166,9 @@ class ModelAdapter:
                 f"TransformerBridge, got {type(model).__name__}. Wrap a Hugging Face model "
                 "with TransformerBridge.boot_transformers(name, hf_model=model)."
             )
-        self.model = model
-        self.cfg = model.cfg
+        # TransformerLens models are only partly typed; treat them as dynamic objects.
+        self.model: Any = model
+        self.cfg: Any = model.cfg
 
     def __repr__(self) -> str:
         return (

@@ -124,7 +124,7 @@ def embedded_model_dir(name: str = DEFAULT_MODEL) -> str:
             "(`make demo` and `make test` install it)"
         )
     # Never import the package itself: it is a plugin for another tool.
-    return list(spec.submodule_search_locations)[0]
+    return next(iter(spec.submodule_search_locations))
 
 
 @lru_cache(maxsize=1)

@@ -23,8 +23,7 @@ def validate_hidden(h: Tensor, d_model: int, what: str = "hidden state") -> None
         )
     if h.numel() == 0:
         raise ValueError(
-            f"{what} has shape {tuple(h.shape)}: it holds no positions. "
-            "Pass at least one token."
+            f"{what} has shape {tuple(h.shape)}: it holds no positions. Pass at least one token."
         )
     if not h.is_floating_point():
         raise TypeError(f"{what} must be floating point, got {h.dtype}")

@@ -74,14 +74,15 @@ class TunedLens(Lens):
             config.unembed_hash = unembed.unembedding_hash()
         w = unembed.W_U
         dtype = w.dtype if w.is_floating_point() else torch.float32
-        self.layer_translators = nn.ModuleList(
-            nn.Linear(config.d_model, config.d_model, bias=config.bias, device=w.device, dtype=dtype)
+        translators = [
+            nn.Linear(
+                config.d_model, config.d_model, bias=config.bias, device=w.device, dtype=dtype
+            )
             for _ in range(config.num_hidden_layers)
-        )
-        for translator in self.layer_translators:
-            nn.init.zeros_(translator.weight)
-            if translator.bias is not None:
-                nn.init.zeros_(translator.bias)
+        ]
+        for param in (p for t in translators for p in t.parameters()):
+            nn.init.zeros_(param)  # zero translators: a fresh lens is the logit lens
+        self.layer_translators = nn.ModuleList(translators)
 
     @classmethod
     def from_model(
@@ -158,7 +159,9 @@ class TunedLens(Lens):
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
         config = TunedLensConfig.from_dict(files.config)
         if config.fingerprint is not None:
-            check_fingerprint(ModelFingerprint.from_dict(config.fingerprint), adapter, strict=strict)
+            check_fingerprint(
+                ModelFingerprint.from_dict(config.fingerprint), adapter, strict=strict
+            )
         else:
             _check_tuned_lens_artifact(config, adapter, strict=strict)
         lens = cls(Unembed.from_model(adapter), config)

@@ -1,0 +1,186 @@
+"""Tiny random models built from configs, in every flavour a lens must read.
+
+Norm gains and unembedding biases are randomised so that folding, centring and the
+unembedding hash have something to act on (fresh inits have unit gains and zero biases).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+VOCAB = 96
+N_LAYERS = 3
+D_MODEL = 32
+
+
+def _randomise_norms_and_biases(module: torch.nn.Module, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            is_norm = any(part in name for part in ("ln", "norm"))
+            if is_norm and leaf in ("w", "weight"):
+                param.copy_(1 + 0.3 * torch.randn(param.shape, generator=generator))
+            elif leaf in ("b", "bias", "b_U") and param.ndim == 1:
+                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+
+
+def make_hooked(
+    normalization: str = "RMS", processing: bool = False, seed: int = 0, **overrides
+) -> torch.nn.Module:
+    """A 3-layer HookedTransformer; `processing` applies TransformerLens's defaults."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    torch.manual_seed(seed)
+    settings = dict(
+        n_layers=N_LAYERS,
+        d_model=D_MODEL,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        d_vocab=VOCAB,
+        n_ctx=32,
+        act_fn="gelu",
+        normalization_type=normalization,
+        positional_embedding_type="rotary" if normalization == "RMS" else "standard",
+        model_name=f"tiny-{normalization.lower()}",
+        seed=seed,
+    )
+    settings.update(overrides)
+    model = HookedTransformer(HookedTransformerConfig(**settings))
+    _randomise_norms_and_biases(model, seed)
+    if processing:
+        model.process_weights_()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer(tmp_path_factory):
+    """A word-level tokenizer of `VOCAB` words, saved and reloaded like a hub one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(VOCAB)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="w0", eos_token="w1", bos_token="w2", pad_token="w3"
+    )
+    folder = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _tiny_hf(architecture: str, seed: int = 0) -> torch.nn.Module:
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    torch.manual_seed(seed)
+    if architecture == "llama":
+        config = LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=D_MODEL,
+            intermediate_size=64,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=False,
+        )
+        model = LlamaForCausalLM(config)
+    elif architecture == "gpt2":
+        config = GPT2Config(vocab_size=VOCAB, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=4)
+        model = GPT2LMHeadModel(config)
+    elif architecture == "gemma2":  # RMSNorm with (1 + w) gains and a logit softcap
+        config = Gemma2Config(
+            vocab_size=VOCAB,
+            hidden_size=D_MODEL,
+            intermediate_size=64,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=64,
+            final_logit_softcapping=3.0,
+        )
+        model = Gemma2ForCausalLM(config)
+    else:
+        raise ValueError(architecture)
+    _randomise_norms_and_biases(model, seed)
+    if architecture == "gemma2":  # (1 + w) gains: keep them near one, not two
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.sub_(1.0)
+    return model.eval()
+
+
+def make_bridge(tokenizer, architecture: str = "llama", processing: bool = False, seed: int = 0):
+    """A TransformerBridge around a tiny random HF model (raw, or compatibility mode)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model = _tiny_hf(architecture, seed)
+    bridge = TransformerBridge.boot_transformers(
+        f"tiny-{architecture}", hf_model=copy.deepcopy(hf_model), tokenizer=tokenizer, device="cpu"
+    )
+    if processing:
+        bridge.enable_compatibility_mode(disable_warnings=True)
+    return bridge
+
+
+MODEL_KINDS = [
+    "hooked-rms",
+    "hooked-rms-processed",
+    "hooked-ln",
+    "hooked-ln-processed",
+    "hooked-softcap",
+    "bridge-llama",
+    "bridge-llama-compat",
+    "bridge-gpt2",
+    "bridge-gpt2-compat",
+    "bridge-gemma2",
+]
+
+
+def build_model(kind: str, tokenizer):
+    if kind.startswith("hooked"):
+        processing = kind.endswith("processed")
+        if kind == "hooked-softcap":
+            return make_hooked("RMS", output_logits_soft_cap=2.0)
+        return make_hooked("LN" if "-ln" in kind else "RMS", processing=processing)
+    architecture = kind.split("-")[1]
+    return make_bridge(tokenizer, architecture, processing=kind.endswith("compat"))
+
+
+@pytest.fixture(scope="session")
+def model_zoo(word_tokenizer):
+    """Every tiny model kind, built once per session; tests must not modify them."""
+    return {kind: build_model(kind, word_tokenizer) for kind in MODEL_KINDS}
+
+
+@pytest.fixture(params=MODEL_KINDS)
+def any_model(request, model_zoo):
+    return model_zoo[request.param]
+
+
+@pytest.fixture(scope="session")
+def hooked(model_zoo):
+    return model_zoo["hooked-rms-processed"]
+
+
+@pytest.fixture
+def tokens():
+    return torch.randint(4, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
