@@ -124,7 +124,7 @@ class Unembed:
 
     def logsumexp(
         self, h: Float[Tensor, "... d_model"], chunk_size: int | None = None
-    ) -> Float[Tensor, ...]:
+    ) -> Float[Tensor, "..."]:
         """`logsumexp(logits, -1)` holding one chunk of logits at a time."""
         running_max: Tensor | None = None
         scaled_sum: Tensor | None = None

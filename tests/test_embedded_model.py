@@ -1,0 +1,61 @@
+"""The embedded SmolLM2-135M loads offline in all four flavours and the lenses fit it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hooklens import LensMismatchError, LogitLens, ModelAdapter, TunedLens, models
+
+pytestmark = pytest.mark.slow
+
+TEXT = "The capital of France is Paris. The capital of Germany is"
+FLAVOURS = {
+    "hooked-processed": dict(model_class="hooked", processing=True),
+    "hooked-raw": dict(model_class="hooked", processing=False),
+    "bridge-raw": dict(model_class="bridge", processing=False),
+    "bridge-compat": dict(model_class="bridge", processing=True),
+}
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    torch.set_grad_enabled(False)
+    yield {name: models.load("smollm2-135m", **kwargs) for name, kwargs in FLAVOURS.items()}
+    torch.set_grad_enabled(True)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_final_layer_lens_reproduces_smollm2(smollm, flavour):
+    model = smollm[flavour]
+    tokens = model.to_tokens(TEXT, prepend_bos=False)
+    logits, cache = model.run_with_cache(tokens)
+    lens = LogitLens.from_model(model)
+    torch.testing.assert_close(
+        lens.log_probs(cache, layer=-1), torch.log_softmax(logits, -1), atol=1e-4, rtol=0
+    )
+    assert model.tokenizer.decode(logits[0, -1].argmax()) == " Berlin"
+
+
+def test_embedded_model_has_the_documented_shape(smollm):
+    adapter = ModelAdapter(smollm["hooked-processed"])
+    assert (adapter.n_layers, adapter.d_model, adapter.d_vocab) == (30, 576, 49152)
+    assert adapter.model_name == "SmolLM2-135M-Instruct"
+
+
+def test_processing_is_told_apart_and_equivalent_loads_agree(smollm):
+    prints = {name: ModelAdapter(model).fingerprint for name, model in smollm.items()}
+    assert prints["hooked-processed"].fold_ln and prints["hooked-processed"].center_unembed
+    assert not prints["hooked-raw"].fold_ln and not prints["hooked-raw"].center_unembed
+    # The same weights, processed the same way, hash the same in either class.
+    assert prints["hooked-processed"].unembedding_hash == prints["bridge-compat"].unembedding_hash
+    assert prints["hooked-raw"].unembedding_hash == prints["bridge-raw"].unembedding_hash
+    assert prints["hooked-raw"].unembedding_hash != prints["hooked-processed"].unembedding_hash
+
+
+def test_lens_moves_between_equivalent_loads_only(smollm, tmp_path):
+    lens = TunedLens.from_model(smollm["hooked-processed"])
+    lens.save(tmp_path)
+    assert isinstance(TunedLens.load(tmp_path, model=smollm["bridge-compat"]), TunedLens)
+    with pytest.raises(LensMismatchError, match="enable_compatibility_mode"):
+        TunedLens.load(tmp_path, model=smollm["bridge-raw"])
