@@ -184,4 +184,4 @@ def _hooked_from_hf(
         center_unembed=processing,
         fold_value_biases=processing,
     )
-    return model.to(device).eval()
+    return model.to(device, print_details=False).eval()

@@ -1,0 +1,30 @@
+"""The README's quickstart runs as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+def test_readme_shows_the_two_setup_commands():
+    text = README.read_text()
+    assert "make demo" in text and "make test" in text
+
+
+@pytest.mark.slow
+def test_readme_quickstart_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the quickstart saves a lens into the working directory
+    (quickstart,) = _python_blocks()
+    exec(compile(quickstart, str(README), "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 31
+    assert printed[-1] == "30  Berlin"
+    assert (tmp_path / "my-lens" / "params.safetensors").is_file()
