@@ -47,9 +47,7 @@ def js_divergence(
     under this name; this is the real one.)
     """
     log_m = torch.logaddexp(log_p, log_q) - LN2
-    return (0.5 * (_plogp_terms(log_p, log_m) + _plogp_terms(log_q, log_m)).sum(-1)).clamp(
-        0.0, LN2
-    )
+    return (0.5 * (_plogp_terms(log_p, log_m) + _plogp_terms(log_q, log_m)).sum(-1)).clamp(0.0, LN2)
 
 
 def total_variation(

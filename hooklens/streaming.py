@@ -90,10 +90,7 @@ def vocab_stats(
     reference_dot = rank = None
     for vocab, logits in chunks:
         chunk_max = logits.amax(dim=-1)
-        if running_max is None:
-            new_max = chunk_max
-        else:
-            new_max = torch.maximum(running_max, chunk_max)
+        new_max = chunk_max if running_max is None else torch.maximum(running_max, chunk_max)
         # Top-k and rank use the raw logits, before they are shifted in place.
         top_values, top_ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
         top_ids += vocab.start

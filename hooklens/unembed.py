@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooklens.model import ModelAdapter
@@ -93,16 +93,31 @@ class Unembed:
         validate_hidden(h, self.d_model)
         return self.final_norm(h)
 
-    def _logits(self, normed: Tensor, vocab: slice) -> Tensor:
+    def logits_of_normalized(
+        self, normed: Float[Tensor, "... d_model"], vocab: slice = slice(None)
+    ) -> Float[Tensor, "... chunk"]:
+        """Logits of the tokens in `vocab` for an already normalised hidden state."""
         bias = None if self.b_U is None else self.b_U[vocab]
-        logits = nn.functional.linear(normed, self.W_U[:, vocab].T, bias)
+        return self._softcap(nn.functional.linear(normed, self.W_U[:, vocab].T, bias))
+
+    def token_logits(
+        self, normed: Float[Tensor, "rows d_model"], token_ids: Int[Tensor, " rows"]
+    ) -> Float[Tensor, " rows"]:
+        """The logit of one token per row (`token_ids[i]` for row `i`), without the rest."""
+        columns = self.W_U[:, token_ids].T  # [rows, d_model]
+        logits = (normed * columns).sum(-1)
+        if self.b_U is not None:
+            logits = logits + self.b_U[token_ids]
+        return self._softcap(logits)
+
+    def _softcap(self, logits: Tensor) -> Tensor:
         if self.logit_softcap:
-            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+            return torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
 
     def forward(self, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         """Logits over the whole vocabulary, exactly as the model computes them."""
-        return self._logits(self.normalize(h), slice(None))
+        return self.logits_of_normalized(self.normalize(h))
 
     __call__ = forward
 
@@ -120,7 +135,7 @@ class Unembed:
         step = _check_chunk_size(chunk_size or self.chunk_size)
         for start in range(0, self.d_vocab, step):
             vocab = slice(start, min(start + step, self.d_vocab))
-            yield vocab, self._logits(normed, vocab)
+            yield vocab, self.logits_of_normalized(normed, vocab)
 
     def logsumexp(
         self, h: Float[Tensor, "... d_model"], chunk_size: int | None = None

@@ -99,7 +99,9 @@ def test_streamed_statistics_equal_full_vocabulary_ones(z, data):
     rows, vocab = z.shape
     size = data.draw(st.integers(1, vocab + 3))
     k = data.draw(st.integers(1, 5))
-    targets = torch.tensor(data.draw(st.lists(st.integers(-1, vocab - 1), min_size=rows, max_size=rows)))
+    targets = torch.tensor(
+        data.draw(st.lists(st.integers(-1, vocab - 1), min_size=rows, max_size=rows))
+    )
     z_ref = data.draw(logits(rows=rows, vocab=vocab))
     log_p, log_ref = torch.log_softmax(z, -1), torch.log_softmax(z_ref, -1)
     floored = z.clamp_min(finite_floor(z.dtype))
@@ -120,8 +122,12 @@ def test_streamed_statistics_equal_full_vocabulary_ones(z, data):
     torch.testing.assert_close(streamed.target_rank, stats.rank(log_p, targets))
     kk = min(k, vocab)
     expected_top = log_p.topk(kk, -1).values.clamp_min(-1e30)
-    torch.testing.assert_close(streamed.topk_log_probs[:, :kk].clamp_min(-1e30), expected_top, **close)
-    torch.testing.assert_close(streamed.topk_log_probs[:, 0].exp(), stats.max_probability(log_p), **close)
+    torch.testing.assert_close(
+        streamed.topk_log_probs[:, :kk].clamp_min(-1e30), expected_top, **close
+    )
+    torch.testing.assert_close(
+        streamed.topk_log_probs[:, 0].exp(), stats.max_probability(log_p), **close
+    )
 
     lse_p, lse_q = torch.logsumexp(z, -1), torch.logsumexp(z_ref, -1)
     pairs = (
