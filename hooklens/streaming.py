@@ -9,7 +9,10 @@ Single distribution, one pass (online softmax): with running max `m`,
 `s = Σ exp(z - m)` and `t = Σ exp(z - m) (z - m)`, a change of `m` to `m'` rescales both
 by `exp(m - m')` (and shifts `t` by `(m - m') s`); at the end `logsumexp = m + log s`
 and `entropy = log s - t / s`. A reference distribution ρ known up front (the model's
-output, for KL(output ‖ layer)) only needs `Σ ρ z`: `KL = lse - Σ ρ z - H(ρ)`.
+output, for KL(output ‖ layer)) uses `log p = (z - m_c) - (m - m_c) - log s`, where
+`m_c` is the max a chunk was shifted by: `KL = Σ ρ (log ρ - (z - m_c)) + Σ_c P_c (m - m_c)
++ P log s`, with `P_c` the reference mass of chunk c. Every term is small; the textbook
+`lse - Σ ρ z - H(ρ)` subtracts numbers near the logits' size and loses ~1e-5 in float32.
 
 Two distributions whose log-sum-exps are known (from their own single pass): one more
 pass gives KL, Jensen–Shannon and total variation, each a sum of per-token terms.
@@ -39,14 +42,22 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
 
 
 @dataclass
-class ReferenceChunks:
-    """A reference distribution ρ per row, served chunk by chunk.
+class ReferenceTile:
+    """One chunk of a reference distribution ρ, with the sums every reader needs.
 
-    `log_probs(vocab)` returns `log ρ[:, vocab]`; `entropy` is `H(ρ)` per row.
+    Built once per chunk and shared by every distribution compared with ρ (all the
+    layers of a trajectory), so its `exp` and sums are paid once, not once per layer.
     """
 
-    log_probs: Callable[[slice], Float[Tensor, "rows chunk"]]
-    entropy: Float[Tensor, " rows"]
+    probs: Float[Tensor, "rows chunk"]
+    mass: Float[Tensor, " rows"]  # Σ ρ over the chunk
+    plogp: Float[Tensor, " rows"]  # Σ ρ log ρ over the chunk
+
+    @classmethod
+    def from_log_probs(cls, log_probs: Float[Tensor, "rows chunk"]) -> ReferenceTile:
+        """From finite log ρ (masked entries at the floor, not -inf)."""
+        probs = log_probs.exp()
+        return cls(probs=probs, mass=probs.sum(-1), plogp=_rowdot(probs, log_probs))
 
 
 @dataclass
@@ -65,80 +76,142 @@ class VocabStats:
         return self.topk_logits - self.logsumexp[:, None]
 
 
+class VocabAccumulator:
+    """Running statistics of one distribution, fed chunk by chunk (see module doc).
+
+    Args:
+        k: how many of the most likely tokens to keep per row.
+        targets: target token ids per row, for the rank; negative = no target (rank 0).
+        target_logits: each row's logit of its target (computed apart from the chunks).
+
+    Ties with the target count in the target's favour (rank = 1 + #strictly larger).
+    """
+
+    def __init__(
+        self,
+        k: int = 10,
+        targets: Int[Tensor, " rows"] | None = None,
+        target_logits: Float[Tensor, " rows"] | None = None,
+    ):
+        if (targets is None) != (target_logits is None):
+            raise ValueError("pass targets and target_logits together")
+        self.k = k
+        self.targets = targets
+        self.target_logits = target_logits
+        self._started = False
+        # Running state, set by the first update(); see the module docstring.
+        self.max: Tensor
+        self.sum: Tensor
+        self.t: Tensor
+        self.topk_values: Tensor
+        self.topk_ids: Tensor
+        self.rank: Tensor
+        self.kl_core: Tensor
+        self.kl_mass: Tensor
+        self.kl_shift: Tensor
+
+    def update(
+        self,
+        vocab: slice,
+        logits: Float[Tensor, "rows chunk"],
+        reference: ReferenceTile | None = None,
+    ) -> None:
+        """Fold in finite `logits` for the tokens `vocab` (overwritten in place)."""
+        chunk_max = logits.amax(dim=-1)
+        first = not self._started
+        new_max = chunk_max if first else torch.maximum(self.max, chunk_max)
+        # Top-k and rank read the raw logits, before they are shifted in place.
+        self._update_topk(vocab, logits)
+        if self.targets is not None and self.target_logits is not None:
+            self._update_rank(vocab, logits, self.targets, self.target_logits)
+        shifted = logits.sub_(new_max[:, None])
+        weights = torch.exp(shifted)
+        chunk_sum, chunk_t = weights.sum(-1), _rowdot(weights, shifted)
+        if reference is not None:
+            # Σ ρ (log ρ - shifted z) is kept apart from Σ_c P_c (m - m_c): both are small.
+            core = reference.plogp - _rowdot(reference.probs, shifted)
+            if first:
+                self.kl_core, self.kl_mass = core, reference.mass
+                self.kl_shift = torch.zeros_like(core)
+            else:
+                self.kl_shift = self.kl_shift + self.kl_mass * (new_max - self.max)
+                self.kl_core = self.kl_core + core
+                self.kl_mass = self.kl_mass + reference.mass
+        if first:
+            self.sum, self.t = chunk_sum, chunk_t
+        else:
+            scale = torch.exp(self.max - new_max)
+            self.t = scale * (self.t + (self.max - new_max) * self.sum) + chunk_t
+            self.sum = scale * self.sum + chunk_sum
+        self.max = new_max
+        self._started = True
+
+    def _update_topk(self, vocab: slice, logits: Tensor) -> None:
+        values, ids = logits.topk(min(self.k, logits.shape[-1]), dim=-1)
+        ids += vocab.start
+        if self._started:
+            values = torch.cat([self.topk_values, values], dim=-1)
+            ids = torch.cat([self.topk_ids, ids], dim=-1)
+            values, order = values.topk(min(self.k, values.shape[-1]), dim=-1)
+            ids = ids.gather(-1, order)
+        self.topk_values, self.topk_ids = values, ids
+
+    def _update_rank(self, vocab: slice, logits: Tensor, targets: Tensor, target_logits: Tensor):
+        larger = (logits > target_logits[:, None]).sum(-1)
+        # The target's own column may round above its separately computed logit.
+        inside = (targets >= vocab.start) & (targets < vocab.stop)
+        column = (targets - vocab.start).clamp(0, logits.shape[-1] - 1)[:, None]
+        own = logits.gather(-1, column)[:, 0]
+        larger -= (inside & (own > target_logits)).long()
+        self.rank = larger if not self._started else self.rank + larger
+
+    def finish(self) -> VocabStats:
+        if not self._started:
+            raise ValueError("no logits: the vocabulary is empty")
+        log_sum = torch.log(self.sum)
+        stats = VocabStats(
+            logsumexp=self.max + log_sum,
+            entropy=(log_sum - self.t / self.sum).clamp_min(0.0),
+            topk_logits=self.topk_values,
+            topk_ids=self.topk_ids,
+        )
+        if hasattr(self, "kl_core"):
+            kl = self.kl_core + self.kl_shift + self.kl_mass * log_sum
+            stats.reference_kl = kl.clamp_min(0.0)
+        if self.targets is not None:
+            stats.target_rank = torch.where(self.targets >= 0, self.rank + 1, 0)
+        return stats
+
+
 def vocab_stats(
     chunks: Iterable[tuple[slice, Float[Tensor, "rows chunk"]]],
     *,
     k: int = 10,
     target_logits: Float[Tensor, " rows"] | None = None,
     targets: Int[Tensor, " rows"] | None = None,
-    reference: ReferenceChunks | None = None,
+    reference: Callable[[slice], Float[Tensor, "rows chunk"]] | None = None,
 ) -> VocabStats:
     """One pass over `(vocab_slice, logits)` chunks covering the vocabulary in order.
 
-    Args:
-        chunks: finite logits, `[rows, chunk]` each; consumed (modified in place).
-        k: how many of the most likely tokens to keep per row.
-        target_logits: each row's logit of its target token, for the rank. Rows whose
-            target is negative (no target) get rank 0.
-        targets: the target token ids (needed with `target_logits`).
-        reference: a distribution to measure KL(reference ‖ this) against.
-
-    Ties with the target count in the target's favour (rank = 1 + #strictly larger).
+    `reference(vocab)` gives finite `log ρ[:, vocab]` of a distribution to measure
+    KL(ρ ‖ this) against. Chunks are consumed (modified in place).
     """
-    running_max = running_sum = running_t = None
-    topk_logits = topk_ids = None
-    reference_dot = rank = None
+    accumulator = VocabAccumulator(k, targets, target_logits)
     for vocab, logits in chunks:
-        chunk_max = logits.amax(dim=-1)
-        new_max = chunk_max if running_max is None else torch.maximum(running_max, chunk_max)
-        # Top-k and rank use the raw logits, before they are shifted in place.
-        top_values, top_ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
-        top_ids += vocab.start
-        if topk_logits is None or topk_ids is None:
-            topk_logits, topk_ids = top_values, top_ids
-        else:
-            merged_values = torch.cat([topk_logits, top_values], dim=-1)
-            merged_ids = torch.cat([topk_ids, top_ids], dim=-1)
-            topk_logits, order = merged_values.topk(min(k, merged_values.shape[-1]), dim=-1)
-            topk_ids = merged_ids.gather(-1, order)
-        if target_logits is not None and targets is not None:
-            larger = (logits > target_logits[:, None]).sum(-1)
-            # The target's own column may round above its separately computed logit.
-            inside = (targets >= vocab.start) & (targets < vocab.stop)
-            own = logits.gather(-1, (targets - vocab.start).clamp(0, logits.shape[-1] - 1)[:, None])
-            larger -= (inside & (own[:, 0] > target_logits)).long()
-            rank = larger if rank is None else rank + larger
-        if reference is not None:
-            rho = reference.log_probs(vocab).exp()
-            dot = _rowdot(rho, logits)
-            reference_dot = dot if reference_dot is None else reference_dot + dot
-        shifted = logits.sub_(new_max[:, None])
-        weights = torch.exp(shifted)
-        chunk_sum = weights.sum(-1)
-        chunk_t = _rowdot(weights, shifted)
-        if running_max is None or running_sum is None or running_t is None:
-            running_sum, running_t = chunk_sum, chunk_t
-        else:
-            scale = torch.exp(running_max - new_max)
-            running_t = scale * (running_t + (running_max - new_max) * running_sum) + chunk_t
-            running_sum = scale * running_sum + chunk_sum
-        running_max = new_max
-    if running_max is None or running_sum is None or running_t is None:
+        tile = None if reference is None else ReferenceTile.from_log_probs(reference(vocab))
+        accumulator.update(vocab, logits, tile)
+    return accumulator.finish()
+
+
+def logsumexp_chunks(chunks: Iterable[Float[Tensor, "rows chunk"]]) -> Float[Tensor, " rows"]:
+    """`logsumexp` over the last axis of a sequence of chunks."""
+    running = None
+    for chunk in chunks:
+        value = torch.logsumexp(chunk, dim=-1)
+        running = value if running is None else torch.logaddexp(running, value)
+    if running is None:
         raise ValueError("no logits: the vocabulary is empty")
-    assert topk_logits is not None and topk_ids is not None
-    log_sum = torch.log(running_sum)
-    lse = running_max + log_sum
-    stats = VocabStats(
-        logsumexp=lse,
-        entropy=(log_sum - running_t / running_sum).clamp_min(0.0),
-        topk_logits=topk_logits,
-        topk_ids=topk_ids,
-    )
-    if reference is not None and reference_dot is not None:
-        stats.reference_kl = (lse - reference_dot - reference.entropy).clamp_min(0.0)
-    if rank is not None and targets is not None:
-        stats.target_rank = torch.where(targets >= 0, rank + 1, 0)
-    return stats
+    return running
 
 
 @dataclass

@@ -35,11 +35,12 @@ from hooklens.residuals import get_residual
 from hooklens.stats import LN2
 from hooklens.streaming import (
     PairStats,
-    ReferenceChunks,
+    ReferenceTile,
+    VocabAccumulator,
     VocabStats,
     finite_floor,
+    logsumexp_chunks,
     pair_stats,
-    vocab_stats,
 )
 
 Units = Literal["nats", "bits"]
@@ -74,7 +75,7 @@ def _as_long(ids: Any, name: str) -> Tensor | None:
     if ids is None:
         return None
     tensor = torch.as_tensor(ids).detach().cpu()
-    if tensor.is_floating_point():
+    if tensor.is_floating_point() and tensor.numel() > 0:
         raise TypeError(f"{name} must hold integer token ids, got {tensor.dtype}")
     return tensor.long()
 
@@ -117,7 +118,7 @@ class PredictionTrajectory:
         tokenizer: Any = None,
         mask_input: bool = False,
         residual_component: str = "resid_pre",
-        topk: int = 10,
+        topk: int = 5,
         _readout: _Readout | None = None,
     ):
         self.lens = lens
@@ -152,7 +153,7 @@ class PredictionTrajectory:
         anti_targets: Int[Tensor, "... pos"] | None = None,
         residual_component: str = "resid_pre",
         mask_input: bool = False,
-        topk: int = 10,
+        topk: int = 5,
     ) -> PredictionTrajectory:
         """A trajectory from a TransformerLens `ActivationCache` and the model's logits.
 
@@ -200,7 +201,7 @@ class PredictionTrajectory:
         anti_targets: Int[Tensor, "... pos"] | Sequence[int] | None = None,
         mask_input: bool = False,
         residual_component: str = "resid_pre",
-        topk: int = 10,
+        topk: int = 5,
     ) -> PredictionTrajectory:
         """Run `model` on `input_ids` (ids, or a string to tokenize) and build a trajectory.
 
@@ -244,7 +245,10 @@ class PredictionTrajectory:
         ids = self.input_ids
         assert ids is not None
         if ids.ndim == 0 or ids.shape[-1] == 0:
-            raise ValueError(f"input_ids must be [..., pos] with pos ≥ 1, got {tuple(ids.shape)}")
+            raise ValueError(
+                f"input_ids must be [..., pos] with pos ≥ 1, got {tuple(ids.shape)}: "
+                "pass at least one token"
+            )
         if len(self._residuals) != self.lens.n_layers:
             raise LensMismatchError(
                 f"{len(self._residuals)} residuals for a lens over {self.lens.n_layers} layers"
@@ -320,9 +324,9 @@ class PredictionTrajectory:
     def _flat_ids(self, ids: Tensor | None) -> Tensor | None:
         return None if ids is None else ids.reshape(-1).to(self.lens.unembed.W_U.device)
 
-    def _normalized(self, layer: int) -> Tensor:
-        """The lens's input to W_U for `layer`, all rows: `[rows, d_model]`."""
-        h = self._residuals[layer].reshape(self._rows(), -1)
+    def _normalized(self, layer: int, rows: slice = slice(None)) -> Tensor:
+        """The lens's input to W_U for `layer`: `[rows, d_model]`."""
+        h = self._residuals[layer].reshape(self._rows(), -1)[rows]
         return self.lens.unembed.final_norm(self.lens.transform_hidden(h, layer))
 
     def _input_mask(self) -> Tensor | None:
@@ -355,76 +359,74 @@ class PredictionTrajectory:
             chunk = logits[:, vocab].float()
             yield vocab, chunk.clamp_min(finite_floor(chunk.dtype))
 
+    def _blocks(self) -> list[slice]:
+        n_rows = self._rows()
+        return [slice(r, min(r + ROW_BLOCK, n_rows)) for r in range(0, n_rows, ROW_BLOCK)]
+
+    def _vocab_chunks(self) -> list[slice]:
+        return [
+            slice(v, min(v + VOCAB_CHUNK, self.vocab_size))
+            for v in range(0, self.vocab_size, VOCAB_CHUNK)
+        ]
+
     def _read(self) -> _Readout:
-        n_rows, n_layers = self._rows(), self.num_layers
-        targets = self._flat_ids(self.targets)
-        anti = self._flat_ids(self.anti_targets)
+        """The construction pass: row blocks × vocabulary chunks × layers.
+
+        Layers are the innermost loop so each chunk of the output distribution (the
+        reference of every forward KL) is exponentiated once, not once per layer.
+        """
+        n_layers = self.num_layers
+        unembed = self.lens.unembed
+        targets, anti = self._flat_ids(self.targets), self._flat_ids(self.anti_targets)
         mask = self._input_mask()
         out_logits = self._flat_logits()
         floor = finite_floor(torch.float32)
-        per_layer: list[list[VocabStats]] = [[] for _ in range(n_layers + 1)]
+        has_neg_inf = bool(torch.isneginf(out_logits).any())
+        results: list[list[VocabStats]] = [[] for _ in range(n_layers + 1)]
         target_logits: list[list[Tensor]] = [[] for _ in range(n_layers + 1)]
         anti_logits: list[list[Tensor]] = [[] for _ in range(n_layers + 1)]
-        blocks = [slice(r, min(r + ROW_BLOCK, n_rows)) for r in range(0, n_rows, ROW_BLOCK)]
 
-        def pick(logits: Tensor, ids: Tensor | None) -> Tensor | None:
-            if ids is None:
-                return None
-            return logits.gather(-1, ids.clamp_min(0)[:, None])[:, 0].float().clamp_min(floor)
+        def output_chunk(rows: slice, vocab: slice) -> Tensor:
+            chunk = out_logits[rows, vocab].float()
+            # A copy either way: the accumulators work in place.
+            return chunk.clamp_min(floor) if has_neg_inf else chunk.clone()
 
-        # The output row first: its distribution is the reference of every forward KL.
-        for rows in blocks:
-            zt = pick(out_logits[rows], None if targets is None else targets[rows])
-            stats = vocab_stats(
-                self._output_chunks(rows),
-                k=self.topk,
-                target_logits=zt,
-                targets=None if targets is None else targets[rows],
-            )
-            per_layer[n_layers].append(stats)
-            za = pick(out_logits[rows], None if anti is None else anti[rows])
-            if zt is not None:
-                target_logits[n_layers].append(zt)
-            if za is not None:
-                anti_logits[n_layers].append(za)
-        out_lse = torch.cat([s.logsumexp for s in per_layer[n_layers]])
-        out_entropy = torch.cat([s.entropy for s in per_layer[n_layers]])
+        def token_logits(normed: Tensor | None, rows: slice, ids: Tensor) -> Tensor:
+            if normed is None:  # the output row
+                picked = out_logits[rows].gather(-1, ids.clamp_min(0)[:, None])[:, 0]
+                return picked.float().clamp_min(floor)
+            logits = unembed.token_logits(normed, ids.clamp_min(0)).float()
+            return self._masked(logits, ids, mask, rows)
 
-        def reference(rows: slice) -> ReferenceChunks:
-            lse = out_lse[rows, None]
-
-            def log_probs(vocab: slice) -> Tensor:
-                return out_logits[rows, vocab].float().clamp_min(floor) - lse
-
-            return ReferenceChunks(log_probs=log_probs, entropy=out_entropy[rows])
-
-        # KL(output ‖ output) through the same code path as every other row.
-        for index, rows in enumerate(blocks):
-            check = vocab_stats(self._output_chunks(rows), k=1, reference=reference(rows))
-            per_layer[n_layers][index].reference_kl = check.reference_kl
-
-        for layer in range(n_layers):
-            normed = self._normalized(layer)
-            for rows in blocks:
-                row_targets = None if targets is None else targets[rows]
-                zt = zt_masked = None
-                if row_targets is not None:
-                    zt = self.lens.unembed.token_logits(normed[rows], row_targets.clamp_min(0))
-                    zt_masked = self._masked(zt.float(), row_targets, mask, rows)
-                stats = vocab_stats(
-                    self._lens_chunks(normed, rows, mask),
-                    k=self.topk,
-                    target_logits=zt_masked,
-                    targets=row_targets,
-                    reference=reference(rows),
-                )
-                per_layer[layer].append(stats)
-                if zt_masked is not None:
-                    target_logits[layer].append(zt_masked)
+        for rows in self._blocks():
+            normed: list[Tensor | None] = [
+                self._normalized(layer, rows) for layer in range(n_layers)
+            ]
+            normed.append(None)
+            row_targets = None if targets is None else targets[rows]
+            accumulators = []
+            for layer, hidden in enumerate(normed):
+                zt = None if row_targets is None else token_logits(hidden, rows, row_targets)
                 if anti is not None:
-                    za = self.lens.unembed.token_logits(normed[rows], anti[rows].clamp_min(0))
-                    anti_logits[layer].append(self._masked(za.float(), anti[rows], mask, rows))
-        return self._assemble(per_layer, target_logits, anti_logits, targets, anti)
+                    anti_logits[layer].append(token_logits(hidden, rows, anti[rows]))
+                if zt is not None:
+                    target_logits[layer].append(zt)
+                accumulators.append(VocabAccumulator(self.topk, row_targets, zt))
+            out_lse = logsumexp_chunks(output_chunk(rows, v) for v in self._vocab_chunks())
+            for vocab in self._vocab_chunks():
+                output = output_chunk(rows, vocab)
+                reference = ReferenceTile.from_log_probs(output - out_lse[:, None])
+                for layer, hidden in enumerate(normed):
+                    if hidden is None:
+                        logits = output
+                    else:
+                        logits = unembed.logits_of_normalized(hidden, vocab).float()
+                        if mask is not None:
+                            logits.masked_fill_(mask[rows, vocab].to(logits.device), floor)
+                    accumulators[layer].update(vocab, logits, reference)
+            for layer, accumulator in enumerate(accumulators):
+                results[layer].append(accumulator.finish())
+        return self._assemble(results, target_logits, anti_logits, targets, anti)
 
     @staticmethod
     def _masked(logits: Tensor, ids: Tensor, mask: Tensor | None, rows: slice) -> Tensor:

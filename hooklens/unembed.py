@@ -47,7 +47,8 @@ class Unembed:
             raise ValueError(f"b_U must be [d_vocab={W_U.shape[1]}], got {tuple(b_U.shape)}")
         self.final_norm = final_norm
         self.W_U = W_U
-        self.b_U = b_U
+        # Most models have an all-zero b_U; skipping it saves addmm a copy per chunk.
+        self.b_U = b_U if b_U is not None and bool(b_U.any()) else None
         self.logit_softcap = logit_softcap
         self.chunk_size = _check_chunk_size(chunk_size)
         self.adapter = adapter
@@ -97,8 +98,10 @@ class Unembed:
         self, normed: Float[Tensor, "... d_model"], vocab: slice = slice(None)
     ) -> Float[Tensor, "... chunk"]:
         """Logits of the tokens in `vocab` for an already normalised hidden state."""
-        bias = None if self.b_U is None else self.b_U[vocab]
-        return self._softcap(nn.functional.linear(normed, self.W_U[:, vocab].T, bias))
+        logits = normed @ self.W_U[:, vocab]
+        if self.b_U is not None:
+            logits += self.b_U[vocab]
+        return self._softcap(logits)
 
     def token_logits(
         self, normed: Float[Tensor, "rows d_model"], token_ids: Int[Tensor, " rows"]

@@ -1,0 +1,238 @@
+"""PredictionTrajectory's streamed statistics equal a full-vocabulary computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hooklens import LogitLens, TunedLens, stats
+from hooklens.trajectory import PredictionTrajectory, next_token_targets
+from tests.conftest import N_LAYERS, VOCAB, make_hooked
+
+CLOSE = dict(atol=1e-5, rtol=1e-5)
+
+
+def _tuned(model, seed: int = 0) -> TunedLens:
+    lens = TunedLens.from_model(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in lens.parameters():
+            param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    return lens
+
+
+def _full_log_probs(lens, cache, logits, mask_ids=None):
+    """[..., layer + 1, pos, vocab] the straightforward (materialising) way."""
+    rows = []
+    for layer in range(lens.n_layers):
+        row = lens(cache[f"blocks.{layer}.hook_resid_pre"], layer).detach()
+        if mask_ids is not None:
+            row = row.clone()
+            for b in range(row.shape[0]):
+                row[b, :, mask_ids[b]] = -math.inf
+        rows.append(torch.log_softmax(row, -1))
+    rows.append(torch.log_softmax(logits.detach(), -1))
+    return torch.stack(rows, dim=-3)
+
+
+def _assert_matches(got: np.ndarray, expected: torch.Tensor):
+    expected = expected.float().numpy()
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(
+        np.nan_to_num(got, nan=-7.0), np.nan_to_num(expected, nan=-7.0), **CLOSE
+    )
+
+
+@pytest.fixture
+def batch():
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(4, VOCAB, (2, 9), generator=generator)
+    anti = torch.randint(4, VOCAB, (2, 9), generator=generator)
+    return ids, next_token_targets(ids), anti
+
+
+@pytest.mark.parametrize("lens_kind", ["logit", "tuned"])
+def test_every_statistic_equals_the_full_vocabulary_computation(any_model, batch, lens_kind):
+    ids, targets, anti = batch
+    logits, cache = any_model.run_with_cache(ids)
+    lens = LogitLens.from_model(any_model) if lens_kind == "logit" else _tuned(any_model)
+    traj = PredictionTrajectory.from_lens_and_cache(
+        lens, ids, cache, logits, targets=targets, anti_targets=anti
+    )
+    log_p = _full_log_probs(lens, cache, logits)  # [batch, layer + 1, pos, vocab]
+    expand = lambda t: t[:, None, :].expand(log_p.shape[:-1])  # noqa: E731
+    _assert_matches(traj.entropy().stats, stats.entropy(log_p))
+    _assert_matches(traj.forward_kl().stats, stats.kl_divergence(log_p[:, -1:], log_p))
+    _assert_matches(traj.max_probability().stats, stats.max_probability(log_p))
+    _assert_matches(traj.cross_entropy().stats, stats.cross_entropy(log_p, expand(targets)))
+    expected_rank = stats.rank(log_p, expand(targets)).float()
+    _assert_matches(traj.rank().stats, torch.where(expected_rank > 0, expected_rank, math.nan))
+    _assert_matches(
+        traj.log_prob_diff().stats, stats.log_prob_diff(log_p, expand(targets), expand(anti))
+    )
+
+
+def test_comparisons_equal_the_full_vocabulary_computation(any_model, batch):
+    ids, _, _ = batch
+    logits, cache = any_model.run_with_cache(ids)
+    lens_a, lens_b = LogitLens.from_model(any_model), _tuned(any_model)
+    a = PredictionTrajectory.from_lens_and_cache(lens_a, ids, cache, logits)
+    b = PredictionTrajectory.from_lens_and_cache(lens_b, ids, cache, logits)
+    log_p, log_q = _full_log_probs(lens_a, cache, logits), _full_log_probs(lens_b, cache, logits)
+    _assert_matches(a.kl_divergence(b).stats, stats.kl_divergence(log_p, log_q))
+    _assert_matches(a.js_divergence(b).stats, stats.js_divergence(log_p, log_q))
+    _assert_matches(a.total_variation(b).stats, stats.total_variation(log_p, log_q))
+    np.testing.assert_allclose(a.js_divergence(b).stats, b.js_divergence(a).stats, atol=1e-6)
+    assert np.all(a.kl_divergence(a).stats < 1e-5)
+
+
+def test_mask_input_hides_each_sequences_own_tokens(hooked, batch):
+    ids, targets, _ = batch
+    logits, cache = hooked.run_with_cache(ids)
+    lens = LogitLens.from_model(hooked)
+    traj = PredictionTrajectory.from_lens_and_cache(
+        lens, ids, cache, logits, targets=targets, mask_input=True
+    )
+    log_p = _full_log_probs(lens, cache, logits, mask_ids=ids)
+    _assert_matches(traj.entropy().stats, stats.entropy(log_p))
+    top = traj._readout.topk_ids.reshape(N_LAYERS + 1, 2, 9, -1)[:N_LAYERS, :, :, 0]
+    for b in range(2):
+        assert not np.isin(top[:, b].numpy(), ids[b].numpy()).any()
+    # A masked target is impossible for the lens rows: infinite cross-entropy there.
+    ce = traj.cross_entropy().stats
+    assert (ce[:, :N_LAYERS][~np.isnan(ce[:, :N_LAYERS])] > 1e30).any()
+
+
+def test_output_row_is_the_models_own_prediction(hooked, batch):
+    ids, targets, _ = batch
+    logits, cache = hooked.run_with_cache(ids)
+    traj = PredictionTrajectory.from_lens_and_cache(
+        _tuned(hooked), ids, cache, logits, targets=targets
+    )
+    assert np.all(traj.forward_kl().stats[:, -1] < 1e-5)
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1), reduction="none"
+    )
+    np.testing.assert_allclose(
+        traj.cross_entropy().stats[:, -1, :-1].reshape(-1), loss.detach().numpy(), **CLOSE
+    )
+
+
+def test_slice_sequence_keeps_the_statistics_of_those_positions(hooked, batch):
+    ids, targets, anti = batch
+    logits, cache = hooked.run_with_cache(ids)
+    lens = _tuned(hooked)
+    traj = PredictionTrajectory.from_lens_and_cache(
+        lens, ids, cache, logits, targets=targets, anti_targets=anti
+    )
+    part = traj.slice_sequence(slice(2, 6))
+    assert part.num_tokens == 4
+    for name in ("entropy", "forward_kl", "cross_entropy", "rank", "log_prob_diff"):
+        np.testing.assert_array_equal(
+            getattr(part, name)().stats, getattr(traj, name)().stats[..., 2:6]
+        )
+    other = PredictionTrajectory.from_lens_and_cache(
+        LogitLens.from_model(hooked), ids, cache, logits
+    )
+    np.testing.assert_allclose(
+        part.js_divergence(other.slice_sequence(slice(2, 6))).stats,
+        traj.js_divergence(other).stats[..., 2:6],
+        atol=1e-6,
+    )
+
+
+def test_from_lens_and_model_equals_from_cache(any_model, batch):
+    ids, targets, _ = batch
+    lens = LogitLens.from_model(any_model)
+    logits, cache = any_model.run_with_cache(ids[:1])
+    from_cache = PredictionTrajectory.from_lens_and_cache(
+        lens, ids[:1], cache, logits, targets=targets[:1]
+    )
+    from_model = PredictionTrajectory.from_lens_and_model(
+        lens, any_model, ids[0].tolist(), targets=targets[0]
+    )
+    assert from_model.batch_shape == ()
+    np.testing.assert_allclose(from_model.entropy().stats, from_cache.entropy().stats[0], atol=1e-5)
+    np.testing.assert_allclose(from_model.rank().stats, from_cache.rank().stats[0])
+
+
+def test_units_in_bits(hooked, batch):
+    ids, _, _ = batch
+    logits, cache = hooked.run_with_cache(ids)
+    traj = PredictionTrajectory.from_lens_and_cache(
+        LogitLens.from_model(hooked), ids, cache, logits
+    )
+    np.testing.assert_allclose(
+        traj.entropy("bits").stats, traj.entropy().stats / math.log(2), rtol=1e-6
+    )
+    assert traj.entropy("bits").units == "bits"
+
+
+def test_delta_log_prob_diff_has_one_row_per_step(hooked, batch):
+    ids, targets, anti = batch
+    logits, cache = hooked.run_with_cache(ids)
+    traj = PredictionTrajectory.from_lens_and_cache(
+        LogitLens.from_model(hooked), ids, cache, logits, targets=targets, anti_targets=anti
+    )
+    delta = traj.log_prob_diff(delta=True)
+    full = traj.log_prob_diff().stats
+    np.testing.assert_allclose(delta.stats, full[:, 1:] - full[:, :-1])
+    assert delta.layer_labels.tolist() == ["0→1", "1→2", "2→output"]
+
+
+def test_repr_is_informative(hooked, batch):
+    ids, targets, _ = batch
+    logits, cache = hooked.run_with_cache(ids)
+    traj = PredictionTrajectory.from_lens_and_cache(
+        LogitLens.from_model(hooked), ids, cache, logits, targets=targets
+    )
+    assert repr(traj).startswith(
+        f"PredictionTrajectory(layers={N_LAYERS}, pos=9, batch=(2,), lens=LogitLens("
+    )
+    assert "targets=yes" in repr(traj)
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def test_statistics_needing_targets_say_so(hooked, batch):
+    ids, _, _ = batch
+    logits, cache = hooked.run_with_cache(ids)
+    traj = PredictionTrajectory.from_lens_and_cache(
+        LogitLens.from_model(hooked), ids, cache, logits
+    )
+    with pytest.raises(ValueError, match="needs targets"):
+        traj.cross_entropy()
+    with pytest.raises(ValueError, match="targets and anti_targets"):
+        traj.log_prob_diff()
+
+
+def test_mismatched_inputs_are_refused(hooked, batch):
+    ids, targets, _ = batch
+    logits, cache = hooked.run_with_cache(ids)
+    lens = LogitLens.from_model(hooked)
+    with pytest.raises(ValueError, match="same run"):
+        PredictionTrajectory.from_lens_and_cache(lens, ids[:, :5], cache, logits)
+    with pytest.raises(ValueError, match="targets are"):
+        PredictionTrajectory.from_lens_and_cache(lens, ids, cache, logits, targets=targets[:1])
+    with pytest.raises(ValueError, match="vocabulary size"):
+        PredictionTrajectory.from_lens_and_cache(lens, ids, cache, logits, targets=ids + VOCAB)
+    with pytest.raises(ValueError, match="at least one token"):
+        PredictionTrajectory.from_lens_and_model(lens, hooked, [])
+
+
+def test_comparing_different_shapes_is_refused(hooked, batch):
+    ids, _, _ = batch
+    logits, cache = hooked.run_with_cache(ids)
+    lens = LogitLens.from_model(hooked)
+    traj = PredictionTrajectory.from_lens_and_cache(lens, ids, cache, logits)
+    other_model = make_hooked("RMS", processing=True, seed=5)
+    other_logits, other_cache = other_model.run_with_cache(ids[:, :4])
+    other = PredictionTrajectory.from_lens_and_cache(
+        LogitLens.from_model(other_model), ids[:, :4], other_cache, other_logits
+    )
+    with pytest.raises(ValueError, match="same layers, positions"):
+        traj.kl_divergence(other)
