@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export MALLOC_MMAP_THRESHOLD_ ?= 4000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 40000000000
 
-.PHONY: venv demo test lint format typecheck bench clean
+.PHONY: venv demo test lint format typecheck browser bench clean
 
 venv: $(STAMP)
 
@@ -38,12 +38,17 @@ format: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Headless Chromium for the tests that open the HTML report (Debian package).
+browser:
+	bash scripts/install-browser.sh
+
 # pytest exits 5 when a selection collects no test; that is not a failure here.
-test: venv lint typecheck
+test: venv lint typecheck browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 bench: venv
 	$(BIN)/python benchmarks/unembed_memory.py
+	$(BIN)/python benchmarks/trajectory_memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -108,9 +109,12 @@ class TrajectoryStatistic:
     @property
     def matrix(self) -> NDArray[np.floating]:
         """`[layer, pos]`: the statistic averaged over batch axes."""
-        if self.stats.ndim == 2:
-            return self.stats
-        return np.nanmean(self.stats.reshape(-1, *self.stats.shape[-2:]), axis=0)
+        flat = self.stats.reshape(-1, *self.stats.shape[-2:])
+        if len(flat) == 1:
+            return flat[0]
+        with warnings.catch_warnings():  # all-NaN columns (no target anywhere) stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(flat, axis=0)
 
     def clip(self, min: float, max: float) -> TrajectoryStatistic:
         """Clip values to `[min, max]` (and fix the colour scale there)."""
