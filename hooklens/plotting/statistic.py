@@ -80,6 +80,7 @@ class TrajectoryStatistic:
     min: float | None = None
     includes_output: bool = True
     layer_labels: Any = None  # [layer] strings; default 0..n-2 then 'output'
+    sequence_tokens: Any = None  # [pos] untruncated input tokens, for widgets
 
     def __post_init__(self) -> None:
         self.stats = np.asarray(self.stats)

@@ -72,11 +72,10 @@ def colored_tokens_by_layer(statistic: TrajectoryStatistic) -> Widget:
     """Input tokens coloured by `statistic`, one button per layer (ColoredTokensMulti)."""
     matrix = np.nan_to_num(statistic.matrix.astype(float), nan=0.0)  # [layer, pos]
     n_pos = matrix.shape[1]
-    tokens = (
-        [str(t) for t in statistic.sequence_labels]
-        if statistic.sequence_labels is not None
-        else [str(i) for i in range(n_pos)]
-    )
+    for labels in (statistic.sequence_tokens, statistic.sequence_labels, range(n_pos)):
+        if labels is not None:
+            tokens = [str(t) for t in labels]
+            break
     return Widget(
         "ColoredTokensMulti",
         title=f"{statistic.name} ({statistic.units})" if statistic.units else statistic.name,
