@@ -8,7 +8,9 @@ from hooklens.errors import (
 )
 from hooklens.lenses import Lens, LogitLens, TunedLens, TunedLensConfig
 from hooklens.model import ModelAdapter, ModelFingerprint, WeightProcessing
+from hooklens.plotting import TokenFormatter, TrajectoryLabels, TrajectoryStatistic
 from hooklens.residuals import get_residual, iter_residuals, residual_stack
+from hooklens.trajectory import PredictionTrajectory, next_token_targets
 from hooklens.unembed import Unembed
 
 __version__ = "0.1.0"
@@ -22,11 +24,16 @@ __all__ = [
     "ModelAdapter",
     "ModelFingerprint",
     "NonFiniteActivationError",
+    "PredictionTrajectory",
+    "TokenFormatter",
+    "TrajectoryLabels",
+    "TrajectoryStatistic",
     "TunedLens",
     "TunedLensConfig",
     "Unembed",
     "WeightProcessing",
     "get_residual",
     "iter_residuals",
+    "next_token_targets",
     "residual_stack",
 ]

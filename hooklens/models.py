@@ -12,8 +12,10 @@ import copy
 import importlib.util
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -127,24 +129,57 @@ def embedded_model_dir(name: str = DEFAULT_MODEL) -> str:
     return next(iter(spec.submodule_search_locations))
 
 
+def cache_dir() -> Path:
+    """Where dequantised embedded models are kept: `$HOOKLENS_CACHE`, else
+    `$XDG_CACHE_HOME/hooklens`, else `~/.cache/hooklens`."""
+    if os.environ.get("HOOKLENS_CACHE"):
+        return Path(os.environ["HOOKLENS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hooklens"
+
+
 @lru_cache(maxsize=1)
 def _embedded_hf_model(name: str) -> tuple[Any, Any]:
-    """Dequantise the GGUF into a float32 Hugging Face model (about 13 s, cached)."""
+    """The embedded model as a float32 Hugging Face model, with its tokenizer.
+
+    The first load dequantises the GGUF (about 13 s) and saves the result as
+    safetensors under `cache_dir()`; later loads read that (about 1 s).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     embedded = EMBEDDED_MODELS[name]
-    folder = embedded_model_dir(name)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=embedded.gguf_file)
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=embedded.gguf_file, dtype=torch.float32
-    ).eval()
-    # The GGUF config names no architecture and claims GGUF quantisation although the
-    # weights are now float32; TransformerLens's converters need both fixed.
-    hf_model.config.architectures = [embedded.architecture]
-    if hasattr(hf_model.config, "quantization_config"):
-        del hf_model.config.quantization_config
+    cached = cache_dir() / name
+    if (cached / "config.json").is_file() and (cached / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(cached)
+        hf_model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32).eval()
+    else:
+        folder = embedded_model_dir(name)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=embedded.gguf_file)
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=embedded.gguf_file, dtype=torch.float32
+        ).eval()
+        # The GGUF config names no architecture and claims GGUF quantisation although
+        # the weights are now float32; TransformerLens's converters need both fixed.
+        hf_model.config.architectures = [embedded.architecture]
+        if hasattr(hf_model.config, "quantization_config"):
+            del hf_model.config.quantization_config
+        hf_model.hf_quantizer = None
+        _save_to_cache(hf_model, tokenizer, cached)
     hf_model.name_or_path = embedded.hf_name
     return hf_model, tokenizer
+
+
+def _save_to_cache(hf_model: Any, tokenizer: Any, target: Path) -> None:
+    """Save atomically (a temporary folder renamed into place); a failure only warns."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+            hf_model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            os.replace(tmp, target)
+            os.makedirs(tmp)  # TemporaryDirectory wants something to remove
+    except OSError as error:
+        warnings.warn(f"could not cache the dequantised model in {target}: {error}", stacklevel=3)
 
 
 def _hooked_from_hf(

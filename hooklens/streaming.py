@@ -228,23 +228,33 @@ def pair_stats(
     logsumexp_p: Float[Tensor, " rows"],
     logsumexp_q: Float[Tensor, " rows"],
 ) -> PairStats:
-    """One pass over `(vocab_slice, logits_p, logits_q)` chunks; normalisers known."""
-    kl = js = tv = None
+    """One pass over `(vocab_slice, logits_p, logits_q)` chunks; normalisers known.
+
+    With a = log p, b = log q and s = p + q:
+    KL = Σ p a - Σ p b;  JS = ½ (Σ p a + Σ q b - Σ s log s) + ln 2 · ½ Σ s;
+    TV = ½ Σ |p - q|. Every sum is of entropy size, so float32 keeps ~1e-6.
+    """
+    totals: dict[str, Tensor] = {}
     for _, logits_p, logits_q in chunks:
         log_p = logits_p.sub_(logsumexp_p[:, None])
         log_q = logits_q.sub_(logsumexp_q[:, None])
         p, q = log_p.exp(), log_q.exp()
-        chunk_kl = _rowdot(p, log_p - log_q)
-        chunk_tv = (p - q).abs_().sum(-1)
-        # log m with m = (p + q) / 2; each p log(p/m) + q log(q/m) term is ≥ 0.
-        log_m = torch.logaddexp(log_p, log_q).sub_(LN2)
-        chunk_js = _rowdot(p, log_p.sub_(log_m)) + _rowdot(q, log_q.sub_(log_m))
-        if kl is None or js is None or tv is None:
-            kl, js, tv = chunk_kl, chunk_js, chunk_tv
-        else:
-            kl, js, tv = kl + chunk_kl, js + chunk_js, tv + chunk_tv
-    if kl is None or js is None or tv is None:
+        p_log_p = _rowdot(p, log_p)
+        both = p + q
+        chunk = {
+            "p_log_p": p_log_p,
+            "p_log_q": _rowdot(p, log_q),
+            "q_log_q": _rowdot(q, log_q),
+            "s_log_s": torch.special.xlogy(both, both).sum(-1),  # 0 log 0 = 0
+            "mass": both.sum(-1),
+            "abs_diff": p.sub_(q).abs_().sum(-1),
+        }
+        for name, value in chunk.items():
+            totals[name] = value if name not in totals else totals[name] + value
+    if not totals:
         raise ValueError("no logits: the vocabulary is empty")
+    kl = totals["p_log_p"] - totals["p_log_q"]
+    js = 0.5 * (totals["p_log_p"] + totals["q_log_q"] - totals["s_log_s"] + LN2 * totals["mass"])
     return PairStats(
-        kl=kl.clamp_min(0.0), js=(0.5 * js).clamp(0.0, LN2), tv=(0.5 * tv).clamp(0.0, 1.0)
+        kl=kl.clamp_min(0.0), js=js.clamp(0.0, LN2), tv=(0.5 * totals["abs_diff"]).clamp(0.0, 1.0)
     )

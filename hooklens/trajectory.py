@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hooklens.errors import LensMismatchError
+from hooklens.errors import LensMismatchError, NonFiniteActivationError
 from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter, normalize_component
 from hooklens.plotting.statistic import TrajectoryLabels, TrajectoryStatistic
@@ -49,6 +49,7 @@ Units = Literal["nats", "bits"]
 # elementwise passes per tile, and are still big enough for an efficient matmul.
 ROW_BLOCK = 256
 VOCAB_CHUNK = 4096
+HOVER_K = 5  # tokens listed when hovering over a heatmap cell
 
 
 @dataclass
@@ -135,6 +136,7 @@ class PredictionTrajectory:
         self._pairs: weakref.WeakKeyDictionary[PredictionTrajectory, PairStats] = (
             weakref.WeakKeyDictionary()
         )
+        self._labels: TrajectoryLabels | None = None
         if _readout is None:
             with torch.no_grad():
                 _readout = self._read()
@@ -274,8 +276,6 @@ class PredictionTrajectory:
                 raise ValueError(f"{name} are {tuple(value.shape)}, input_ids {tuple(ids.shape)}")
             if (value >= self.vocab_size).any():
                 raise ValueError(f"{name} hold ids ≥ the vocabulary size {self.vocab_size}")
-        if not bool(torch.isfinite(self._model_logits).any(-1).all()):
-            raise ValueError("model_logits have a position where every logit is -inf or NaN")
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -327,6 +327,11 @@ class PredictionTrajectory:
     def _normalized(self, layer: int, rows: slice = slice(None)) -> Tensor:
         """The lens's input to W_U for `layer`: `[rows, d_model]`."""
         h = self._residuals[layer].reshape(self._rows(), -1)[rows]
+        if not bool(torch.isfinite(h).all()):
+            raise NonFiniteActivationError(
+                f"the {self.residual_component} residual of layer {layer} holds NaN or "
+                "infinite values; check the model's dtype or the hooks of that run"
+            )
         return self.lens.unembed.final_norm(self.lens.transform_hidden(h, layer))
 
     def _input_mask(self) -> Tensor | None:
@@ -381,15 +386,13 @@ class PredictionTrajectory:
         mask = self._input_mask()
         out_logits = self._flat_logits()
         floor = finite_floor(torch.float32)
-        has_neg_inf = bool(torch.isneginf(out_logits).any())
         results: list[list[VocabStats]] = [[] for _ in range(n_layers + 1)]
         target_logits: list[list[Tensor]] = [[] for _ in range(n_layers + 1)]
         anti_logits: list[list[Tensor]] = [[] for _ in range(n_layers + 1)]
 
         def output_chunk(rows: slice, vocab: slice) -> Tensor:
-            chunk = out_logits[rows, vocab].float()
-            # A copy either way: the accumulators work in place.
-            return chunk.clamp_min(floor) if has_neg_inf else chunk.clone()
+            # clamp_min copies (the accumulators work in place) and maps -inf to the floor.
+            return out_logits[rows, vocab].float().clamp_min(floor)
 
         def token_logits(normed: Tensor | None, rows: slice, ids: Tensor) -> Tensor:
             if normed is None:  # the output row
@@ -413,6 +416,10 @@ class PredictionTrajectory:
                     target_logits[layer].append(zt)
                 accumulators.append(VocabAccumulator(self.topk, row_targets, zt))
             out_lse = logsumexp_chunks(output_chunk(rows, v) for v in self._vocab_chunks())
+            if not bool(torch.isfinite(out_lse).all()):
+                raise ValueError(
+                    "model_logits hold NaN or +inf, or a position where every logit is -inf"
+                )
             for vocab in self._vocab_chunks():
                 output = output_chunk(rows, vocab)
                 reference = ReferenceTile.from_log_probs(output - out_lse[:, None])
@@ -686,23 +693,30 @@ class PredictionTrajectory:
         tokens = formatter.format_ids(self.tokenizer, self.input_ids.numpy())
         return _consolidate(tokens.reshape(-1, self.num_tokens))
 
-    def _top_prediction_labels(
-        self, formatter: TokenFormatter | None = None, hover_k: int = 5
-    ) -> TrajectoryLabels | None:
-        """Cells show the top-1 prediction; hover shows the top-k (first batch item)."""
+    def _top_prediction_labels(self) -> TrajectoryLabels | None:
+        """Cells show the top-1 prediction; hover the top-5 (first batch item).
+
+        Built once per trajectory and shared by all its statistics.
+        """
         if self.tokenizer is None:
             return None
-        formatter = formatter or TokenFormatter()
-        ids = self._readout.topk_ids.reshape(self.num_layers + 1, -1, self.num_tokens, self.topk)
-        top1 = formatter.format_ids(self.tokenizer, ids[..., 0].numpy())  # [layer, batch, pos]
-        labels = np.stack([_consolidate(layer) for layer in top1])
-        k = min(hover_k, self.topk)
-        hover_ids = ids[:, 0, :, :k].numpy()
-        hover_tokens = TokenFormatter(max_string_len=16).format_ids(self.tokenizer, hover_ids)
-        probs = self._readout.topk_log_probs.reshape(ids.shape)[:, 0, :, :k].exp().numpy()
-        hover_probs = np.char.add(np.char.mod("%.1f", 100 * probs), "%")
-        entries = np.stack([hover_tokens, hover_probs], axis=-1)
-        return TrajectoryLabels(label_strings=labels, hover_over_entries=entries)
+        if self._labels is None:
+            formatter = TokenFormatter()
+            n_rows = self.num_layers + 1
+            ids = self._readout.topk_ids.reshape(n_rows, -1, self.num_tokens, self.topk)
+            top1 = formatter.format_ids(self.tokenizer, ids[..., 0].numpy())  # [layer, b, pos]
+            labels = np.stack([_consolidate(layer) for layer in top1])
+            k = min(HOVER_K, self.topk)
+            hover_tokens = TokenFormatter(max_string_len=16).format_ids(
+                self.tokenizer, ids[:, 0, :, :k].numpy()
+            )
+            probs = self._readout.topk_log_probs.reshape(ids.shape)[:, 0, :, :k].exp()
+            hover_probs = np.array([f"{100 * p:.1f}%" for p in probs.reshape(-1).tolist()] + [""])
+            entries = np.stack(
+                [hover_tokens, hover_probs[:-1].astype(object).reshape(hover_tokens.shape)], -1
+            )
+            self._labels = TrajectoryLabels(label_strings=labels, hover_over_entries=entries)
+        return self._labels
 
     def topk_widget(self, layer: int = -1, batch_index: int = 0):
         """circuitsvis TokenLogProbs view of one layer: colour = log-prob of the target,

@@ -18,12 +18,16 @@ def _demo_module():
     return module
 
 
-def test_demo_table_has_every_layer_and_ends_at_the_model_prediction(capsys):
+def test_demo_table_has_every_layer_and_ends_at_the_model_prediction(capsys, tmp_path):
     demo = _demo_module()
-    demo.main(["--text", "The capital of France is Paris. The capital of Germany is"])
+    report = tmp_path / "report.html"
+    text = "The capital of France is Paris. The capital of Germany is"
+    demo.main(["--text", text, "--report", str(report)])
     out = capsys.readouterr().out
-    table = out[out.index("top-1 token") :].splitlines()[1:]
+    assert report.stat().st_size > 1_000_000
+    table = out[out.index("top-1 token") :].split("\n\n")[0].splitlines()[1:]
     assert [line.split()[0] for line in table] == [*map(str, range(30)), "output"]
     output_row = table[-1]
     assert "' Berlin'" in output_row
     assert float(output_row.split()[-1]) == 0.0  # KL of the output to itself
+    assert f"wrote {report}" in out

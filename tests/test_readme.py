@@ -22,9 +22,11 @@ def test_readme_shows_the_two_setup_commands():
 @pytest.mark.slow
 def test_readme_quickstart_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the quickstart saves a lens into the working directory
-    (quickstart,) = _python_blocks()
-    exec(compile(quickstart, str(README), "exec"), {})
+    quickstart = _python_blocks()[0]
+    namespace: dict = {}
+    exec(compile(quickstart, str(README), "exec"), namespace)
     printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 31
-    assert printed[-1] == "30  Berlin"
+    assert printed[0].startswith("PredictionTrajectory(layers=30, pos=5, batch=(1,)")
+    assert printed[1] == "(1, 31, 5)"
+    assert namespace["fig"].data[0].type == "heatmap"
     assert (tmp_path / "my-lens" / "params.safetensors").is_file()

@@ -85,9 +85,14 @@ class TokenFormatter:
             text = text[: self.max_string_len - len(self.ellipsis)] + self.ellipsis
         return text
 
-    def format_ids(self, tokenizer, ids: NDArray[np.int64]) -> NDArray[np.str_]:
-        """Format an array of token ids of any shape with `tokenizer`'s vocabulary."""
+    def format_ids(self, tokenizer, ids: NDArray[np.int64]) -> NDArray[np.object_]:
+        """Format an array of token ids of any shape with `tokenizer`'s vocabulary.
+
+        Each distinct id is decoded once; the result is an object array whose entries
+        share those strings (8 bytes per entry, however long the token).
+        """
         ids = np.asarray(ids)
-        flat = tokenizer.convert_ids_to_tokens([int(i) for i in ids.reshape(-1)])
-        formatted = [self.format(token) for token in flat]
-        return np.array(formatted, dtype=str).reshape(ids.shape)
+        unique, inverse = np.unique(ids.reshape(-1), return_inverse=True)
+        tokens = tokenizer.convert_ids_to_tokens([int(i) for i in unique])
+        formatted = np.array([self.format(token) for token in tokens] + [""], dtype=object)
+        return formatted[:-1][inverse].reshape(ids.shape)
