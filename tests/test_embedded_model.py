@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from hooklens import LensMismatchError, LogitLens, ModelAdapter, TunedLens, models
+from hooklens import (
+    LensMismatchError,
+    LogitLens,
+    ModelAdapter,
+    PredictionTrajectory,
+    TunedLens,
+    models,
+    next_token_targets,
+    stats,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -59,3 +69,31 @@ def test_lens_moves_between_equivalent_loads_only(smollm, tmp_path):
     assert isinstance(TunedLens.load(tmp_path, model=smollm["bridge-compat"]), TunedLens)
     with pytest.raises(LensMismatchError, match="enable_compatibility_mode"):
         TunedLens.load(tmp_path, model=smollm["bridge-raw"])
+
+
+def test_trajectory_of_smollm2_ends_at_the_models_own_prediction(smollm):
+    model = smollm["hooked-processed"]
+    tokens = model.to_tokens(TEXT)
+    logits, cache = model.run_with_cache(tokens)
+    lens = LogitLens.from_model(model)
+    trajectory = PredictionTrajectory.from_lens_and_cache(
+        lens, tokens, cache, logits, targets=next_token_targets(tokens)
+    )
+    forward_kl = trajectory.forward_kl().stats[0]  # [layer, pos]
+    assert np.abs(forward_kl[-1]).max() < 1e-5
+    assert forward_kl[:-1].mean() > 1.0  # the logit lens is far from the output mid-model
+    loss = torch.nn.functional.cross_entropy(logits[0, :-1], tokens[0, 1:], reduction="none")
+    np.testing.assert_allclose(
+        trajectory.cross_entropy().stats[0, -1, :-1], loss.numpy(), atol=1e-5, rtol=1e-5
+    )
+    # A middle layer against the materialised computation, in float32 on the real model.
+    log_p = lens.log_probs(cache, layer=15)[0]
+    np.testing.assert_allclose(
+        trajectory.entropy().stats[0, 15], stats.entropy(log_p).numpy(), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        forward_kl[15],
+        stats.kl_divergence(torch.log_softmax(logits[0], -1), log_p).numpy(),
+        atol=1e-4,
+        rtol=1e-5,
+    )
