@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hooklens import LogitLens, TunedLens, stats
+from hooklens import LogitLens, NonFiniteActivationError, TunedLens, stats
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
 from tests.conftest import N_LAYERS, VOCAB, make_hooked
 
@@ -236,3 +236,29 @@ def test_comparing_different_shapes_is_refused(hooked, batch):
     )
     with pytest.raises(ValueError, match="same layers, positions"):
         traj.kl_divergence(other)
+
+
+def test_from_lens_and_model_accepts_text(model_zoo):
+    bridge = model_zoo["bridge-llama"]
+    text = "w5 w6 w7 w8"
+    traj = PredictionTrajectory.from_lens_and_model(LogitLens.from_model(bridge), bridge, text)
+    expected = bridge.to_tokens(text)[0]
+    assert torch.equal(traj.input_ids, expected.cpu())
+    assert traj.entropy().sequence_labels.tolist()[-1] == "w8"
+
+
+def test_nan_residuals_are_refused(hooked, batch):
+    ids, _, _ = batch
+    logits, cache = hooked.run_with_cache(ids)
+    cache.cache_dict["blocks.1.hook_resid_pre"][0, 3, 5] = float("nan")
+    with pytest.raises(NonFiniteActivationError, match="layer 1"):
+        PredictionTrajectory.from_lens_and_cache(LogitLens.from_model(hooked), ids, cache, logits)
+
+
+def test_nan_model_logits_are_refused(hooked, batch):
+    ids, _, _ = batch
+    logits, cache = hooked.run_with_cache(ids)
+    logits = logits.clone()
+    logits[1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="model_logits hold NaN"):
+        PredictionTrajectory.from_lens_and_cache(LogitLens.from_model(hooked), ids, cache, logits)
