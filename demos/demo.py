@@ -75,8 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-class", choices=["hooked", "bridge"], default="hooked")
     parser.add_argument("--report", default="demo-output/report.html", help="'' to skip")
     args = parser.parse_args(argv)
+    with torch.no_grad():
+        run(args)
 
-    torch.set_grad_enabled(False)
+
+def run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     model = models.load(args.model, model_class=args.model_class)
     print(f"loaded {args.model} as {type(model).__name__} in {time.perf_counter() - start:.1f}s")

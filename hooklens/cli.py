@@ -20,16 +20,16 @@ def _report(args: argparse.Namespace) -> int:
     if not text or not text.strip():
         print("hooklens report: give some text with --text or --text-file", file=sys.stderr)
         return 2
-    torch.set_grad_enabled(False)
     start = time.perf_counter()
-    model = models.load(args.model, model_class=args.model_class, processing=args.processing)
-    lenses = {}
-    for index, directory in enumerate(args.lens):
-        name = "tuned lens" if len(args.lens) == 1 else f"tuned lens {index + 1} ({directory})"
-        lenses[name] = TunedLens.load(directory, model=model)
-    path = trajectory_report(
-        model, text, lenses, args.output, max_tokens=args.max_tokens, title=args.title
-    )
+    with torch.no_grad():
+        model = models.load(args.model, model_class=args.model_class, processing=args.processing)
+        lenses = {}
+        for index, directory in enumerate(args.lens):
+            name = "tuned lens" if len(args.lens) == 1 else f"tuned lens {index + 1} ({directory})"
+            lenses[name] = TunedLens.load(directory, model=model)
+        path = trajectory_report(
+            model, text, lenses, args.output, max_tokens=args.max_tokens, title=args.title
+        )
     size = path.stat().st_size / 2**20
     print(f"wrote {path} ({size:.1f} MiB) in {time.perf_counter() - start:.1f}s")
     return 0

@@ -30,9 +30,9 @@ FLAVOURS = {
 
 @pytest.fixture(scope="module")
 def smollm():
-    torch.set_grad_enabled(False)
-    yield {name: models.load("smollm2-135m", **kwargs) for name, kwargs in FLAVOURS.items()}
-    torch.set_grad_enabled(True)
+    with torch.no_grad():
+        loaded = {name: models.load("smollm2-135m", **kwargs) for name, kwargs in FLAVOURS.items()}
+    return loaded
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
