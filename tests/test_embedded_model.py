@@ -74,7 +74,8 @@ def test_lens_moves_between_equivalent_loads_only(smollm, tmp_path):
 def test_trajectory_of_smollm2_ends_at_the_models_own_prediction(smollm):
     model = smollm["hooked-processed"]
     tokens = model.to_tokens(TEXT)
-    logits, cache = model.run_with_cache(tokens)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens)
     lens = LogitLens.from_model(model)
     trajectory = PredictionTrajectory.from_lens_and_cache(
         lens, tokens, cache, logits, targets=next_token_targets(tokens)
