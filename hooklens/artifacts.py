@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from hooklens.errors import LensMismatchError
+from hooklens.files import atomic_write, atomic_write_text
 from hooklens.model import ModelAdapter, ModelFingerprint, fingerprint_differences
 
 CONFIG_FILE = "config.json"
@@ -36,31 +36,13 @@ class LensFiles:
     format: str  # "hooklens" or "tuned-lens"
 
 
-def _atomic_write(target: Path, write: Any) -> None:
-    """Call `write(tmp_path)`, then rename over `target`: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_lens_dir(path: str | os.PathLike, config: dict[str, Any], tensors: dict[str, Tensor]):
     """Write `params.safetensors` then `config.json` into `path`, each atomically."""
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(directory / PARAMS_FILE, lambda tmp: save_file(contiguous, tmp))
-
-    def write_config(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    _atomic_write(directory / CONFIG_FILE, write_config)
+    atomic_write(directory / PARAMS_FILE, lambda tmp: save_file(contiguous, tmp))
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return directory
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import plotly.graph_objects as go
 import torch
 
+from hooklens.files import atomic_write_text
 from hooklens.lenses import Lens, LogitLens
 from hooklens.model import ModelAdapter
 from hooklens.plotting.widgets import Widget, circuitsvis_bundle
@@ -139,10 +140,5 @@ def trajectory_report(
                 figures=[js.figure(title=f"JS divergence: logit lens vs {name}")],
             )
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     document = render_report(sections, title or f"hooklens: {adapter.model_name}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(document, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, document)

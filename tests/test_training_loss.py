@@ -19,7 +19,7 @@ def test_chunked_kl_matches_autograd_of_the_direct_formula(model_zoo, kind, chun
     target = torch.log_softmax(3 * torch.randn(6, unembed.d_vocab, generator=generator), -1)
     neg_entropy = (target.exp() * target).sum(-1)
 
-    loss = kl_to_target(unembed, hidden, target, neg_entropy, chunk=chunk)
+    loss = kl_to_target(unembed, hidden, target.exp(), neg_entropy, chunk=chunk)
     (grad,) = torch.autograd.grad(loss, hidden)
 
     reference_hidden = hidden.detach().clone().requires_grad_(True)
@@ -37,7 +37,10 @@ def test_gradient_reaches_only_the_translators(hooked):
         hidden = torch.randn(5, D_MODEL)
         target = torch.log_softmax(torch.randn(5, hooked.cfg.d_vocab), -1)
         loss = kl_to_target(
-            lens.unembed, lens.transform_hidden(hidden, 1), target, (target.exp() * target).sum(-1)
+            lens.unembed,
+            lens.transform_hidden(hidden, 1),
+            target.exp(),
+            (target.exp() * target).sum(-1),
         )
         loss.backward()
     finally:
@@ -45,3 +48,15 @@ def test_gradient_reaches_only_the_translators(hooked):
     assert lens[1].weight.grad is not None and lens[1].weight.grad.abs().sum() > 0
     assert lens[0].weight.grad is None
     assert all(p.grad is None for p in hooked.parameters())
+
+
+def test_loss_without_autograd_has_the_same_value(model_zoo):
+    unembed = Unembed.from_model(model_zoo["hooked-rms"])
+    generator = torch.Generator().manual_seed(4)
+    hidden = torch.randn(3, D_MODEL, generator=generator)
+    target = torch.log_softmax(torch.randn(3, unembed.d_vocab, generator=generator), -1)
+    neg_entropy = (target.exp() * target).sum(-1)
+    with torch.no_grad():
+        value = kl_to_target(unembed, hidden, target.exp(), neg_entropy, chunk=16)
+    expected = (target.exp() * (target - torch.log_softmax(unembed(hidden), -1))).sum(-1).mean()
+    torch.testing.assert_close(value, expected.detach(), atol=1e-5, rtol=1e-5)

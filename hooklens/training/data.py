@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from hooklens.files import atomic_write_text
 from hooklens.models import cache_dir
 
 WIKIPEDIA_SUMMARIES = "wikipedia-summaries"
@@ -52,11 +52,7 @@ def wikipedia_summaries_path() -> Path:
         for entry in articles.values()
         if entry.get("extract", "").strip()
     ]
-    fd, tmp_path = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp_path, target)
-    return target
+    return atomic_write_text(target, "\n".join(lines) + "\n")
 
 
 def load_texts(source: str, *, streaming: bool = False, split: str = "train") -> Any:

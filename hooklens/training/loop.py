@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,9 +21,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from hooklens.files import atomic_write
 from hooklens.lenses.tuned import TunedLens
 from hooklens.model import ModelAdapter
-from hooklens.training.loss import kl_to_target
+from hooklens.training.loss import kl_to_target, target_projection
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -90,9 +90,16 @@ def batch_loss(
         logits, cache = model.run_with_cache(
             tokens.to(adapter.device), names_filter=lambda name: name in names
         )
-        target = torch.log_softmax(logits.float(), -1).reshape(-1, logits.shape[-1])
-        neg_entropy = torch.linalg.vecdot(target.exp(), target)
-    dtype = torch.bfloat16 if config.matmul_dtype == "bfloat16" else torch.float32
+        log_q = torch.log_softmax(logits.float(), -1).reshape(-1, logits.shape[-1])
+        target = log_q.exp()  # shared by every layer: one [tokens, vocab] tensor per batch
+        neg_entropy = torch.linalg.vecdot(target, log_q)
+        del log_q
+        dtype = torch.bfloat16 if config.matmul_dtype == "bfloat16" else torch.float32
+        projection = None
+        if not lens.unembed.logit_softcap:
+            projection = target_projection(
+                lens.unembed, target, chunk=config.vocab_chunk, dtype=dtype
+            )
     per_layer = []
     for layer in range(lens.n_layers):
         hidden = cache[adapter.hook_name(lens.component, layer)].reshape(-1, adapter.d_model)
@@ -103,6 +110,7 @@ def batch_loss(
                 translated,
                 target,
                 neg_entropy,
+                projection,
                 chunk=config.vocab_chunk,
                 dtype=dtype,
             )
@@ -112,15 +120,7 @@ def batch_loss(
 
 
 def _save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, directory / CHECKPOINT_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(directory / CHECKPOINT_FILE, lambda tmp: torch.save(state, tmp))
 
 
 def train_lens(

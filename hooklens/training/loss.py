@@ -2,10 +2,10 @@
 
 Autograd through `log_softmax(h @ W_U)` keeps `[rows, vocab]` logits, probabilities and
 their gradient alive at once (three times 400 MB for 2,048 tokens of a 49k vocabulary,
-per layer). `ChunkedKL` keeps one `[rows, chunk]` block: the forward pass streams the
-log-sum-exp and Σ q z, the backward pass recomputes each chunk's logits and adds
-`(softmax(z) − q) W_Uᵀ` to the gradient of the normalised hidden state. The target
-distribution q (the model's own output) is computed once per batch and shared by all
+per layer). `ChunkedKL` keeps one `[rows, chunk]` block and computes the loss and its
+gradient in the same pass over the vocabulary (two matmuls per chunk, as autograd
+would, but no `[rows, vocab]` tensor). The target distribution q (the model's own
+output) and its projection `q W_Uᵀ` are computed once per batch and shared by all
 layers.
 """
 
@@ -34,75 +34,115 @@ def _logits(
 
 
 class ChunkedKL(torch.autograd.Function):
-    """Mean over rows of KL(q ‖ softmax(unembed(normed))), in nats."""
+    """Mean over rows of KL(q ‖ softmax(unembed(normed))), in nats.
+
+    The gradient is accumulated during the forward pass, so each chunk's logits are
+    computed once: ∂KL/∂normed = (softmax(z) − q) W_Uᵀ = G₁ / s − q W_Uᵀ, where
+    G₁ = Σ_c exp(z_c − m) W_cᵀ and s = Σ exp(z − m) are rescaled like an online
+    softmax whenever the running max m grows. `q W_Uᵀ` does not depend on the layer and
+    is passed in (`target_projection`), computed once per batch. With a softcap the
+    chain rule weights each term by 1 − tanh², so q's term is accumulated per layer.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
         normed: Float[Tensor, "rows d_model"],
-        target_log_probs: Float[Tensor, "rows vocab"],
+        target_probs: Float[Tensor, "rows vocab"],
         target_neg_entropy: Float[Tensor, " rows"],
+        target_projection: Float[Tensor, "rows d_model"] | None,
         W_U: Float[Tensor, "d_model vocab"],
         b_U: Float[Tensor, " vocab"] | None,
         softcap: float | None,
         chunk: int,
         dtype: torch.dtype,
     ) -> Tensor:
-        rows, vocab_size = target_log_probs.shape
+        rows, vocab_size = target_probs.shape
+        needs_grad = ctx.needs_input_grad[0]
         running_max = torch.full((rows,), -torch.inf, device=normed.device)
         running_sum = torch.zeros(rows, device=normed.device)
         q_dot_z = torch.zeros(rows, device=normed.device)
+        model_term = torch.zeros(rows, normed.shape[-1], device=normed.device)
+        target_term = torch.zeros_like(model_term) if softcap and needs_grad else None
         for start in range(0, vocab_size, chunk):
             vocab = slice(start, min(start + chunk, vocab_size))
-            logits, _ = _logits(normed, W_U, b_U, vocab, softcap, dtype)
-            q_dot_z += torch.linalg.vecdot(target_log_probs[:, vocab].exp(), logits)
+            logits, squashed = _logits(normed, W_U, b_U, vocab, softcap, dtype)
+            q = target_probs[:, vocab]
+            q_dot_z += torch.linalg.vecdot(q, logits)
             new_max = torch.maximum(running_max, logits.amax(-1))
-            running_sum = running_sum * torch.exp(running_max - new_max) + torch.exp(
-                logits - new_max[:, None]
-            ).sum(-1)
+            scale = torch.exp(running_max - new_max)
+            weights = torch.exp(logits - new_max[:, None])
+            running_sum = running_sum * scale + weights.sum(-1)
             running_max = new_max
+            if not needs_grad:
+                continue
+            w_chunk = W_U[:, vocab].T.to(dtype)
+            if squashed is not None and target_term is not None:
+                slope = 1 - squashed.square()
+                weights = weights * slope
+                target_term += ((q * slope).to(dtype) @ w_chunk).float()
+            model_term = model_term * scale[:, None] + (weights.to(dtype) @ w_chunk).float()
         lse = running_max + torch.log(running_sum)
-        ctx.save_for_backward(normed, target_log_probs, lse, W_U, b_U)
-        ctx.softcap, ctx.chunk, ctx.dtype = softcap, chunk, dtype
+        if needs_grad:
+            if target_term is None:
+                if target_projection is None:
+                    raise ValueError("pass target_projection (q W_Uᵀ) when there is no softcap")
+                target_term = target_projection
+            grad = (model_term / running_sum[:, None] - target_term) / rows
+            ctx.save_for_backward(grad.to(normed.dtype))
         # KL = Σ q log q − Σ q z + lse
         return (target_neg_entropy - q_dot_z + lse).mean()
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        normed, target_log_probs, lse, W_U, b_U = ctx.saved_tensors
-        rows, vocab_size = target_log_probs.shape
-        grad = torch.zeros_like(normed, dtype=torch.float32)
-        scale = grad_output / rows
-        for start in range(0, vocab_size, ctx.chunk):
-            vocab = slice(start, min(start + ctx.chunk, vocab_size))
-            logits, squashed = _logits(normed, W_U, b_U, vocab, ctx.softcap, ctx.dtype)
-            delta = torch.exp(logits - lse[:, None]) - target_log_probs[:, vocab].exp()
-            if squashed is not None:
-                delta = delta * (1 - squashed.square())
-            grad += (delta.to(ctx.dtype) @ W_U[:, vocab].T.to(ctx.dtype)).float()
-        return (grad * scale).to(normed.dtype), None, None, None, None, None, None, None
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_output, *([None] * 8))
+
+
+def target_projection(
+    unembed: Unembed,
+    target_probs: Float[Tensor, "rows vocab"],
+    *,
+    chunk: int = 8192,
+    dtype: torch.dtype = torch.float32,
+) -> Float[Tensor, "rows d_model"]:
+    """`q W_Uᵀ` for the target distribution q: the layer-independent half of the gradient."""
+    rows, vocab_size = target_probs.shape
+    out = torch.zeros(rows, unembed.d_model, device=target_probs.device)
+    for start in range(0, vocab_size, chunk):
+        vocab = slice(start, min(start + chunk, vocab_size))
+        out += (target_probs[:, vocab].to(dtype) @ unembed.W_U[:, vocab].T.to(dtype)).float()
+    return out
 
 
 def kl_to_target(
     unembed: Unembed,
     hidden: Float[Tensor, "rows d_model"],
-    target_log_probs: Float[Tensor, "rows vocab"],
+    target_probs: Float[Tensor, "rows vocab"],
     target_neg_entropy: Float[Tensor, " rows"],
+    projection: Float[Tensor, "rows d_model"] | None = None,
     *,
     chunk: int = 8192,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Mean KL(target ‖ lens readout of `hidden`), differentiable in `hidden`.
 
+    The target is given as probabilities q and its negative entropy Σ q log q.
+
     `hidden` is the translated (not yet normalised) hidden state; the model's final norm
-    is applied here with autograd. `dtype=torch.bfloat16` runs the unembedding matmuls
-    in bfloat16 (about 4× faster on CPUs with AMX/AVX-512 BF16), accumulating in float32.
+    is applied here with autograd. Pass `projection = target_projection(...)` when
+    calling this for many layers with the same target (it is computed here otherwise).
+    `dtype=torch.bfloat16` runs the unembedding matmuls in bfloat16 (about 4× faster on
+    CPUs with AMX/AVX-512 BF16), accumulating in float32.
     """
     normed = unembed.final_norm(hidden)
+    if projection is None and not unembed.logit_softcap:
+        projection = target_projection(unembed, target_probs, chunk=chunk, dtype=dtype)
     return ChunkedKL.apply(
         normed,
-        target_log_probs,
+        target_probs,
         target_neg_entropy,
+        projection,
         unembed.W_U,
         unembed.b_U,
         unembed.logit_softcap,
