@@ -41,8 +41,8 @@ def layer_table(model, text: str, position: int = -1) -> list[dict]:
     )
     entropy = trajectory.entropy().stats[0]  # [layer, pos]
     forward_kl = trajectory.forward_kl().stats[0]
-    top_ids = trajectory._readout.topk_ids[:, position, 0]
-    top_probs = trajectory.max_probability().stats[0][:, position]
+    top_ids, top_probs = trajectory.top_predictions()  # [batch, layer, pos, k]
+    top_ids, top_probs = top_ids[0, :, position, 0], top_probs[0, :, position, 0]
     rows = []
     for layer in range(adapter.n_layers + 1):
         rows.append(

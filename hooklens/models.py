@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -170,15 +171,17 @@ def _embedded_hf_model(name: str) -> tuple[Any, Any]:
 
 
 def _save_to_cache(hf_model: Any, tokenizer: Any, target: Path) -> None:
-    """Save atomically (a temporary folder renamed into place); a failure only warns."""
+    """Save into a temporary folder, then rename it into place; a failure only warns."""
+    tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
-            hf_model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            os.replace(tmp, target)
-            os.makedirs(tmp)  # TemporaryDirectory wants something to remove
+        tmp = tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.")
+        hf_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
     except OSError as error:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         warnings.warn(f"could not cache the dequantised model in {target}: {error}", stacklevel=3)
 
 

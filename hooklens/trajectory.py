@@ -504,6 +504,18 @@ class PredictionTrajectory:
             _readout=self._readout.select(index.reshape(-1)),
         )
 
+    def top_predictions(
+        self,
+    ) -> tuple[Int[Tensor, "... layer pos k"], Float[Tensor, "... layer pos k"]]:
+        """The `topk` most likely tokens at each layer and position, most likely first:
+        `(token_ids, probabilities)`, each `[..., layer + 1, pos, topk]`."""
+
+        def shaped(values: Tensor) -> Tensor:
+            grid = values.reshape(values.shape[0], *self.batch_shape, self.num_tokens, -1)
+            return grid.movedim(0, -3)
+
+        return shaped(self._readout.topk_ids), shaped(self._readout.topk_log_probs.exp())
+
     def layer_log_probs(self, layer: int) -> Float[Tensor, "... pos vocab"]:
         """Full log-probabilities of one row (`-1` = output): `[..., pos, vocab]`."""
         layer = self.lens.layer_index(layer)

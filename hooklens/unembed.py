@@ -14,6 +14,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooklens.model import ModelAdapter
+from hooklens.streaming import logsumexp_chunks
 from hooklens.validation import validate_hidden
 
 DEFAULT_CHUNK_SIZE = 8192
@@ -144,21 +145,7 @@ class Unembed:
         self, h: Float[Tensor, "... d_model"], chunk_size: int | None = None
     ) -> Float[Tensor, "..."]:
         """`logsumexp(logits, -1)` holding one chunk of logits at a time."""
-        running_max: Tensor | None = None
-        scaled_sum: Tensor | None = None
-        for _, logits in self.logit_chunks(h, chunk_size):
-            chunk_max = logits.amax(dim=-1)
-            if running_max is None or scaled_sum is None:
-                running_max = chunk_max
-                scaled_sum = torch.exp(logits - chunk_max[..., None]).sum(-1)
-                continue
-            new_max = torch.maximum(running_max, chunk_max)
-            scaled_sum = scaled_sum * torch.exp(running_max - new_max) + torch.exp(
-                logits - new_max[..., None]
-            ).sum(-1)
-            running_max = new_max
-        assert running_max is not None and scaled_sum is not None  # d_vocab >= 1
-        return running_max + torch.log(scaled_sum)
+        return logsumexp_chunks(logits for _, logits in self.logit_chunks(h, chunk_size))
 
     def log_prob_chunks(
         self, h: Float[Tensor, "... d_model"], chunk_size: int | None = None

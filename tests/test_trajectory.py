@@ -262,3 +262,15 @@ def test_nan_model_logits_are_refused(hooked, batch):
     logits[1, 2, 3] = float("nan")
     with pytest.raises(ValueError, match="model_logits hold NaN"):
         PredictionTrajectory.from_lens_and_cache(LogitLens.from_model(hooked), ids, cache, logits)
+
+
+def test_top_predictions_are_the_most_likely_tokens(hooked, batch):
+    ids, _, _ = batch
+    logits, cache = hooked.run_with_cache(ids)
+    lens = LogitLens.from_model(hooked)
+    traj = PredictionTrajectory.from_lens_and_cache(lens, ids, cache, logits)
+    top_ids, top_probs = traj.top_predictions()
+    assert top_ids.shape == (2, N_LAYERS + 1, 9, traj.topk)
+    expected = _full_log_probs(lens, cache, logits).topk(traj.topk, dim=-1)
+    torch.testing.assert_close(top_probs, expected.values.exp(), atol=1e-6, rtol=1e-5)
+    assert torch.equal(top_ids, expected.indices)
