@@ -1,4 +1,4 @@
-"""`hooklens` command line: `hooklens report ...` (training and evaluation come next)."""
+"""`hooklens` command line: `hooklens report ...`, `hooklens train ...`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from hooklens import models
+from hooklens.errors import HooklensError
+from hooklens.training import run as training
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -61,12 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--max-tokens", type=int, default=64)
     report.add_argument("--title")
     report.set_defaults(run=_report)
+    train = commands.add_parser(
+        "train", help="train a tuned lens: closed-form fit, then KL fine-tune (resumable)"
+    )
+    training.add_arguments(train)
+    train.set_defaults(run=training.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (HooklensError, ValueError, FileNotFoundError, FileExistsError) as error:
+        # Bad input, not a bug: say what is wrong without a traceback.
+        print(f"hooklens {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
