@@ -1,4 +1,4 @@
-"""`hooklens` command line: `hooklens report ...`, `hooklens train ...`."""
+"""`hooklens` command line: `hooklens report | train | eval ...`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hooklens import models
 from hooklens.errors import HooklensError
+from hooklens.training import evaluate as evaluation
 from hooklens.training import run as training
 
 
@@ -68,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     training.add_arguments(train)
     train.set_defaults(run=training.run)
+    evaluate = commands.add_parser(
+        "eval", help="per-layer KL, cross-entropy, entropy, top-1 agreement on held-out text"
+    )
+    evaluation.add_arguments(evaluate)
+    evaluate.set_defaults(run=evaluation.run)
     return parser
 
 

@@ -1,0 +1,129 @@
+"""Per-layer evaluation of lenses on held-out text, side by side.
+
+For each lens and layer: KL(output ‖ lens), cross-entropy of the next token, entropy,
+and top-1 agreement with the model, averaged over tokens; cross-entropy also in bits
+per UTF-8 byte of the text. Every number comes from one `PredictionTrajectory` pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from torch import Tensor
+
+from hooklens import models
+from hooklens.files import atomic_write_text
+from hooklens.lenses import Lens, LogitLens, TunedLens
+from hooklens.plotting.tokens import decode_token
+from hooklens.training.data import batches, load_texts, pack, split_texts
+from hooklens.trajectory import PredictionTrajectory, next_token_targets
+
+METRICS = ("kl_to_output", "cross_entropy", "entropy", "top1_agreement")
+
+
+def _bytes_per_token(tokenizer: Any, ids: Tensor) -> int:
+    tokens = tokenizer.convert_ids_to_tokens(ids.reshape(-1).tolist())
+    return sum(len(decode_token(token).encode("utf-8", errors="replace")) for token in tokens)
+
+
+def evaluate_lenses(
+    model: Any, lenses: Mapping[str, Lens], token_batches: Iterable[Tensor]
+) -> dict[str, Any]:
+    """`{"tokens", "bytes", "lenses": {name: {metric: [per layer]}}}`, nats per token."""
+    sums: dict[str, dict[str, np.ndarray]] = {}
+    n_tokens = n_targets = n_bytes = 0
+    for tokens in token_batches:
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(tokens)
+        targets = next_token_targets(tokens)
+        n_tokens += tokens.numel()
+        n_targets += int((targets >= 0).sum())
+        n_bytes += _bytes_per_token(model.tokenizer, tokens[..., 1:])
+        for name, lens in lenses.items():
+            trajectory = PredictionTrajectory.from_lens_and_cache(
+                lens, tokens, cache, logits, targets=targets, residual_component=lens.component
+            )
+            top_ids, _ = trajectory.top_predictions()
+            agree = (top_ids[..., 0] == top_ids[..., -1:, :, 0]).float().numpy()
+            values = {
+                "kl_to_output": trajectory.forward_kl().stats,
+                "cross_entropy": trajectory.cross_entropy().stats,
+                "entropy": trajectory.entropy().stats,
+                "top1_agreement": agree,
+            }
+            totals = sums.setdefault(name, {m: 0.0 for m in METRICS})  # type: ignore[misc]
+            for metric, stat in values.items():  # [batch, layer, pos] → sum per layer
+                totals[metric] = totals[metric] + np.nansum(stat, axis=(0, 2))
+    results: dict[str, Any] = {"tokens": n_tokens, "bytes": n_bytes, "lenses": {}}
+    for name, totals in sums.items():
+        per_token = {
+            m: totals[m] / (n_targets if m == "cross_entropy" else n_tokens) for m in METRICS
+        }
+        per_token["cross_entropy_bits_per_byte"] = (
+            totals["cross_entropy"] / math.log(2) / max(n_bytes, 1)
+        )
+        results["lenses"][name] = {
+            m: [round(float(v), 6) for v in vs] for m, vs in per_token.items()
+        }
+    return results
+
+
+def figure(results: Mapping[str, Any], metric: str = "kl_to_output") -> go.Figure:
+    """One line per lens: `metric` against the layer (the last point is the output)."""
+    fig = go.Figure()
+    for name, metrics in results["lenses"].items():
+        values = metrics[metric]
+        labels = [*map(str, range(len(values) - 1)), "output"]
+        fig.add_trace(go.Scatter(x=labels, y=values, mode="lines+markers", name=name))
+    return fig.update_layout(
+        title=f"{metric.replace('_', ' ')} per layer ({results['tokens']} held-out tokens)",
+        xaxis_title="layer",
+        yaxis_title=metric,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lens", action="append", default=[], help="tuned lens dir (repeatable)")
+    parser.add_argument("--model", default=models.DEFAULT_MODEL)
+    parser.add_argument("--model-class", choices=["hooked", "bridge"], default="hooked")
+    parser.add_argument("--data", default="wikipedia-summaries")
+    parser.add_argument("--text-field", default="text")
+    parser.add_argument("--tokens", type=int, default=4096, help="held-out tokens to evaluate")
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--output", default="hooklens-eval.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    model = models.load(args.model, model_class=args.model_class)
+    lenses: dict[str, Lens] = {"logit lens": LogitLens.from_model(model)}
+    for directory in args.lens:
+        lenses[str(directory)] = TunedLens.load(directory, model=model)
+    texts = (row[args.text_field] for row in load_texts(args.data, streaming=True))
+    chunks = pack(split_texts(texts, held_out=True), model.tokenizer, args.seq_len)
+    n_chunks = max(1, args.tokens // args.seq_len)
+    results = evaluate_lenses(
+        model, lenses, batches(itertools.islice(chunks, n_chunks), args.batch_size)
+    )
+    output = Path(args.output)
+    atomic_write_text(output, json.dumps(results, indent=1) + "\n")
+    figure(results).write_html(output.with_suffix(".html"), include_plotlyjs=True)
+    names = list(results["lenses"])
+    print(f"{results['tokens']} held-out tokens; KL(output ‖ lens) in nats/token")
+    print(f"{'layer':>6} " + " ".join(f"{name[-14:]:>14}" for name in names))
+    n_rows = len(results["lenses"][names[0]]["kl_to_output"])
+    for layer in range(n_rows):
+        label = "output" if layer == n_rows - 1 else str(layer)
+        row = " ".join(f"{results['lenses'][n]['kl_to_output'][layer]:>14.3f}" for n in names)
+        print(f"{label:>6} {row}")
+    print(f"wrote {output} and {output.with_suffix('.html')}")
+    return 0
