@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     model = models.load(args.model, model_class=args.model_class)
     lenses: dict[str, Lens] = {"logit lens": LogitLens.from_model(model)}
     for directory in args.lens:
-        lenses[str(directory)] = TunedLens.load(directory, model=model)
+        path = Path(directory).resolve()
+        lenses[f"{path.parent.name}/{path.name}"] = TunedLens.load(directory, model=model)
     texts = (row[args.text_field] for row in load_texts(args.data, streaming=True))
     chunks = pack(split_texts(texts, held_out=True), model.tokenizer, args.seq_len)
     n_chunks = max(1, args.tokens // args.seq_len)
