@@ -49,9 +49,14 @@ browser:
 test: venv lint typecheck browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
+# The reference (tuned-lens 0.2.0) beside ours, without its dependencies, for side-by-side runs.
 bench: venv
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		--target $(VENV)/reference tuned-lens==0.2.0
 	$(BIN)/python benchmarks/unembed_memory.py
 	$(BIN)/python benchmarks/trajectory_memory.py
+	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/fast_fit_quality.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
