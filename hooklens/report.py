@@ -9,10 +9,11 @@ from __future__ import annotations
 import html
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 import torch
 
@@ -116,6 +117,11 @@ def trajectory_report(
         figures = []
         for statistic in statistics:
             stat = getattr(trajectory, statistic)()
+            if stat.max is None:
+                # Unbounded statistics (KL, cross-entropy) have a few huge cells (layer 0):
+                # saturate the colour there so the rest keeps its contrast; hover keeps
+                # the true values.
+                stat = replace(stat, max=float(np.nanpercentile(stat.matrix, 95)))
             figures.append(stat.figure(title=f"{stat.name}: {name}"))
         sections.append(
             ReportSection(
