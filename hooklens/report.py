@@ -95,10 +95,9 @@ def trajectory_report(
     tokens = model.to_tokens(text)[:, :max_tokens]
     all_lenses: dict[str, Lens] = {"logit lens": LogitLens.from_model(adapter)}
     all_lenses.update(lenses or {})
+    names = set(adapter.residual_hook_names())
     with torch.no_grad():
-        logits, cache = model.run_with_cache(
-            tokens, names_filter=lambda name: name in set(adapter.residual_hook_names())
-        )
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
     targets = next_token_targets(tokens)
     trajectories = {
         name: PredictionTrajectory.from_lens_and_cache(

@@ -335,44 +335,55 @@ class PredictionTrajectory:
         return self.lens.unembed.final_norm(self.lens.transform_hidden(h, layer))
 
     def _input_mask(self) -> Tensor | None:
-        """`[rows, vocab]`-indexable mask: each sequence's own tokens, or None."""
+        """`[sequence, vocab]`: the tokens of each input sequence, or None (no masking).
+
+        One row per sequence, not per position: `_sequence_mask` picks rows on demand.
+        """
         if not self.mask_input:
             return None
         assert self.input_ids is not None
         ids = self.input_ids.reshape(-1, self.num_tokens)
         mask = torch.zeros(ids.shape[0], self.vocab_size, dtype=torch.bool)
-        mask.scatter_(1, ids, True)
-        return mask.repeat_interleave(self.num_tokens, dim=0)
+        return mask.scatter_(1, ids, True)
 
-    def _lens_chunks(
-        self, normed: Tensor, rows: slice, mask: Tensor | None
-    ) -> Iterator[tuple[slice, Tensor]]:
-        unembed = self.lens.unembed
-        block = normed[rows]
-        for start in range(0, self.vocab_size, VOCAB_CHUNK):
-            vocab = slice(start, min(start + VOCAB_CHUNK, self.vocab_size))
-            logits = unembed.logits_of_normalized(block, vocab).float()
-            if mask is not None:
-                logits.masked_fill_(mask[rows, vocab].to(logits.device), finite_floor(logits.dtype))
-            yield vocab, logits
-
-    def _output_chunks(self, rows: slice) -> Iterator[tuple[slice, Tensor]]:
-        logits = self._flat_logits()[rows]
-        for start in range(0, self.vocab_size, VOCAB_CHUNK):
-            vocab = slice(start, min(start + VOCAB_CHUNK, self.vocab_size))
-            # clamp copies (the stream works in place) and maps -inf to the finite floor
-            chunk = logits[:, vocab].float()
-            yield vocab, chunk.clamp_min(finite_floor(chunk.dtype))
-
-    def _blocks(self) -> list[slice]:
-        n_rows = self._rows()
-        return [slice(r, min(r + ROW_BLOCK, n_rows)) for r in range(0, n_rows, ROW_BLOCK)]
+    def _sequence_mask(self, mask: Tensor, rows: slice) -> Tensor:
+        """`[rows, vocab]` view of the per-sequence mask for a block of flat rows."""
+        return mask[torch.arange(rows.start, rows.stop) // self.num_tokens]
 
     def _vocab_chunks(self) -> list[slice]:
         return [
             slice(v, min(v + VOCAB_CHUNK, self.vocab_size))
             for v in range(0, self.vocab_size, VOCAB_CHUNK)
         ]
+
+    def _blocks(self) -> list[slice]:
+        n_rows = self._rows()
+        return [slice(r, min(r + ROW_BLOCK, n_rows)) for r in range(0, n_rows, ROW_BLOCK)]
+
+    def _lens_logits(
+        self, block: Tensor, vocab: slice, block_mask: Tensor | None
+    ) -> Float[Tensor, "rows chunk"]:
+        """Float32 lens logits of a normalised row block; masked tokens at the floor."""
+        logits = self.lens.unembed.logits_of_normalized(block, vocab).float()
+        if block_mask is not None:
+            logits.masked_fill_(block_mask[:, vocab].to(logits.device), finite_floor(logits.dtype))
+        return logits
+
+    def _output_logits(self, rows: slice, vocab: slice) -> Float[Tensor, "rows chunk"]:
+        """A float32 copy (the accumulators work in place) with -inf at the finite floor."""
+        chunk = self._flat_logits()[rows, vocab].float()
+        return chunk.clamp_min(finite_floor(chunk.dtype))
+
+    def _lens_chunks(
+        self, normed: Tensor, rows: slice, mask: Tensor | None
+    ) -> Iterator[tuple[slice, Tensor]]:
+        block_mask = None if mask is None else self._sequence_mask(mask, rows)
+        for vocab in self._vocab_chunks():
+            yield vocab, self._lens_logits(normed[rows], vocab, block_mask)
+
+    def _output_chunks(self, rows: slice) -> Iterator[tuple[slice, Tensor]]:
+        for vocab in self._vocab_chunks():
+            yield vocab, self._output_logits(rows, vocab)
 
     def _read(self) -> _Readout:
         """The construction pass: row blocks × vocabulary chunks × layers.
@@ -390,18 +401,21 @@ class PredictionTrajectory:
         target_logits: list[list[Tensor]] = [[] for _ in range(n_layers + 1)]
         anti_logits: list[list[Tensor]] = [[] for _ in range(n_layers + 1)]
 
-        def output_chunk(rows: slice, vocab: slice) -> Tensor:
-            # clamp_min copies (the accumulators work in place) and maps -inf to the floor.
-            return out_logits[rows, vocab].float().clamp_min(floor)
-
-        def token_logits(normed: Tensor | None, rows: slice, ids: Tensor) -> Tensor:
+        def token_logits(
+            normed: Tensor | None, rows: slice, ids: Tensor, block_mask: Tensor | None
+        ) -> Tensor:
             if normed is None:  # the output row
                 picked = out_logits[rows].gather(-1, ids.clamp_min(0)[:, None])[:, 0]
                 return picked.float().clamp_min(floor)
             logits = unembed.token_logits(normed, ids.clamp_min(0)).float()
-            return self._masked(logits, ids, mask, rows)
+            if block_mask is None:
+                return logits
+            hidden = block_mask.gather(1, ids.clamp_min(0).cpu()[:, None])[:, 0]
+            return logits.masked_fill(hidden.to(logits.device), floor)
 
+        vocab_chunks = self._vocab_chunks()
         for rows in self._blocks():
+            block_mask = None if mask is None else self._sequence_mask(mask, rows)
             normed: list[Tensor | None] = [
                 self._normalized(layer, rows) for layer in range(n_layers)
             ]
@@ -409,38 +423,32 @@ class PredictionTrajectory:
             row_targets = None if targets is None else targets[rows]
             accumulators = []
             for layer, hidden in enumerate(normed):
-                zt = None if row_targets is None else token_logits(hidden, rows, row_targets)
+                zt = (
+                    None
+                    if row_targets is None
+                    else token_logits(hidden, rows, row_targets, block_mask)
+                )
                 if anti is not None:
-                    anti_logits[layer].append(token_logits(hidden, rows, anti[rows]))
+                    anti_logits[layer].append(token_logits(hidden, rows, anti[rows], block_mask))
                 if zt is not None:
                     target_logits[layer].append(zt)
                 accumulators.append(VocabAccumulator(self.topk, row_targets, zt))
-            out_lse = logsumexp_chunks(output_chunk(rows, v) for v in self._vocab_chunks())
+            out_lse = logsumexp_chunks(self._output_logits(rows, v) for v in vocab_chunks)
             if not bool(torch.isfinite(out_lse).all()):
                 raise ValueError(
                     "model_logits hold NaN or +inf, or a position where every logit is -inf"
                 )
-            for vocab in self._vocab_chunks():
-                output = output_chunk(rows, vocab)
+            for vocab in vocab_chunks:
+                output = self._output_logits(rows, vocab)
                 reference = ReferenceTile.from_log_probs(output - out_lse[:, None])
                 for layer, hidden in enumerate(normed):
-                    if hidden is None:
-                        logits = output
-                    else:
-                        logits = unembed.logits_of_normalized(hidden, vocab).float()
-                        if mask is not None:
-                            logits.masked_fill_(mask[rows, vocab].to(logits.device), floor)
+                    logits = (
+                        output if hidden is None else self._lens_logits(hidden, vocab, block_mask)
+                    )
                     accumulators[layer].update(vocab, logits, reference)
             for layer, accumulator in enumerate(accumulators):
                 results[layer].append(accumulator.finish())
         return self._assemble(results, target_logits, anti_logits, targets, anti)
-
-    @staticmethod
-    def _masked(logits: Tensor, ids: Tensor, mask: Tensor | None, rows: slice) -> Tensor:
-        if mask is None:
-            return logits
-        hidden = mask[rows].gather(1, ids.clamp_min(0).cpu()[:, None])[:, 0].to(logits.device)
-        return logits.masked_fill(hidden, finite_floor(logits.dtype))
 
     @staticmethod
     def _assemble(
@@ -526,7 +534,8 @@ class PredictionTrajectory:
                 logits = self.lens.unembed.logits_of_normalized(self._normalized(layer)).float()
                 mask = self._input_mask()
                 if mask is not None:
-                    logits = logits.masked_fill(mask.to(logits.device), -math.inf)
+                    rows = self._sequence_mask(mask, slice(0, self._rows()))
+                    logits = logits.masked_fill(rows.to(logits.device), -math.inf)
         log_probs = torch.log_softmax(logits, dim=-1)
         return log_probs.reshape(*self.batch_shape, self.num_tokens, -1)
 
