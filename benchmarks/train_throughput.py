@@ -1,88 +1,120 @@
-"""Tuned-lens training throughput on SmolLM2-135M, measured side by side in one run.
+"""Tuned-lens training throughput and memory on SmolLM2-135M, side by side in one run.
 
-- straightforward: per layer, full-vocabulary `log_softmax` and KL with autograd
-  (backward layer by layer to bound memory), float32;
-- ours, float32: `hooklens.training.loop.batch_loss` (chunked KL, custom backward);
-- ours, bfloat16 matmuls: the same with `matmul_dtype="bfloat16"`.
+- reference loop: what tuned-lens 0.2.0's trainer does per batch: per layer, the
+  full-vocabulary logits under bf16 autocast, `log_softmax`, KL and a backward (all
+  `[tokens, vocab]` tensors of a layer alive at once);
+- ours, float32 / bfloat16 matmuls: `hooklens.training.loop.batch_loss` (the model's
+  output distribution once per batch, chunked KL with the gradient computed in the same
+  pass over the vocabulary, nothing `[tokens, vocab]` per layer).
 
-Each runs `--steps` Adam steps on `[batch, seq]` random-text batches after one warm-up
-step; tokens/s counts the tokens of the batch (every layer is trained on each).
+Every variant runs in its own subprocess (so peak memory is its own) on the same
+`[batch, seq]` batch of Wikipedia text: one warm-up step, then `--steps` timed Adam
+steps. Tokens/s counts the batch's tokens (every layer is trained on each). "Peak
+above model" is the process's peak RSS minus its RSS after loading the model and
+running one no-grad forward on the batch.
 
-    python benchmarks/train_throughput.py [--batch 2] [--seq 512] [--steps 2]
+    python benchmarks/train_throughput.py [--batch 4] [--seq 512] [--steps 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
+import resource
+import subprocess
+import sys
 import time
 
 import torch
 
-from hooklens import TunedLens, models
-from hooklens.training.loop import TrainConfig, batch_loss
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def straightforward_step(model, lens, tokens) -> float:
+def reference_step(model, lens, tokens) -> None:
     adapter = lens.adapter
     names = set(adapter.residual_hook_names())
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-        target = torch.log_softmax(logits, -1)
-    total = 0.0
+        labels = logits.float().log_softmax(-1)
     for layer in range(lens.n_layers):
-        log_p = torch.log_softmax(lens(cache[adapter.hook_name("resid_pre", layer)], layer), -1)
-        loss = (target.exp() * (target - log_p)).sum(-1).mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            log_p = lens(cache[adapter.hook_name("resid_pre", layer)], layer).log_softmax(-1)
+            loss = torch.sum(labels.exp() * (labels - log_p), dim=-1).mean()
         loss.backward()
-        total += loss.item()
-    return total
 
 
-def run(name, step_fn, lens, steps) -> float:
+def child(variant: str, batch: int, seq: int, steps: int) -> None:
+    from hooklens import TunedLens, models
+    from hooklens.allocator import retain_freed_memory
+    from hooklens.training.data import batches, load_texts, pack, split_texts
+    from hooklens.training.loop import TrainConfig, batch_loss
+
+    retain_freed_memory()  # for every variant alike (hooklens/allocator.py)
+    model = models.load("smollm2-135m")
+    model.requires_grad_(False)
+    texts = load_texts("wikipedia-summaries")["text"]
+    chunks = pack(split_texts(texts, held_out=False), model.tokenizer, seq)
+    tokens = next(batches(itertools.islice(chunks, batch), batch))
+    with torch.no_grad():
+        model(tokens)
+    baseline = _rss_mib()
+    lens = TunedLens.from_model(model)
+    if variant == "reference":
+        step = lambda: reference_step(model, lens, tokens)  # noqa: E731
+    else:
+        config = TrainConfig(matmul_dtype=variant)
+        step = lambda: batch_loss(model, lens, tokens, config)[0].backward()  # noqa: E731
     optimizer = torch.optim.Adam(lens.parameters(), lr=1e-3)
-
-    def one() -> None:
+    timings = []
+    for _ in range(steps + 1):  # the first is a warm-up
+        began = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        step_fn()
+        step()
         optimizer.step()
+        timings.append(time.perf_counter() - began)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    seconds = sum(timings[1:]) / steps
+    print(json.dumps({"seconds": seconds, "peak": peak, "above": peak - baseline}))
 
-    one()  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        one()
-    return (time.perf_counter() - start) / steps
+
+VARIANTS = {
+    "reference loop (bf16 autocast)": "reference",
+    "ours (float32 matmuls)": "float32",
+    "ours (bfloat16 matmuls)": "bfloat16",
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    model = models.load("smollm2-135m")
-    model.requires_grad_(False)
-    tokens = torch.randint(
-        100, 40_000, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)
-    )
-    n_tokens = tokens.numel()
+    if args.child:
+        return child(args.child, args.batch, args.seq, args.steps)
     results = {}
-    lens = TunedLens.from_model(model)
-    results["straightforward (float32)"] = run(
-        "straightforward", lambda: straightforward_step(model, lens, tokens), lens, args.steps
-    )
-    for dtype in ("float32", "bfloat16"):
-        lens = TunedLens.from_model(model)
-        config = TrainConfig(matmul_dtype=dtype)
-        results[f"ours ({dtype} matmuls)"] = run(
-            dtype,
-            lambda c=config, lens=lens: batch_loss(model, lens, tokens, c)[0].backward(),
-            lens,
-            args.steps,
-        )
-    base = results["straightforward (float32)"]
+    for name, variant in VARIANTS.items():
+        command = [sys.executable, __file__, "--child", variant, *sys.argv[1:]]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        results[name] = json.loads(output.strip().splitlines()[-1])
+    n_tokens = args.batch * args.seq
+    base = results["reference loop (bf16 autocast)"]
     print(f"SmolLM2-135M, {n_tokens} tokens per step ({args.batch} × {args.seq}), 30 layers")
-    print(f"{'implementation':<28}{'s/step':>8}{'tokens/s':>10}{'speed-up':>10}")
-    for name, seconds in results.items():
-        print(f"{name:<28}{seconds:>8.1f}{n_tokens / seconds:>10.0f}{base / seconds:>10.2f}")
+    print(
+        f"{'implementation':<32}{'s/step':>8}{'tokens/s':>10}{'× speed':>9}"
+        f"{'peak MiB':>10}{'above model':>13}{'÷ memory':>10}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:<32}{r['seconds']:>8.1f}{n_tokens / r['seconds']:>10.0f}"
+            f"{base['seconds'] / r['seconds']:>9.2f}{r['peak']:>10.0f}{r['above']:>13.0f}"
+            f"{base['above'] / max(r['above'], 1):>10.1f}"
+        )
 
 
 if __name__ == "__main__":

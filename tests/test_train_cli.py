@@ -89,3 +89,37 @@ def test_sigkilled_run_resumes_to_the_same_lens(corpus, tmp_path):
     assert expected.keys() == got.keys()
     for name in expected:
         assert (expected[name] - got[name]).abs().max() <= 1e-6, name
+
+
+def test_bad_runs_are_refused_and_nothing_is_overwritten(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert cli_main(_arguments(corpus, run)) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert [p.name for p in run.iterdir()] == ["notes.txt"]
+
+    assert cli_main([*_arguments(corpus, tmp_path / "fresh"), "--resume"]) == 2
+    assert "no checkpoint to resume" in capsys.readouterr().err
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert cli_main(_arguments(empty, tmp_path / "e")) == 2
+    short = tmp_path / "short.txt"
+    short.write_text("Too short.\n")
+    assert cli_main(_arguments(short, tmp_path / "s")) == 2
+    assert "no chunk of 32 tokens" in capsys.readouterr().err
+
+    arguments = _arguments(corpus, tmp_path / "x")
+    assert cli_main([*arguments, "--model", "no-such-model-anywhere"]) == 2
+    assert "no-such-model-anywhere" in capsys.readouterr().err
+
+
+def test_overwrite_and_mismatched_resume(corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli_main([*_arguments(corpus, run), "--steps", "2"]) == 0
+    assert cli_main([*_arguments(corpus, run), "--steps", "2", "--overwrite"]) == 0
+    changed = _arguments(corpus, run)
+    changed[changed.index("--seq-len") + 1] = "16"
+    assert cli_main([*changed, "--steps", "2", "--resume"]) == 2
+    assert "seq_len: 32 then, 16 now" in capsys.readouterr().err

@@ -96,3 +96,13 @@ def test_bad_settings_are_refused():
         TrainConfig(optimizer="lion")
     with pytest.raises(ValueError, match="matmul_dtype"):
         TrainConfig(matmul_dtype="float16")
+
+
+def test_sgd_lr_follows_tuned_lens_convention(hooked):
+    """tuned-lens's "lr 1.0" for Nesterov SGD is torch lr 1.0 × (1 − momentum)."""
+    from hooklens.training.loop import _optimizer
+
+    lens = TunedLens.from_model(hooked)
+    optimizer = _optimizer(list(lens.parameters()), TrainConfig(optimizer="sgd", lr=1.0))
+    group = optimizer.param_groups[0]
+    assert group["lr"] == pytest.approx(0.1) and group["nesterov"] and group["momentum"] == 0.9

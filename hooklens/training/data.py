@@ -9,6 +9,7 @@ held-out split, so the split never depends on file order or sampling.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import subprocess
@@ -69,8 +70,11 @@ def load_texts(source: str, *, streaming: bool = False, split: str = "train") ->
         source = str(wikipedia_summaries_path())
     builder = _FORMATS.get(Path(source).suffix)
     if builder is not None:
-        if "*" not in source and not Path(source).exists():
+        files = sorted(glob.glob(source))
+        if not files:
             raise FileNotFoundError(f"no data file at {source}")
+        if all(Path(file).stat().st_size == 0 for file in files):
+            raise ValueError(f"{source} is empty: give a file with some text")
         return datasets.load_dataset(builder, data_files=source, split="train", streaming=streaming)
     return datasets.load_dataset(source, split=split, streaming=streaming)
 

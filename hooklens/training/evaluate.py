@@ -11,7 +11,7 @@ import argparse
 import itertools
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,15 @@ from hooklens.files import atomic_write_text
 from hooklens.lenses import Lens, LogitLens, TunedLens
 from hooklens.plotting.tokens import decode_token
 from hooklens.training.data import batches, load_texts, pack, split_texts
+from hooklens.training.loss import kl_to_target
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
 
 METRICS = ("kl_to_output", "cross_entropy", "entropy", "top1_agreement")
 
 
 def _bytes_per_token(tokenizer: Any, ids: Tensor) -> int:
+    if tokenizer is None:  # a model built from a config: bits per byte are unknown
+        return 0
     tokens = tokenizer.convert_ids_to_tokens(ids.reshape(-1).tolist())
     return sum(len(decode_token(token).encode("utf-8", errors="replace")) for token in tokens)
 
@@ -69,12 +72,61 @@ def evaluate_lenses(
             m: totals[m] / (n_targets if m == "cross_entropy" else n_tokens) for m in METRICS
         }
         per_token["cross_entropy_bits_per_byte"] = (
-            totals["cross_entropy"] / math.log(2) / max(n_bytes, 1)
+            totals["cross_entropy"] / math.log(2) / n_bytes
+            if n_bytes
+            else totals["cross_entropy"] * math.nan
         )
         results["lenses"][name] = {
             m: [round(float(v), 6) for v in vs] for m, vs in per_token.items()
         }
     return results
+
+
+def layer_transfer(
+    model: Any,
+    lens: TunedLens,
+    token_batches: Iterable[Tensor],
+    *,
+    matmul_dtype: torch.dtype = torch.bfloat16,
+) -> np.ndarray:
+    """`[lens layer i, residual layer j]`: mean KL(output ‖ translator i applied to layer j).
+
+    The diagonal is the lens as trained; off the diagonal, how well one layer's
+    translator reads another layer's residual (how much the layers' bases differ).
+    Costs n_layers² unembeddings per token, in `matmul_dtype` (bf16: ~4× faster on CPU).
+    """
+    adapter = lens.adapter
+    names = set(adapter.residual_hook_names(lens.component))
+    totals = np.zeros((lens.n_layers, lens.n_layers))
+    n_rows = 0
+    with torch.no_grad():
+        for tokens in token_batches:
+            logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+            log_q = torch.log_softmax(logits.float(), -1).reshape(-1, logits.shape[-1])
+            target, rows = log_q.exp(), log_q.shape[0]
+            neg_entropy = torch.linalg.vecdot(target, log_q)
+            del log_q
+            for j in range(lens.n_layers):
+                hidden = cache[adapter.hook_name(lens.component, j)].reshape(rows, -1)
+                for i in range(lens.n_layers):
+                    translated = lens.transform_hidden(hidden, i)
+                    kl = kl_to_target(
+                        lens.unembed, translated, target, neg_entropy, dtype=matmul_dtype
+                    )
+                    totals[i, j] += kl.item() * rows
+            n_rows += rows
+    return totals / max(n_rows, 1)
+
+
+def transfer_figure(matrix: np.ndarray, name: str) -> go.Figure:
+    return go.Figure(
+        go.Heatmap(z=matrix, colorscale="Viridis", colorbar={"title": "KL (nats)"}),
+        layout={
+            "title": f"layer transfer of {name}: KL(output ‖ translator i on layer j)",
+            "xaxis_title": "residual of layer j",
+            "yaxis_title": "translator of layer i",
+        },
+    )
 
 
 def figure(results: Mapping[str, Any], metric: str = "kl_to_output") -> go.Figure:
@@ -101,6 +153,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--output", default="hooklens-eval.json")
+    parser.add_argument(
+        "--transfer-tokens",
+        type=int,
+        default=0,
+        help="also compute each tuned lens's layer-transfer matrix on this many tokens",
+    )
+
+
+def texts_of(args: argparse.Namespace) -> Iterator[str]:
+    return (row[args.text_field] for row in load_texts(args.data, streaming=True))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,15 +171,33 @@ def run(args: argparse.Namespace) -> int:
     for directory in args.lens:
         path = Path(directory).resolve()
         lenses[f"{path.parent.name}/{path.name}"] = TunedLens.load(directory, model=model)
-    texts = (row[args.text_field] for row in load_texts(args.data, streaming=True))
-    chunks = pack(split_texts(texts, held_out=True), model.tokenizer, args.seq_len)
+    chunks = pack(split_texts(texts_of(args), held_out=True), model.tokenizer, args.seq_len)
     n_chunks = max(1, args.tokens // args.seq_len)
     results = evaluate_lenses(
         model, lenses, batches(itertools.islice(chunks, n_chunks), args.batch_size)
     )
+    figures = [figure(results)]
+    if args.transfer_tokens:
+        n_transfer = max(1, args.transfer_tokens // args.seq_len)
+        results["transfer"] = {}
+        for name, lens in lenses.items():
+            if not isinstance(lens, TunedLens):
+                continue  # the logit lens has no translators to swap
+            chunks = pack(split_texts(texts_of(args), held_out=True), model.tokenizer, args.seq_len)
+            matrix = layer_transfer(
+                model, lens, batches(itertools.islice(chunks, n_transfer), args.batch_size)
+            )
+            results["transfer"][name] = np.round(matrix, 6).tolist()
+            figures.append(transfer_figure(matrix, name))
     output = Path(args.output)
     atomic_write_text(output, json.dumps(results, indent=1) + "\n")
-    figure(results).write_html(output.with_suffix(".html"), include_plotlyjs=True)
+    html = [f.to_html(full_html=False, include_plotlyjs=i == 0) for i, f in enumerate(figures)]
+    atomic_write_text(
+        output.with_suffix(".html"),
+        "<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>\n"
+        + "\n".join(html)
+        + "\n</body></html>\n",
+    )
     names = list(results["lenses"])
     print(f"{results['tokens']} held-out tokens; KL(output ‖ lens) in nats/token")
     print(f"{'layer':>6} " + " ".join(f"{name[-14:]:>14}" for name in names))

@@ -23,8 +23,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from hooklens.allocator import retain_freed_memory
 from hooklens.lenses.tuned import TunedLens
 from hooklens.model import ModelAdapter
+from hooklens.training import distributed
 
 
 class LeastSquaresMoments:
@@ -51,6 +53,13 @@ class LeastSquaresMoments:
         """Count the rows of a batch once (call once per batch, not per layer)."""
         self.y += y.float().sum(0).double()
         self.count += y.shape[0]
+
+    def all_reduce(self) -> None:
+        """Sum the moments of every rank (data-parallel runs; a no-op for one process)."""
+        for tensor in (self.xx, self.xy, self.x, self.y):
+            distributed.all_reduce_sum_(tensor)
+        count = torch.tensor([self.count], dtype=torch.float64, device=self.xx.device)
+        self.count = int(distributed.all_reduce_sum_(count).item())
 
     def solve(
         self, layer: int, alpha: float = 1e-5, intercept: bool = True
@@ -102,7 +111,9 @@ def fit_tuned_lens(
     lens = TunedLens.from_model(adapter, bias=bias, component=component)
     names = adapter.residual_hook_names(lens.component)
     moments = LeastSquaresMoments(adapter.n_layers, adapter.d_model, adapter.device)
-    bar = tqdm(token_batches, desc="fast fit", unit="batch", disable=not progress)
+    retain_freed_memory()
+    show = progress and distributed.is_primary()
+    bar = tqdm(token_batches, desc="fast fit", unit="batch", disable=not show)
     with torch.no_grad():
         for tokens in bar:
             _, cache = model.run_with_cache(
@@ -114,6 +125,7 @@ def fit_tuned_lens(
                 hook = adapter.hook_name(lens.component, layer)
                 moments.update(layer, cache[hook].reshape(-1, adapter.d_model), y)
             bar.set_postfix(tokens=moments.count)
+        moments.all_reduce()  # under torchrun each rank saw its own shard
         eye = torch.eye(adapter.d_model, dtype=torch.float64, device=adapter.device)
         for layer in range(adapter.n_layers):
             matrix, offset = moments.solve(layer, alpha, intercept=bias)

@@ -1,0 +1,77 @@
+"""Data parallelism through torch.distributed, as `torchrun` sets it up.
+
+`torchrun --nproc_per_node N -m hooklens train ...` starts N processes with `RANK`,
+`WORLD_SIZE` and `MASTER_ADDR` in their environment; `init_from_environment` joins
+them into a process group (NCCL on CUDA, gloo on CPU). Each rank then reads every
+N-th chunk of the token stream (`shard`), so one global batch holds the same chunks
+as a single-process batch of N times the size, and DDP averages the gradients.
+Outside torchrun every function here is a no-op for one process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def init_from_environment(device: torch.device | str | None = None) -> bool:
+    """Join the process group torchrun described; `False` when not under torchrun."""
+    if dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    cuda = torch.device(device).type == "cuda" if device is not None else False
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return True
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_primary() -> bool:
+    """Whether this process writes files and shows progress (rank 0)."""
+    return rank() == 0
+
+
+def shard(items: Iterable[T]) -> Iterator[T]:
+    """This rank's items: every `world_size()`-th one, starting at `rank()`."""
+    return itertools.islice(items, rank(), None, world_size())
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over ranks in place (a no-op for one process)."""
+    if active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def mean_over_ranks(value: float) -> float:
+    if not active():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    return all_reduce_sum_(tensor).item() / world_size()
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
