@@ -29,8 +29,12 @@ def _chunks() -> list[torch.Tensor]:
     return [torch.randint(4, VOCAB, (12,), generator=generator) for _ in range(40)]
 
 
-def _train(fit_chunks, train_chunks, batch_size: int, checkpoint_dir: Path):
+def _train(fit_chunks, train_chunks, batch_size: int, checkpoint_dir: Path, fsdp=False):
     model = make_hooked("RMS", processing=True)
+    if fsdp:
+        distributed.shard_blocks(model)
+        weight = model.blocks[0].attn.W_Q  # a DTensor: this rank holds half its heads
+        assert weight.to_local().shape[0] * 2 == weight.shape[0]
     lens = fit_tuned_lens(model, batches(fit_chunks, batch_size), progress=False)
     train_lens(
         model,
@@ -43,7 +47,7 @@ def _train(fit_chunks, train_chunks, batch_size: int, checkpoint_dir: Path):
     return lens
 
 
-def _worker(rank: int, world: int, init_file: str, out: str) -> None:
+def _worker(rank: int, world: int, init_file: str, out: str, fsdp: bool) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -53,16 +57,19 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
             distributed.shard(chunks[8:]),
             GLOBAL_BATCH // world,
             Path(out) / "checkpoint",
+            fsdp=fsdp,
         )
         save_file(lens.state_dict(), str(Path(out) / f"rank{rank}.safetensors"))
     finally:
         dist.destroy_process_group()
 
 
-def test_two_gloo_processes_equal_one_process(tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "ddp+fsdp-blocks"])
+def test_two_gloo_processes_equal_one_process(tmp_path, fsdp):
+    """With `fsdp`, each rank holds half of every block (FSDP2) and still ends equal."""
     chunks = _chunks()
     single = _train(chunks[:8], chunks[8:], GLOBAL_BATCH, tmp_path / "single")
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path), fsdp), nprocs=2, join=True)
     ranks = [load_file(tmp_path / f"rank{rank}.safetensors") for rank in range(2)]
     checkpoint = torch.load(tmp_path / "checkpoint" / "checkpoint.pt", weights_only=True)
     assert checkpoint["world_size"] == 2 and checkpoint["step"] == CONFIG.steps
@@ -74,6 +81,8 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
 
 def test_one_process_is_its_own_shard():
     assert not distributed.active()
+    with pytest.raises(ValueError, match="torchrun"):
+        distributed.shard_blocks(make_hooked())
     assert list(distributed.shard(range(5))) == [0, 1, 2, 3, 4]
     assert distributed.mean_over_ranks(2.5) == 2.5
 

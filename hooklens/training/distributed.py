@@ -75,3 +75,28 @@ def mean_over_ranks(value: float) -> float:
 def barrier() -> None:
     if active():
         dist.barrier()
+
+
+def shard_blocks(model: torch.nn.Module, *, cpu_offload: bool = False) -> torch.nn.Module:
+    """Shard each transformer block's weights over the ranks with PyTorch's FSDP2.
+
+    For a model that does not fit on one device: each rank keeps 1/N of every block and
+    all-gathers a block's weights just before its forward (the model is frozen, so
+    nothing is reduced). The embedding, final norm and unembedding stay whole on every
+    rank because the lens reads them. `cpu_offload` keeps the shards in CPU memory
+    between uses (CUDA only). Call after `init_from_environment()`, before training.
+    """
+    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, torch.nn.ModuleList):
+        raise ValueError(f"{type(model).__name__} has no `blocks` list to shard")
+    if not active():
+        raise ValueError("sharding needs several processes: start with torchrun")
+    policy = CPUOffloadPolicy() if cpu_offload else None
+    for block in blocks:
+        if policy is None:
+            fully_shard(block)
+        else:
+            fully_shard(block, offload_policy=policy)
+    return model

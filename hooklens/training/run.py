@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -53,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--matmul-dtype", default=TrainConfig.matmul_dtype)
     parser.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--device", help="default: cuda (one GPU per torchrun rank) if present")
+    parser.add_argument(
+        "--fsdp", action="store_true", help="shard the model's blocks over torchrun ranks"
+    )
+    parser.add_argument(
+        "--cpu-offload", action="store_true", help="with --fsdp: keep block shards on the CPU"
+    )
     parser.add_argument("--wandb", metavar="PROJECT", help="log each step to this wandb project")
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue from the checkpoint")
@@ -121,8 +129,16 @@ def _wandb_logger(project: str | None, args: argparse.Namespace):
     return lambda record: run.log(record, step=record["step"])
 
 
+def _device(args: argparse.Namespace) -> str:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and distributed.world_size() > 1:
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device
+
+
 def run(args: argparse.Namespace) -> int:
-    distributed.init_from_environment()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    distributed.init_from_environment(device)
     world = distributed.world_size()
     if args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} is not divisible by {world} processes")
@@ -141,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     _prepare_output(args, output)
     start = time.perf_counter()
-    model = models.load(args.model, model_class=args.model_class)
+    model = models.load(args.model, model_class=args.model_class, device=_device(args))
+    if args.fsdp:
+        distributed.shard_blocks(model, cpu_offload=args.cpu_offload)
     stream = _token_stream(args, model.tokenizer)
     n_fit = args.fast_fit_tokens // (args.seq_len * args.batch_size)
     fit_batches = list(itertools.islice(stream, n_fit))  # consumed on resume too: same order
