@@ -56,7 +56,8 @@ bench: venv
 	$(BIN)/python benchmarks/unembed_memory.py
 	$(BIN)/python benchmarks/trajectory_memory.py
 	$(BIN)/python benchmarks/train_throughput.py
-	$(BIN)/python benchmarks/fast_fit_quality.py
+	$(BIN)/python benchmarks/lens_quality.py
+	$(BIN)/python benchmarks/optimizer_defaults.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
