@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--fit-tokens", type=int, default=25_600)
     parser.add_argument("--eval-tokens", type=int, default=2_048)
     parser.add_argument("--matmul-dtype", default="bfloat16")
+    parser.add_argument("--starts", default="identity,fast fit", help="comma-separated")
     args = parser.parse_args()
     model = models.load("smollm2-135m")
     texts = load_texts("wikipedia-summaries")["text"]
@@ -65,11 +66,17 @@ def main() -> None:
     fit = token_batches(False, args.fit_tokens)
     train = token_batches(False, args.fit_tokens + args.steps * per_step)[len(fit) :]
     held_out = token_batches(True, args.eval_tokens)
+    starts = {}
     with torch.no_grad():
-        starts = {"identity": TunedLens.from_model(model), "fast fit": fit_tuned_lens(model, fit)}
+        for start in args.starts.split(","):
+            fitted = start == "fast fit"
+            starts[start] = fit_tuned_lens(model, fit) if fitted else TunedLens.from_model(model)
     print(f"{args.steps} steps of {per_step} tokens, linear decay, grad clip 1.0")
     print(f"held-out mean KL over 30 layers, {args.eval_tokens} tokens, nats/token")
-    print(f"logit lens: {held_out_kl(LogitLens.from_model(model), model, held_out):.2f}\n")
+    print(f"logit lens: {held_out_kl(LogitLens.from_model(model), model, held_out):.2f}")
+    if "fast fit" in starts:
+        print(f"fast fit: {held_out_kl(starts['fast fit'], model, held_out):.2f}")
+    print()
     print(
         f"{'start':<9} {'optimiser':<32} {'loss first':>10} {'max':>9} {'last':>9} "
         f"{'held-out':>9} {'seconds':>8}"

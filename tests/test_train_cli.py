@@ -115,9 +115,19 @@ def test_bad_runs_are_refused_and_nothing_is_overwritten(corpus, tmp_path, capsy
     assert "no-such-model-anywhere" in capsys.readouterr().err
 
 
-def test_overwrite_and_mismatched_resume(corpus, tmp_path, capsys):
+def test_overwrite_and_mismatched_resume(corpus, tmp_path, capsys, monkeypatch):
+    logged = []
+
+    class FakeRun:  # stands in for wandb, which is optional and not installed
+        def log(self, record, step):
+            logged.append((step, record["loss"]))
+
+    fake_wandb = type(sys)("wandb")
+    fake_wandb.init = lambda project, config: FakeRun()
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb)
     run = tmp_path / "run"
-    assert cli_main([*_arguments(corpus, run), "--steps", "2"]) == 0
+    assert cli_main([*_arguments(corpus, run), "--steps", "2", "--wandb", "lenses"]) == 0
+    assert [step for step, _ in logged] == [1, 2]
     assert cli_main([*_arguments(corpus, run), "--steps", "2", "--overwrite"]) == 0
     changed = _arguments(corpus, run)
     changed[changed.index("--seq-len") + 1] = "16"

@@ -25,7 +25,7 @@ from hooklens.files import atomic_write_text
 from hooklens.lenses import Lens, LogitLens, TunedLens
 from hooklens.plotting.tokens import decode_token
 from hooklens.training.data import batches, load_texts, pack, split_texts
-from hooklens.training.loss import kl_to_target
+from hooklens.training.loss import kl_to_target, weight_chunks
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
 
 METRICS = ("kl_to_output", "cross_entropy", "entropy", "top1_agreement")
@@ -98,6 +98,7 @@ def layer_transfer(
     adapter = lens.adapter
     names = set(adapter.residual_hook_names(lens.component))
     totals = np.zeros((lens.n_layers, lens.n_layers))
+    w_chunks = weight_chunks(lens.unembed.W_U, 8192, matmul_dtype)
     n_rows = 0
     with torch.no_grad():
         for tokens in token_batches:
@@ -111,7 +112,7 @@ def layer_transfer(
                 for i in range(lens.n_layers):
                     translated = lens.transform_hidden(hidden, i)
                     kl = kl_to_target(
-                        lens.unembed, translated, target, neg_entropy, dtype=matmul_dtype
+                        lens.unembed, translated, target, neg_entropy, w_chunks=w_chunks
                     )
                     totals[i, j] += kl.item() * rows
             n_rows += rows

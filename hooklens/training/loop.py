@@ -28,7 +28,7 @@ from hooklens.files import atomic_write
 from hooklens.lenses.tuned import TunedLens
 from hooklens.model import ModelAdapter
 from hooklens.training import distributed
-from hooklens.training.loss import kl_to_target, target_projection
+from hooklens.training.loss import kl_to_target, target_projection, weight_chunks
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -96,7 +96,7 @@ class _BatchTargets(NamedTuple):
 
 
 def _batch_targets(
-    model: Any, lens: TunedLens, tokens: Tensor, config: TrainConfig
+    model: Any, lens: TunedLens, tokens: Tensor, w_chunks: list[Tensor]
 ) -> _BatchTargets:
     """One frozen forward pass: every layer's residual and the shared target."""
     adapter = lens.adapter
@@ -111,9 +111,7 @@ def _batch_targets(
         del log_q
         projection = None
         if not lens.unembed.logit_softcap:
-            projection = target_projection(
-                lens.unembed, target, chunk=config.vocab_chunk, dtype=_dtype(config)
-            )
+            projection = target_projection(lens.unembed, target, w_chunks=w_chunks)
     hidden = [
         cache[adapter.hook_name(lens.component, layer)].reshape(-1, adapter.d_model)
         for layer in range(lens.n_layers)
@@ -131,6 +129,11 @@ class LensKL(torch.nn.Module):
     def __init__(self, lens: TunedLens, config: TrainConfig):
         super().__init__()
         self.lens, self.config = lens, config
+        # A plain list, not a buffer: the frozen model's weights stay out of state_dict.
+        self.w_chunks = weight_chunks(lens.unembed.W_U, config.vocab_chunk, _dtype(config))
+
+    def targets(self, model: Any, tokens: Tensor) -> _BatchTargets:
+        return _batch_targets(model, self.lens, tokens, self.w_chunks)
 
     def forward(self, batch: _BatchTargets) -> tuple[Tensor, Tensor]:
         per_layer = [
@@ -140,8 +143,7 @@ class LensKL(torch.nn.Module):
                 batch.target,
                 batch.neg_entropy,
                 batch.projection,
-                chunk=self.config.vocab_chunk,
-                dtype=_dtype(self.config),
+                w_chunks=self.w_chunks,
             )
             for layer, hidden in enumerate(batch.hidden)
         ]
@@ -153,7 +155,8 @@ def batch_loss(
     model: Any, lens: TunedLens, tokens: Tensor, config: TrainConfig
 ) -> tuple[Tensor, Tensor]:
     """`(Σ_layers mean KL, per-layer KL)` of one batch; differentiable in the lens."""
-    return LensKL(lens, config)(_batch_targets(model, lens, tokens, config))
+    objective = LensKL(lens, config)
+    return objective(objective.targets(model, tokens))
 
 
 def _save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
@@ -206,7 +209,8 @@ def _train(
     on_step: Callable[[dict[str, float]], None] | None,
 ) -> list[dict[str, float]]:
     torch.manual_seed(config.seed)
-    objective: torch.nn.Module = LensKL(lens, config)
+    lens_kl = LensKL(lens, config)
+    objective: torch.nn.Module = lens_kl
     ddp = None
     if distributed.active():  # averages gradients over ranks; starts from rank 0's lens
         objective = ddp = torch.nn.parallel.DistributedDataParallel(objective)
@@ -246,7 +250,7 @@ def _train(
                     f"the data ran out at step {step}: give more text or fewer steps"
                 ) from None
             consumed += 1
-            targets = _batch_targets(model, lens, tokens, config)
+            targets = lens_kl.targets(model, tokens)
             last = micro == config.grad_accumulation - 1
             # DDP all-reduces gradients on the last micro-batch's backward only.
             with contextlib.nullcontext() if last or ddp is None else ddp.no_sync():
