@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 ResidualComponent = Literal["resid_pre", "resid_mid", "resid_post"]
 RESIDUAL_COMPONENTS: tuple[str, ...] = get_args(ResidualComponent)
+# Hooks of one block's parts that interventions act on (same names for both model classes).
+ABLATION_COMPONENTS = {"head": "attn.hook_z", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
 
 # Hashing walks W_U in vocabulary blocks so a 256k-vocab model never needs a second
 # full copy of its unembedding in memory.
@@ -260,6 +262,22 @@ class ModelAdapter:
                 "use component='resid_pre' or 'resid_post'"
             )
         return f"blocks.{layer}.hook_{component}"
+
+    def activation_hook_name(self, component: str, layer: int) -> str:
+        """Hook of an intervenable activation of block `layer`.
+
+        `component`: "head" (`attn.hook_z`, `[batch, pos, head, d_head]`: one slice per
+        head, before the output projection), "attn" (`hook_attn_out`), "mlp"
+        (`hook_mlp_out`), or a residual component.
+        """
+        if component in ABLATION_COMPONENTS:
+            self.hook_name("resid_pre", layer)  # checks the layer
+            return f"blocks.{layer}.{ABLATION_COMPONENTS[component]}"
+        try:
+            return self.hook_name(component, layer)
+        except ValueError:
+            known = ", ".join([*ABLATION_COMPONENTS, *RESIDUAL_COMPONENTS])
+            raise ValueError(f"component must be one of {known}; got {component!r}") from None
 
     @property
     def final_hook_name(self) -> str:

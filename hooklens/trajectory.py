@@ -15,6 +15,7 @@ distribution, from the logits passed in.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from collections.abc import Iterator, Sequence
@@ -204,10 +205,14 @@ class PredictionTrajectory:
         mask_input: bool = False,
         residual_component: str = "resid_pre",
         topk: int = 5,
+        fwd_hooks: Sequence[tuple[Any, Any]] = (),
     ) -> PredictionTrajectory:
         """Run `model` on `input_ids` (ids, or a string to tokenize) and build a trajectory.
 
-        Only the residual hooks the lens reads are cached.
+        Only the residual hooks the lens reads are cached. `fwd_hooks` (TransformerLens
+        `(name, fn)` pairs, e.g. from `hooklens.interventions`) are active during the run,
+        and so are hooks the caller added with `with model.hooks(...)`; the lens reads
+        the residuals as the hooks left them.
         """
         adapter = ModelAdapter(model)
         if isinstance(input_ids, str):
@@ -218,7 +223,8 @@ class PredictionTrajectory:
             raise ValueError("input_ids is empty: pass at least one token")
         component = normalize_component(residual_component)
         names = adapter.residual_hook_names(component)
-        with torch.no_grad():
+        hooks = model.hooks(fwd_hooks=list(fwd_hooks)) if fwd_hooks else contextlib.nullcontext()
+        with torch.no_grad(), hooks:
             run_ids = ids if ids.ndim > 1 else ids[None]
             logits, cache = model.run_with_cache(
                 run_ids.to(adapter.device), names_filter=lambda name: name in names
