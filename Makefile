@@ -58,6 +58,7 @@ bench: venv
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/lens_quality.py
 	$(BIN)/python benchmarks/optimizer_defaults.py
+	$(BIN)/python benchmarks/patching_cost.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -77,16 +77,23 @@ class ChunkedKL(torch.autograd.Function):
         q_dot_z = torch.zeros(rows, device=normed.device)
         model_term = torch.zeros(rows, normed.shape[-1], device=normed.device)
         target_term = torch.zeros_like(model_term) if softcap and needs_grad else None
+        # Σ_v q_v z_v = normed · (q W_Uᵀ) when z = normed W_U: one [rows, d] dot product
+        # instead of a pass over every [rows, chunk] block.
+        project = softcap is None and b_U is None and target_projection is not None
+        if project:
+            matmul_normed = normed.to(w_chunks[0].dtype).float()
+            q_dot_z = torch.linalg.vecdot(matmul_normed, target_projection)
         start = 0
         for w_chunk in w_chunks:
             vocab = slice(start, start + w_chunk.shape[-1])
             start = vocab.stop
             logits, squashed = _logits(normed, w_chunk, b_U, vocab, softcap)
             q = target_probs[:, vocab]
-            q_dot_z += torch.linalg.vecdot(q, logits)
+            if not project:
+                q_dot_z += torch.linalg.vecdot(q, logits)
             new_max = torch.maximum(running_max, logits.amax(-1))
             scale = torch.exp(running_max - new_max)
-            weights = torch.exp(logits - new_max[:, None])
+            weights = logits.sub_(new_max[:, None]).exp_()  # in place: logits are done
             running_sum = running_sum * scale + weights.sum(-1)
             running_max = new_max
             if not needs_grad:
