@@ -46,7 +46,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     grad_accumulation: int = 1
     vocab_chunk: int = 8192
-    matmul_dtype: str = "float32"  # "bfloat16": ~4× faster unembedding matmuls on CPU
+    # bf16 matmuls (float32 accumulation): ~2× faster steps on CPUs with AMX/AVX-512 BF16;
+    # evaluation stays float32.
+    matmul_dtype: str = "bfloat16"
     checkpoint_every: int = 50
     seed: int = 0
 
@@ -105,10 +107,7 @@ def _batch_targets(
         logits, cache = model.run_with_cache(
             tokens.to(adapter.device), names_filter=lambda name: name in names
         )
-        log_q = torch.log_softmax(logits.float(), -1).reshape(-1, logits.shape[-1])
-        target = log_q.exp()  # shared by every layer: one [tokens, vocab] tensor per batch
-        neg_entropy = torch.linalg.vecdot(target, log_q)
-        del log_q
+        target, neg_entropy = _target_in_place(logits.float().reshape(-1, logits.shape[-1]))
         projection = None
         if not lens.unembed.logit_softcap:
             projection = target_projection(lens.unembed, target, w_chunks=w_chunks)
@@ -117,6 +116,18 @@ def _batch_targets(
         for layer in range(lens.n_layers)
     ]
     return _BatchTargets(hidden, target, neg_entropy, projection)
+
+
+def _target_in_place(logits: Tensor, block: int = 512) -> tuple[Tensor, Tensor]:
+    """The model's output probabilities q (shared by every layer) and Σ q log q per
+    token, written over `logits` block by block: one `[tokens, vocab]` tensor in all."""
+    neg_entropy = torch.empty(logits.shape[0], device=logits.device)
+    for start in range(0, logits.shape[0], block):
+        rows = logits[start : start + block]
+        rows.sub_(rows.logsumexp(-1, keepdim=True))  # log q
+        neg_entropy[start : start + block] = torch.linalg.vecdot(rows.exp(), rows)
+        rows.exp_()
+    return logits, neg_entropy
 
 
 def _dtype(config: TrainConfig) -> torch.dtype:
