@@ -92,14 +92,22 @@ def test_one_process_is_its_own_shard():
 
 @pytest.mark.slow
 def test_torchrun_cli_equals_a_single_process_run(tmp_path):
-    """`torchrun --nproc_per_node 2 -m hooklens train` on SmolLM2 (few tokens, 2 steps)."""
+    """`torchrun --nproc_per_node 2 -m hooklens train` on SmolLM2 (few tokens, 3 steps).
+
+    SGD in float32: its step is linear in the gradient (Adam divides near-zero
+    gradients by their own size, so summation order flips their sign). From the
+    identity: a fast fit on a few hundred tokens is a badly conditioned
+    576-wide solve that amplifies the ranks' different summation order (the fit's
+    all-reduce is checked on the tiny model above, where it is well posed).
+    """
     corpus = tmp_path / "texts.txt"
     corpus.write_text(
         "\n".join(f"Sentence {i} of a small corpus about the history of Paris." for i in range(60))
     )
     arguments = [
         "-m", "hooklens", "train", "--data", str(corpus), "--seq-len", "24",
-        "--batch-size", "2", "--fast-fit-tokens", "96", "--steps", "2", "--lr", "1e-3",
+        "--batch-size", "2", "--fast-fit-tokens", "0", "--steps", "3", "--optimizer", "sgd",
+        "--matmul-dtype", "float32",
         "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -114,5 +122,7 @@ def test_torchrun_cli_equals_a_single_process_run(tmp_path):
     )
     one = load_file(tmp_path / "one" / "lens" / "params.safetensors")
     two = load_file(tmp_path / "two" / "lens" / "params.safetensors")
+    scale = max(float(p.abs().max()) for p in one.values())
+    assert scale > 0  # trained, not the identity
     for name, expected in one.items():
-        torch.testing.assert_close(two[name], expected, atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(two[name], expected, atol=1e-3 * scale, rtol=1e-3)

@@ -30,3 +30,16 @@ def test_readme_quickstart_runs(tmp_path, monkeypatch, capsys):
     assert printed[1] == "(1, 31, 5)"
     assert namespace["fig"].data[0].type == "heatmap"
     assert (tmp_path / "my-lens" / "params.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_readme_interventions_block_runs(tmp_path, monkeypatch):
+    """The interventions example, run after the quickstart (which defines model, lens)."""
+    monkeypatch.chdir(tmp_path)
+    blocks = _python_blocks()
+    (interventions,) = [b for b in blocks if "patching_sweep" in b]
+    namespace: dict = {}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    exec(compile(interventions, str(README), "exec"), namespace)
+    assert namespace["effect"].values.shape == (48, 31)
+    assert namespace["sweep"].values.shape == (2, 30, 17, 31)
