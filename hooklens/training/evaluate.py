@@ -25,7 +25,7 @@ from hooklens.files import atomic_write_text
 from hooklens.lenses import Lens, LogitLens, TunedLens
 from hooklens.plotting.tokens import decode_token
 from hooklens.training.data import batches, load_texts, pack, split_texts
-from hooklens.training.loss import kl_to_target, weight_chunks
+from hooklens.training.loss import kl_to_target, target_distribution, weight_chunks
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
 
 METRICS = ("kl_to_output", "cross_entropy", "entropy", "top1_agreement")
@@ -103,10 +103,9 @@ def layer_transfer(
     with torch.no_grad():
         for tokens in token_batches:
             logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-            log_q = torch.log_softmax(logits.float(), -1).reshape(-1, logits.shape[-1])
-            target, rows = log_q.exp(), log_q.shape[0]
-            neg_entropy = torch.linalg.vecdot(target, log_q)
-            del log_q
+            flat = logits.float().reshape(-1, logits.shape[-1])
+            target, neg_entropy = target_distribution(flat)
+            rows = target.shape[0]
             for j in range(lens.n_layers):
                 hidden = cache[adapter.hook_name(lens.component, j)].reshape(rows, -1)
                 for i in range(lens.n_layers):

@@ -28,7 +28,12 @@ from hooklens.files import atomic_write
 from hooklens.lenses.tuned import TunedLens
 from hooklens.model import ModelAdapter
 from hooklens.training import distributed
-from hooklens.training.loss import kl_to_target, target_projection, weight_chunks
+from hooklens.training.loss import (
+    kl_to_target,
+    target_distribution,
+    target_projection,
+    weight_chunks,
+)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -107,7 +112,7 @@ def _batch_targets(
         logits, cache = model.run_with_cache(
             tokens.to(adapter.device), names_filter=lambda name: name in names
         )
-        target, neg_entropy = _target_in_place(logits.float().reshape(-1, logits.shape[-1]))
+        target, neg_entropy = target_distribution(logits.float().reshape(-1, logits.shape[-1]))
         projection = None
         if not lens.unembed.logit_softcap:
             projection = target_projection(lens.unembed, target, w_chunks=w_chunks)
@@ -116,18 +121,6 @@ def _batch_targets(
         for layer in range(lens.n_layers)
     ]
     return _BatchTargets(hidden, target, neg_entropy, projection)
-
-
-def _target_in_place(logits: Tensor, block: int = 512) -> tuple[Tensor, Tensor]:
-    """The model's output probabilities q (shared by every layer) and Σ q log q per
-    token, written over `logits` block by block: one `[tokens, vocab]` tensor in all."""
-    neg_entropy = torch.empty(logits.shape[0], device=logits.device)
-    for start in range(0, logits.shape[0], block):
-        rows = logits[start : start + block]
-        rows.sub_(rows.logsumexp(-1, keepdim=True))  # log q
-        neg_entropy[start : start + block] = torch.linalg.vecdot(rows.exp(), rows)
-        rows.exp_()
-    return logits, neg_entropy
 
 
 def _dtype(config: TrainConfig) -> torch.dtype:

@@ -121,6 +121,20 @@ class ChunkedKL(torch.autograd.Function):
         return (grad * grad_output, *([None] * 7))
 
 
+def target_distribution(
+    logits: Float[Tensor, "rows vocab"], block: int = 512
+) -> tuple[Float[Tensor, "rows vocab"], Float[Tensor, " rows"]]:
+    """The model's output probabilities q (shared by every layer) and Σ q log q per
+    token, written over `logits` block by block: one `[tokens, vocab]` tensor in all."""
+    neg_entropy = torch.empty(logits.shape[0], device=logits.device)
+    for start in range(0, logits.shape[0], block):
+        rows = logits[start : start + block]
+        rows.sub_(rows.logsumexp(-1, keepdim=True))  # log q
+        neg_entropy[start : start + block] = torch.linalg.vecdot(rows.exp(), rows)
+        rows.exp_()
+    return logits, neg_entropy
+
+
 def target_projection(
     unembed: Unembed,
     target_probs: Float[Tensor, "rows vocab"],

@@ -129,10 +129,10 @@ def _wandb_logger(project: str | None, args: argparse.Namespace):
     return lambda record: run.log(record, step=record["step"])
 
 
-def _device(args: argparse.Namespace) -> str:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+def _rank_device(device: str) -> str:
+    """Under torchrun each rank takes the GPU of its local rank."""
     if device == "cuda" and distributed.world_size() > 1:
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     return device
 
 
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     _prepare_output(args, output)
     start = time.perf_counter()
-    model = models.load(args.model, model_class=args.model_class, device=_device(args))
+    model = models.load(args.model, model_class=args.model_class, device=_rank_device(device))
     if args.fsdp:
         distributed.shard_blocks(model, cpu_offload=args.cpu_offload)
     stream = _token_stream(args, model.tokenizer)
