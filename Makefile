@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export MALLOC_MMAP_THRESHOLD_ ?= 4000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 40000000000
 
-.PHONY: venv demo test lint format typecheck browser bench clean
+.PHONY: venv demo test docs lint format typecheck browser bench clean
 
 venv: $(STAMP)
 
@@ -49,6 +49,10 @@ browser:
 test: venv lint typecheck browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
+# The API reference from the docstrings, into site/ (offline; any warning fails it).
+docs: venv
+	$(BIN)/mkdocs build --strict --site-dir site
+
 # The reference (tuned-lens 0.2.0) beside ours, without its dependencies, for side-by-side runs.
 bench: venv
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
@@ -61,4 +65,4 @@ bench: venv
 	$(BIN)/python benchmarks/patching_cost.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site

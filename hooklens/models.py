@@ -12,6 +12,7 @@ import copy
 import importlib.util
 import os
 import shutil
+import socket
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -67,7 +68,8 @@ def load(
         processing: apply TransformerLens weight processing (fold_ln,
             center_writing_weights, center_unembed). Defaults to each class's own
             default: on for `HookedTransformer.from_pretrained`, off for a bridge.
-        device, dtype: where and in what precision the weights live.
+        device: where the weights live.
+        dtype: the weights' precision.
 
     Example:
         >>> from hooklens import models
@@ -96,6 +98,40 @@ def load(
         )
         return loader(name, device=device, dtype=dtype)
     return _bridge(name, processing, device, dtype)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached (False under `HF_HUB_OFFLINE=1`)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1]
+    try:
+        socket.create_connection((host.split("/")[0], 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def choose(name: str = DEFAULT_MODEL) -> str:
+    """`name` if it can be loaded here, else the embedded default model.
+
+    The notebooks in `demos/` load `models.choose(MODEL_NAME)`: set `MODEL_NAME = "gpt2"`
+    and you get GPT-2 on Colab or any machine online; offline it falls back to the
+    embedded SmolLM2-135M and says so.
+
+    Example:
+        >>> from hooklens import models
+        >>> models.choose("smollm2-135m")
+        'smollm2-135m'
+    """
+    if name.lower() in EMBEDDED_MODELS or hub_reachable():
+        return name
+    warnings.warn(
+        f"{name!r} is downloaded from the Hugging Face hub, which cannot be reached from "
+        f"here; using the embedded {DEFAULT_MODEL!r} instead",
+        stacklevel=2,
+    )
+    return DEFAULT_MODEL
 
 
 def _bridge(

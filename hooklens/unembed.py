@@ -54,6 +54,11 @@ class Unembed:
         self.chunk_size = _check_chunk_size(chunk_size)
         self.adapter = adapter
 
+    def __deepcopy__(self, memo: dict) -> Unembed:
+        # A view of the model's own tensors: `copy.deepcopy(lens)` copies the lens's
+        # parameters and keeps reading the same model, instead of cloning the model.
+        return self
+
     @classmethod
     def from_model(cls, model: nn.Module | ModelAdapter, **kwargs) -> Unembed:
         """The unembedding of a HookedTransformer or TransformerBridge."""

@@ -12,8 +12,41 @@ import os
 import pytest
 import torch
 
+from tests.notebook_report import NOTEBOOK_REPORT
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--skip-notebooks",
+        action="store_true",
+        help="do not execute demos/*.ipynb (for quick local runs; refused under CI=true)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--skip-notebooks") and os.environ.get("CI"):
+        raise pytest.UsageError("--skip-notebooks is for local runs: CI executes every notebook")
+    config.stash[NOTEBOOK_REPORT] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--skip-notebooks"):
+        skip = pytest.mark.skip(reason="--skip-notebooks")
+        for item in items:
+            if "notebook" in item.keywords:
+                item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    """One line per executed notebook, so the CI log shows that each one ran."""
+    if lines := config.stash.get(NOTEBOOK_REPORT, []):
+        terminalreporter.section("notebooks executed")
+        for line in lines:
+            terminalreporter.write_line(line)
+
 
 VOCAB = 96
 N_LAYERS = 3

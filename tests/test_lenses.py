@@ -127,3 +127,15 @@ def test_cache_of_another_model_is_refused(hooked, tokens):
     _, cache = other.run_with_cache(tokens)
     with pytest.raises(LensMismatchError, match="this cache comes from"):
         LogitLens.from_model(hooked).log_probs(cache, 0)
+
+
+def test_deepcopy_of_a_lens_copies_translators_and_shares_the_model(hooked):
+    import copy
+
+    lens = TunedLens.from_model(hooked)
+    twin = copy.deepcopy(lens)
+    assert twin.adapter.model is hooked  # the 135M-parameter model is not cloned
+    assert twin.unembed.W_U is lens.unembed.W_U
+    with torch.no_grad():
+        twin.layer_translators[0].weight.add_(1.0)
+    assert not torch.equal(twin.layer_translators[0].weight, lens.layer_translators[0].weight)

@@ -56,3 +56,24 @@ def test_unknown_model_class_is_refused():
 def test_embedded_model_folder_holds_the_gguf():
     folder = models.embedded_model_dir()
     assert models.EMBEDDED_MODELS["smollm2-135m"].gguf_file in os.listdir(folder)
+
+
+def test_choose_falls_back_to_the_embedded_model_offline(monkeypatch):
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
+    with pytest.warns(UserWarning, match="cannot be reached.*'smollm2-135m'"):
+        assert models.choose("gpt2") == "smollm2-135m"
+    assert models.choose("SmolLM2-135M") == "SmolLM2-135M"  # embedded: no network needed
+
+
+def test_choose_keeps_a_hub_name_online(monkeypatch):
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: True)
+    assert models.choose("gpt2") == "gpt2"
+
+
+def test_hub_reachable_respects_offline_mode(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("offline mode must not touch the network")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(models.socket, "create_connection", refuse)
+    assert models.hub_reachable() is False

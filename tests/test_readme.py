@@ -19,17 +19,27 @@ def test_readme_shows_the_two_setup_commands():
     assert "make demo" in text and "make test" in text
 
 
+def test_readme_quickstart_is_ten_lines():
+    lines = [line for line in _python_blocks()[0].splitlines() if line.strip()]
+    assert len(lines) <= 10
+
+
 @pytest.mark.slow
 def test_readme_quickstart_runs(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # the quickstart saves a lens into the working directory
-    quickstart = _python_blocks()[0]
+    """The quickstart and the tuned-lens block after it, as a new user pastes them."""
+    monkeypatch.chdir(tmp_path)  # the second block saves a lens into the working directory
+    quickstart, tuned_block = _python_blocks()[:2]
     namespace: dict = {}
     exec(compile(quickstart, str(README), "exec"), namespace)
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("PredictionTrajectory(layers=30, pos=5, batch=(1,)")
     assert printed[1] == "(1, 31, 5)"
     assert namespace["fig"].data[0].type == "heatmap"
+    exec(compile(tuned_block, str(README), "exec"), namespace)
     assert (tmp_path / "my-lens" / "params.safetensors").is_file()
+    # identity translators: the tuned lens reads exactly what the logit lens reads
+    logit_kl = namespace["traj"].forward_kl().stats
+    assert abs(namespace["tuned_traj"].forward_kl().stats - logit_kl).max() < 1e-4
 
 
 @pytest.mark.slow
