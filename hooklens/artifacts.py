@@ -55,17 +55,22 @@ def read_lens_dir(path: str | os.PathLike) -> LensFiles:
             f"no lens at {directory}: expected {CONFIG_FILE} with {PARAMS_FILE} "
             f"(hooklens) or {TUNED_LENS_PARAMS_FILE} (tuned-lens)"
         )
-    config = json.loads(config_path.read_text())
-    if (directory / PARAMS_FILE).is_file():
-        return LensFiles(config, load_file(directory / PARAMS_FILE), "hooklens")
-    if (directory / TUNED_LENS_PARAMS_FILE).is_file():
-        state = torch.load(
-            directory / TUNED_LENS_PARAMS_FILE, weights_only=True, map_location="cpu"
-        )
-        return LensFiles(config, _translator_keys(state), "tuned-lens")
+    for name in (PARAMS_FILE, TUNED_LENS_PARAMS_FILE):
+        if (directory / name).is_file():
+            return read_lens_files(config_path, directory / name)
     raise FileNotFoundError(
         f"{directory} has {CONFIG_FILE} but neither {PARAMS_FILE} nor {TUNED_LENS_PARAMS_FILE}"
     )
+
+
+def read_lens_files(config_path: str | os.PathLike, params_path: str | os.PathLike) -> LensFiles:
+    """Read a config and a parameter file: safetensors (ours) or a torch state dict
+    (tuned-lens's `params.pt`, read with `weights_only=True`)."""
+    config = json.loads(Path(config_path).read_text())
+    if str(params_path).endswith(".safetensors"):
+        return LensFiles(config, load_file(params_path), "hooklens")
+    state = torch.load(params_path, weights_only=True, map_location="cpu")
+    return LensFiles(config, _translator_keys(state), "tuned-lens")
 
 
 def _translator_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -92,7 +92,7 @@ def _write_tuned_lens_artifact(path, lens: TunedLens, prefixed: bool) -> None:
         state["unembed.unembedding.weight"] = torch.zeros(3, 3)
     torch.save(state, path / "params.pt")
     config = {
-        "base_model_name_or_path": "tiny-rms",
+        "base_model_name_or_path": lens.config.base_model_name_or_path,
         "d_model": lens.config.d_model,
         "num_hidden_layers": lens.config.num_hidden_layers,
         "bias": lens.config.bias,

@@ -11,10 +11,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from hooklens.artifacts import check_fingerprint, read_lens_dir, write_lens_dir
+from hooklens.artifacts import (
+    LensFiles,
+    check_fingerprint,
+    read_lens_dir,
+    read_lens_files,
+    write_lens_dir,
+)
 from hooklens.errors import LensMismatchError
 from hooklens.lenses.base import Lens
-from hooklens.model import ModelAdapter, ModelFingerprint, normalize_component
+from hooklens.model import ModelAdapter, ModelFingerprint, _same_model_name, normalize_component
 from hooklens.unembed import Unembed
 
 
@@ -155,7 +161,71 @@ class TunedLens(Lens):
         processing. A mismatch raises `LensMismatchError` saying what differs and how
         to load the model to match; `strict=False` turns that into a warning.
         """
-        files = read_lens_dir(path)
+        return cls._from_files(read_lens_dir(path), model, strict=strict, source=str(path))
+
+    @classmethod
+    def from_model_and_pretrained(
+        cls, model: nn.Module | ModelAdapter, lens_resource_id: str | None = None, **kwargs: Any
+    ) -> TunedLens:
+        """A published lens for `model`, from the hub (or its cache, or a local folder).
+
+        Args:
+            model: the HookedTransformer or TransformerBridge to read.
+            lens_resource_id: the lens's name; defaults to the model's Hugging Face name
+                (`EleutherAI/pythia-160m-deduped` for TransformerLens's
+                `pythia-160m-deduped`). A local folder holding a lens works too.
+            **kwargs: `repo_id`, `repo_type`, `revision`, `cache_dir`, `subfolder`,
+                `config_file`, `ckpt_file` (see `hooklens.hub.load_artifacts`) and
+                `strict` (see `load`).
+
+        The lens is checked against the model like any other (`load`). Lenses of the
+        tuned-lens repository were trained on raw Hugging Face hidden states: they load
+        on a TransformerBridge, on `HookedTransformer.from_pretrained_no_processing`, and
+        on RMSNorm models loaded with processing (folding norms and centring the
+        unembedding leave the residual stream as it was), but a LayerNorm model whose
+        writing weights TransformerLens centred is refused with advice: its residual
+        stream lost the component along the all-ones direction, which a translator may
+        read, so no exact conversion exists.
+
+        Example:
+            >>> from transformer_lens import HookedTransformer
+            >>> model = HookedTransformer.from_pretrained_no_processing("gpt2")  # doctest: +SKIP
+            >>> lens = TunedLens.from_model_and_pretrained(model)               # doctest: +SKIP
+        """
+        adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
+        if lens_resource_id is None:
+            from hooklens.hub import hub_model_name
+
+            lens_resource_id = hub_model_name(adapter)
+        return cls.from_unembed_and_pretrained(
+            Unembed.from_model(adapter), lens_resource_id, **kwargs
+        )
+
+    @classmethod
+    def from_unembed_and_pretrained(
+        cls, unembed: Unembed, lens_resource_id: str, **kwargs: Any
+    ) -> TunedLens:
+        """A published lens, read with `unembed` (which must come from a model).
+
+        Takes the same keyword arguments as `from_model_and_pretrained`.
+        """
+        from hooklens.hub import load_artifacts
+
+        strict = kwargs.pop("strict", True)
+        allowed = {"repo_id", "repo_type", "revision", "cache_dir", "subfolder", "config_file"}
+        allowed.add("ckpt_file")
+        if unknown := sorted(set(kwargs) - allowed):
+            raise TypeError(f"unexpected arguments {unknown}; expected some of {sorted(allowed)}")
+        if unembed.adapter is None:
+            raise ValueError("the unembedding must come from a model: Unembed.from_model(model)")
+        config_path, params_path = load_artifacts(lens_resource_id, **kwargs)
+        files = read_lens_files(config_path, params_path)
+        return cls._from_files(files, unembed.adapter, strict=strict, source=lens_resource_id)
+
+    @classmethod
+    def _from_files(
+        cls, files: LensFiles, model: nn.Module | ModelAdapter, *, strict: bool, source: str
+    ) -> TunedLens:
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
         config = TunedLensConfig.from_dict(files.config)
         if config.fingerprint is not None:
@@ -168,7 +238,7 @@ class TunedLens(Lens):
         missing, unexpected = lens.load_state_dict(files.tensors, strict=False)
         if missing or unexpected:
             raise LensMismatchError(
-                f"{path} does not hold the parameters of a {config.num_hidden_layers}-layer "
+                f"{source} does not hold the parameters of a {config.num_hidden_layers}-layer "
                 f"tuned lens: missing {missing[:4]}, unexpected {unexpected[:4]}"
             )
         return lens
@@ -183,6 +253,15 @@ def _check_tuned_lens_artifact(
     norms and centring W_U leave those unchanged (the lens output is the same), but
     centring the writing weights (LayerNorm models) shifts the residual stream itself.
     """
+    if not _same_model_name(config.base_model_name_or_path, adapter.model_name):
+        message = (
+            f"this tuned-lens artifact was trained on {config.base_model_name_or_path!r}; "
+            f"the model is {adapter.model_name!r}. Load that model, or pass strict=False to "
+            "use the lens anyway (a fine-tune of the same base, say)."
+        )
+        if strict:
+            raise LensMismatchError(message)
+        warnings.warn(message, stacklevel=3)
     found = (config.d_model, config.num_hidden_layers)
     expected = (adapter.d_model, adapter.n_layers)
     if found != expected:
