@@ -6,6 +6,7 @@ from hooklens.errors import (
     MissingHookError,
     NonFiniteActivationError,
 )
+from hooklens.inversion import InversionOutput
 from hooklens.lenses import Lens, LogitLens, TunedLens, TunedLensConfig
 from hooklens.model import ModelAdapter, ModelFingerprint, WeightProcessing
 from hooklens.plotting import TokenFormatter, TrajectoryLabels, TrajectoryStatistic
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "HooklensError",
+    "InversionOutput",
     "Lens",
     "LensMismatchError",
     "LogitLens",

@@ -53,3 +53,16 @@ def test_readme_interventions_block_runs(tmp_path, monkeypatch):
     exec(compile(interventions, str(README), "exec"), namespace)
     assert namespace["effect"].values.shape == (48, 31)
     assert namespace["sweep"].values.shape == (2, 30, 17, 31)
+
+
+@pytest.mark.slow
+def test_readme_inversion_and_generation_block_runs(capsys):
+    blocks = _python_blocks()
+    (block,) = [b for b in blocks if "unembed.invert" in b]
+    namespace: dict = {}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    capsys.readouterr()
+    exec(compile(block, str(README), "exec"), namespace)
+    assert namespace["out"].kl < 1e-3
+    assert namespace["ids"].shape[0] == 2
+    assert len(namespace["model"].to_string(namespace["ids"][:, -8:])) == 2
