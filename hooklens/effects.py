@@ -1,7 +1,7 @@
 """How an intervention changes what each layer predicts: two-trajectory comparisons,
 and per-layer effects over a batch of prompts with bootstrap confidence intervals.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> effect = LayerEffect("Δ logit diff", np.random.default_rng(0).normal(1, 1, (40, 5)))
     >>> effect.low.shape, bool((effect.low <= effect.mean).all())
@@ -34,7 +34,7 @@ class TrajectoryComparison:
     """A clean and a corrupted (or intervened) trajectory of the same prompts, compared
     at every layer and position.
 
-    Example:
+    Examples:
         >>> comparison = compare(clean, ablated)                      # doctest: +SKIP
         >>> comparison.js_divergence().figure()                       # doctest: +SKIP
     """

@@ -83,7 +83,7 @@ def load_artifacts(
         LensNotFoundError: no such lens; the message lists the available ones.
         HubUnreachableError: the lens is not cached and the hub cannot be reached.
 
-    Example:
+    Examples:
         >>> from hooklens.hub import load_artifacts
         >>> config, params = load_artifacts("gpt2")                     # doctest: +SKIP
     """
@@ -121,7 +121,7 @@ def available_lens_artifacts(
 
     Offline, only the lenses already in the huggingface_hub cache are listed.
 
-    Example:
+    Examples:
         >>> from hooklens.hub import available_lens_artifacts
         >>> "gpt2" in available_lens_artifacts()                        # doctest: +SKIP
         True

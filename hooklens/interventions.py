@@ -7,7 +7,7 @@ Each function returns a `(hook_name, hook_fn)` pair, the form `fwd_hooks=[...]`,
 "resid_mid", "resid_post"). `positions` (an int, a list or a slice) limits the
 intervention to those sequence positions; by default it covers all of them.
 
-Example:
+Examples:
     >>> from hooklens import LogitLens, PredictionTrajectory, models
     >>> from hooklens.interventions import zero_ablation
     >>> model = models.load("smollm2-135m")                          # doctest: +SKIP

@@ -146,7 +146,7 @@ class ModelAdapter:
     Works for `HookedTransformer` (with or without weight processing) and
     `TransformerBridge` (raw, or after `enable_compatibility_mode()`).
 
-    Example:
+    Examples:
         >>> from hooklens.model import ModelAdapter
         >>> adapter = ModelAdapter(model)                          # doctest: +SKIP
         >>> adapter.hook_name("resid_pre", 3)                      # doctest: +SKIP

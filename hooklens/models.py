@@ -71,7 +71,7 @@ def load(
         device: where the weights live.
         dtype: the weights' precision.
 
-    Example:
+    Examples:
         >>> from hooklens import models
         >>> model = models.load("smollm2-135m")                         # doctest: +SKIP
         >>> bridge = models.load("smollm2-135m", model_class="bridge")  # doctest: +SKIP
@@ -119,7 +119,7 @@ def choose(name: str = DEFAULT_MODEL) -> str:
     and you get GPT-2 on Colab or any machine online; offline it falls back to the
     embedded SmolLM2-135M and says so.
 
-    Example:
+    Examples:
         >>> from hooklens import models
         >>> models.choose("smollm2-135m")
         'smollm2-135m'

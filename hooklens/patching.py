@@ -12,7 +12,7 @@ all positions go through `forward(start_at_layer=ℓ)` as one batch (in groups o
 so there each group runs the whole model with a patching hook. Only the answer
 position's residual is kept per read layer.
 
-Example:
+Examples:
     >>> sweep = patching_sweep(lens, model, clean, corrupted, targets=[t], anti_targets=[a])
     ...                                                               # doctest: +SKIP
     >>> sweep.figure()                                                # doctest: +SKIP

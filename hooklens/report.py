@@ -83,7 +83,7 @@ def trajectory_report(
     top 5) and two circuitsvis views; with more than one lens, the Jensen–Shannon
     divergence between the logit lens and each other lens.
 
-    Example:
+    Examples:
         >>> from hooklens import models, TunedLens
         >>> model = models.load("smollm2-135m")                          # doctest: +SKIP
         >>> trajectory_report(model, "The capital of France is",

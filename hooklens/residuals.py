@@ -72,7 +72,7 @@ def residual_stack(
     Returns `[n_layers + 1, *batch, pos, d_model]`; the cache's own leading axes are
     kept (none for a cache made with `remove_batch_dim=True`).
 
-    Example:
+    Examples:
         >>> logits, cache = model.run_with_cache(tokens)          # doctest: +SKIP
         >>> residual_stack(cache, "resid_pre").shape               # doctest: +SKIP
         torch.Size([31, 1, 12, 576])

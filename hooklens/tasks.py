@@ -72,7 +72,7 @@ def greater_than(tokenizer: Any, n_prompts: int = 64, seed: int = 0) -> Task:
     among the 9 unambiguous digits is right (9 − t) / 9 of the time, 50% on
     average (`chance`).
 
-    Example:
+    Examples:
         >>> task = greater_than(model.tokenizer, 32)                 # doctest: +SKIP
         >>> logits = model(task.clean)[:, -1]                         # doctest: +SKIP
         >>> task.accuracy(logits) > task.chance                       # doctest: +SKIP

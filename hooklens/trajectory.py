@@ -85,7 +85,7 @@ def _as_long(ids: Any, name: str) -> Tensor | None:
 def next_token_targets(input_ids: Int[Tensor, "... pos"]) -> Int[Tensor, "... pos"]:
     """Each position's next input token as its target; -1 (no target) at the last one.
 
-    Example:
+    Examples:
         >>> next_token_targets(torch.tensor([5, 6, 7]))
         tensor([ 6,  7, -1])
     """
@@ -100,7 +100,7 @@ class PredictionTrajectory:
     `from_lens_and_model`. Statistics come back as `TrajectoryStatistic` objects
     shaped `[..., layer, pos]` (leading batch axes kept), ready for `.figure()`.
 
-    Example:
+    Examples:
         >>> logits, cache = model.run_with_cache(tokens)                 # doctest: +SKIP
         >>> traj = PredictionTrajectory.from_lens_and_cache(
         ...     lens, tokens, cache, logits, targets=next_token_targets(tokens))

@@ -27,7 +27,7 @@ class Unembed:
     It holds references to the model's own tensors (no copies) and is not an
     `nn.Module`, so a lens that owns one never trains or saves the model's weights.
 
-    Example:
+    Examples:
         >>> unembed = Unembed.from_model(model)                    # doctest: +SKIP
         >>> logits = unembed(cache["blocks.29.hook_resid_post"])   # doctest: +SKIP
         >>> lse = unembed.logsumexp(h, chunk_size=4096)            # doctest: +SKIP
@@ -172,7 +172,7 @@ class Unembed:
             `InversionOutput(preimage, grad_norm, kl, loss, nfev)`; `preimage` is the
             hidden state *before* the final norm.
 
-        Example:
+        Examples:
             >>> out = unembed.invert(model_logits[0, -1])                  # doctest: +SKIP
             >>> out.kl < 1e-3, out.nfev                                     # doctest: +SKIP
             (tensor(True), 37)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,9 @@ def test_docs_build_strictly_and_document_the_api(tmp_path):
     assert "WARNING" not in result.stderr
     reference = (tmp_path / "reference" / "trajectory" / "index.html").read_text()
     assert "from_lens_and_cache" in reference and "next_token_targets" in reference
+    # `Examples:` sections render as code blocks, one line per doctest line
+    text = re.sub(r"<[^>]+>", "", reference)
+    assert "&gt;&gt;&gt; logits, cache = model.run_with_cache(tokens)\n" in text
     home = (tmp_path / "index.html").read_text()
     assert "run_with_cache" in home  # the README quickstart, included by snippet
     assert (tmp_path / "images" / "trajectory.png").is_file()

@@ -88,7 +88,7 @@ class Lens(nn.Module, ABC):
     ) -> Float[Tensor, "... pos d_vocab"]:
         """Log-probabilities the lens reads at `layer` from an `ActivationCache`.
 
-        Example:
+        Examples:
             >>> logits, cache = model.run_with_cache(tokens)          # doctest: +SKIP
             >>> lens = LogitLens.from_model(model)                     # doctest: +SKIP
             >>> lens.log_probs(cache, layer=5).shape                   # doctest: +SKIP
@@ -148,7 +148,7 @@ class Lens(nn.Module, ABC):
             `[batch, pos + max_new_tokens]`: the left-padded prompts and the new tokens;
             `model.to_string(out[:, -max_new_tokens:])` decodes the continuations.
 
-        Example:
+        Examples:
             >>> out = lens.generate(model, 15, ["The capital of France is"], max_new_tokens=8)
             ...                                                         # doctest: +SKIP
             >>> model.to_string(out[:, -8:])                            # doctest: +SKIP

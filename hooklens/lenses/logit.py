@@ -13,7 +13,7 @@ from hooklens.unembed import Unembed
 class LogitLens(Lens):
     """Read each layer's residual stream as if it were the final one.
 
-    Example:
+    Examples:
         >>> from hooklens import LogitLens
         >>> logits, cache = model.run_with_cache(tokens)           # doctest: +SKIP
         >>> lens = LogitLens.from_model(model)                      # doctest: +SKIP

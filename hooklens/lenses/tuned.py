@@ -57,7 +57,7 @@ class TunedLens(Lens):
     Translators start at zero, so a fresh `TunedLens` is exactly the `LogitLens`.
     The final residual (index `n_layers`) has no translator.
 
-    Example:
+    Examples:
         >>> from hooklens import TunedLens
         >>> lens = TunedLens.from_model(model)                      # doctest: +SKIP
         >>> lens.save("my-lens")                                    # doctest: +SKIP
@@ -187,7 +187,7 @@ class TunedLens(Lens):
         stream lost the component along the all-ones direction, which a translator may
         read, so no exact conversion exists.
 
-        Example:
+        Examples:
             >>> from transformer_lens import HookedTransformer
             >>> model = HookedTransformer.from_pretrained_no_processing("gpt2")  # doctest: +SKIP
             >>> lens = TunedLens.from_model_and_pretrained(model)               # doctest: +SKIP

@@ -63,7 +63,7 @@ class TrajectoryStatistic:
     Leading axes are batch axes; `figure()`, `heatmap()` and `widget()` average over
     them (ignoring NaN, which marks positions without a target).
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> stat = TrajectoryStatistic("Entropy", np.random.rand(4, 3), units="nats")
         >>> stat.layer_labels.tolist()

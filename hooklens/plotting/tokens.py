@@ -57,7 +57,7 @@ def decode_token(token: str) -> str:
 class TokenFormatter:
     """Format tokens for display in plots: decoded, whitespace made visible, truncated.
 
-    Example:
+    Examples:
         >>> TokenFormatter().format("Ġinterpretability")
         '_inter…'
         >>> TokenFormatter(max_string_len=None).format("<0x0A>")

@@ -59,7 +59,7 @@ def wikipedia_summaries_path() -> Path:
 def load_texts(source: str, *, streaming: bool = False, split: str = "train") -> Any:
     """A `datasets` dataset of texts from a hub name, local file(s) or the offline corpus.
 
-    Example:
+    Examples:
         >>> texts = load_texts("wikipedia-summaries")              # doctest: +SKIP
         >>> texts = load_texts("notes/*.txt")                       # doctest: +SKIP
         >>> texts = load_texts("allenai/c4", streaming=True)        # doctest: +SKIP

@@ -101,7 +101,7 @@ def fit_tuned_lens(
 ) -> TunedLens:
     """A `TunedLens` fitted in closed form on `token_batches` (one pass of the model).
 
-    Example:
+    Examples:
         >>> from hooklens.training.data import batches, load_texts, pack
         >>> chunks = pack(load_texts("wikipedia-summaries")["text"], model.tokenizer, 512)
         ...                                                             # doctest: +SKIP
