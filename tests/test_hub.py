@@ -45,12 +45,14 @@ def hub_layout(root: Path, lenses: dict[str, TunedLens]) -> Path:
     return root
 
 
-def install_in_cache(repo: Path, cache: Path, repo_id: str, repo_type: str) -> None:
-    """Put `repo` into a huggingface_hub cache as the snapshot of `main`."""
+def install_in_cache(
+    repo: Path, cache: Path, repo_id: str, repo_type: str, ref: str = "main", commit: str = COMMIT
+) -> None:
+    """Put `repo` into a huggingface_hub cache as the snapshot of branch or tag `ref`."""
     folder = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    shutil.copytree(repo, folder / "snapshots" / COMMIT)
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(COMMIT)
+    shutil.copytree(repo, folder / "snapshots" / commit)
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / ref).write_text(commit)
 
 
 @pytest.fixture
@@ -208,3 +210,28 @@ def test_lens_for_another_model_name_is_refused(model_zoo, tmp_path):
     repo = hub_layout(tmp_path / "repo", {"tiny-rms": lens})
     with pytest.raises(LensMismatchError, match="trained on 'EleutherAI/pythia-70m'"):
         TunedLens.from_model_and_pretrained(raw, repo_id=str(repo))
+
+
+def test_revision_selects_the_snapshot(hooked, cache, lenses, tmp_path):
+    older = {"tiny-rms": _trained(hooked, seed=7)}
+    repo_id = "AlignmentResearch/tuned-lens"
+    install_in_cache(hub_layout(tmp_path / "v0", older), cache, repo_id, "space", "v0", "f" * 40)
+    assert same_parameters(
+        TunedLens.from_model_and_pretrained(hooked, cache_dir=cache, revision="v0"),
+        older["tiny-rms"],
+    )
+    assert same_parameters(
+        TunedLens.from_model_and_pretrained(hooked, cache_dir=cache), lenses["tiny-rms"]
+    )
+
+
+def test_from_unembed_and_pretrained(hooked, cache, lenses):
+    from hooklens import Unembed
+
+    lens = TunedLens.from_unembed_and_pretrained(
+        Unembed.from_model(hooked), "tiny-rms", cache_dir=cache
+    )
+    assert same_parameters(lens, lenses["tiny-rms"]) and lens.adapter.model is hooked
+    bare = Unembed(hooked.ln_final, hooked.W_U)  # built by hand: no model to check against
+    with pytest.raises(ValueError, match="must come from a model"):
+        TunedLens.from_unembed_and_pretrained(bare, "tiny-rms", cache_dir=cache)
