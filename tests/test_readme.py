@@ -51,8 +51,8 @@ def test_readme_interventions_block_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
     exec(compile(interventions, str(README), "exec"), namespace)
-    assert namespace["effect"].values.shape == (48, 31)
-    assert namespace["sweep"].values.shape == (2, 30, 17, 31)
+    assert namespace["effect"].values.shape == (24, 31)
+    assert namespace["sweep"].values.shape == (1, 30, 17, 31)
 
 
 @pytest.mark.slow
