@@ -88,7 +88,38 @@ def generate(
     attention_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Int[Tensor, "batch pos_and_new"]:
-    """See `Lens.generate`."""
+    """Continue prompts by decoding layer `layer`'s residual with `lens`.
+
+    `Lens.generate` is this function: call it as `lens.generate(model, layer, prompts)`.
+
+    Each step runs the model up to block `layer` (its `resid_pre`; `n_layers` or -1
+    for the final residual), reads the lens's next-token distribution at the last
+    position, and samples from it (`do_sample=True`, at temperature `temp`) or
+    takes its argmax. With the logit lens at the last layer and `do_sample=False`
+    this is the model's own greedy decoding.
+
+    Args:
+        lens: the lens to decode with.
+        model: the HookedTransformer or TransformerBridge the lens reads.
+        layer: which layer's residual to decode.
+        input_ids: a string, a list of strings or of token-id lists (of any
+            lengths: they are left-padded and masked), or a `[batch, pos]` tensor
+            (with `attention_mask` if it is left-padded).
+        do_sample: sample (True) or decode greedily (False).
+        temp: sampling temperature.
+        max_new_tokens: how many tokens to add (always that many; no stop at EOS).
+        attention_mask: `[batch, pos]`, 0 on left padding, for a tensor `input_ids`.
+        generator: a `torch.Generator` for reproducible sampling.
+
+    Returns:
+        `[batch, pos + max_new_tokens]`: the left-padded prompts and the new tokens;
+        `model.to_string(out[:, -max_new_tokens:])` decodes the continuations.
+
+    Examples:
+        >>> out = lens.generate(model, 15, ["The capital of France is"], max_new_tokens=8)
+        ...                                                         # doctest: +SKIP
+        >>> model.to_string(out[:, -8:])                            # doctest: +SKIP
+    """
     adapter = ModelAdapter(model)
     if adapter.model is not lens.adapter.model and adapter.fingerprint != lens.adapter.fingerprint:
         raise ValueError("the lens was made for another model; build it from this one")

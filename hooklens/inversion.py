@@ -85,12 +85,43 @@ def invert_unembed(
     tol: float = 1e-3,
     weight: Tensor | None = None,
 ) -> InversionOutput:
-    """See `Unembed.invert`."""
+    """Find a hidden state whose logits match `logits`, by minimising KL.
+
+    `Unembed.invert` is this function: call it as `unembed.invert(logits, ...)`.
+
+    Minimises KL(softmax(logits) ‖ softmax(unembed(h))) over `h`, plus
+    `prior_weight × −log prior(normalize(h))` when a prior is given.
+
+    Args:
+        logits: `[..., d_vocab]` target logits; every leading index is inverted
+            independently (the objective is their mean).
+        h0: `[..., d_model]` start; default: the least-squares solution of
+            `h W_U = logits − mean(logits)`.
+        max_iter: most evaluations of the objective.
+        optimizer: `"lbfgs"` (strong-Wolfe line search) or `"sgd"` (with Nesterov
+            momentum 0.9); a string in any case or an Enum whose value is one of them.
+        prior_weight: weight of the prior term (0: none).
+        prior: a `torch.distributions.Distribution` over normalised hidden states.
+        step_size: L-BFGS's initial step or SGD's learning rate.
+        tol: stop once the loss is below it (or the gradient norm below `tol` × 1e-3:
+            a stationary point, for targets no hidden state reaches).
+        weight: multiplies the target probabilities in the KL (e.g. `[d_vocab]` to
+            weight tokens).
+
+    Returns:
+        `InversionOutput(preimage, grad_norm, kl, loss, nfev)`; `preimage` is the
+        hidden state *before* the final norm.
+
+    Examples:
+        >>> out = unembed.invert(model_logits[0, -1])               # doctest: +SKIP
+        >>> out.kl < 1e-3, out.nfev                                 # doctest: +SKIP
+        (tensor(True), 37)
+    """
     name = optimizer_name(optimizer)
     if logits.shape[-1] != unembed.d_vocab:
         raise ValueError(
-            f"logits must end in the vocabulary ({unembed.d_vocab}), got shape "
-            f"{tuple(logits.shape)}"
+            f"logits must end in the vocabulary ({unembed.d_vocab}), "
+            f"got shape {tuple(logits.shape)}"
         )
     if prior_weight and prior is None:
         raise ValueError("prior_weight > 0 needs a prior (a torch.distributions.Distribution)")

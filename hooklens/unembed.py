@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from hooklens.inversion import InversionOutput, invert_unembed
+from hooklens.inversion import invert_unembed
 from hooklens.model import ModelAdapter
 from hooklens.streaming import logsumexp_chunks
 from hooklens.validation import validate_hidden
@@ -135,60 +135,7 @@ class Unembed:
         """Log-softmax over the whole vocabulary (materialises `[..., d_vocab]`)."""
         return torch.log_softmax(self.forward(h), dim=-1)
 
-    def invert(
-        self,
-        logits: Float[Tensor, "... d_vocab"],
-        *,
-        h0: Float[Tensor, "... d_model"] | None = None,
-        max_iter: int = 1000,
-        optimizer: str = "lbfgs",
-        prior_weight: float = 0.0,
-        prior: torch.distributions.Distribution | None = None,
-        step_size: float = 1.0,
-        tol: float = 1e-3,
-        weight: Tensor | None = None,
-    ) -> InversionOutput:
-        """Find a hidden state whose logits match `logits`, by minimising KL.
-
-        Minimises KL(softmax(logits) ‖ softmax(self(h))) over `h`, plus
-        `prior_weight × −log prior(normalize(h))` when a prior is given.
-
-        Args:
-            logits: `[..., d_vocab]` target logits; every leading index is inverted
-                independently (the objective is their mean).
-            h0: `[..., d_model]` start; default: the least-squares solution of
-                `h W_U = logits − mean(logits)`.
-            max_iter: most evaluations of the objective.
-            optimizer: `"lbfgs"` (strong-Wolfe line search) or `"sgd"`; a string in any
-                case or an Enum whose value is one of them.
-            prior_weight: weight of the prior term (0: none).
-            prior: a `torch.distributions.Distribution` over normalised hidden states.
-            step_size: L-BFGS's initial step or SGD's learning rate.
-            tol: stop once the gradient norm or the loss is below it.
-            weight: multiplies the target probabilities in the KL (e.g. `[d_vocab]` to
-                weight tokens).
-
-        Returns:
-            `InversionOutput(preimage, grad_norm, kl, loss, nfev)`; `preimage` is the
-            hidden state *before* the final norm.
-
-        Examples:
-            >>> out = unembed.invert(model_logits[0, -1])                  # doctest: +SKIP
-            >>> out.kl < 1e-3, out.nfev                                     # doctest: +SKIP
-            (tensor(True), 37)
-        """
-        return invert_unembed(
-            self,
-            logits,
-            h0=h0,
-            max_iter=max_iter,
-            optimizer=optimizer,
-            prior_weight=prior_weight,
-            prior=prior,
-            step_size=step_size,
-            tol=tol,
-            weight=weight,
-        )
+    invert = invert_unembed  # Unembed.invert(logits, *, h0=None, ...); see its docstring
 
     # --- streaming over the vocabulary -------------------------------------------------
 

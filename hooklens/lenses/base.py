@@ -11,6 +11,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from hooklens.errors import LensMismatchError
+from hooklens.generation import generate as generate_from_layer
 from hooklens.model import ModelAdapter, normalize_component
 from hooklens.residuals import get_residual
 from hooklens.unembed import Unembed
@@ -112,57 +113,5 @@ class Lens(nn.Module, ABC):
         for layer in rows:
             yield self.layer_index(layer), self.log_probs(cache, layer, component)
 
-    def generate(
-        self,
-        model: nn.Module,
-        layer: int,
-        input_ids: Any,
-        do_sample: bool = True,
-        temp: float = 1.0,
-        max_new_tokens: int = 100,
-        *,
-        attention_mask: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Continue prompts by decoding layer `layer`'s residual with this lens.
-
-        Each step runs the model up to block `layer` (its `resid_pre`; `n_layers` or -1
-        for the final residual), reads the lens's next-token distribution at the last
-        position, and samples from it (`do_sample=True`, at temperature `temp`) or
-        takes its argmax. With the logit lens at the last layer and `do_sample=False`
-        this is the model's own greedy decoding.
-
-        Args:
-            model: the HookedTransformer or TransformerBridge the lens reads.
-            layer: which layer's residual to decode.
-            input_ids: a string, a list of strings or of token-id lists (of any
-                lengths: they are left-padded and masked), or a `[batch, pos]` tensor
-                (with `attention_mask` if it is left-padded).
-            do_sample: sample (True) or decode greedily (False).
-            temp: sampling temperature.
-            max_new_tokens: how many tokens to add (always that many; no stop at EOS).
-            attention_mask: `[batch, pos]`, 0 on left padding, for a tensor `input_ids`.
-            generator: a `torch.Generator` for reproducible sampling.
-
-        Returns:
-            `[batch, pos + max_new_tokens]`: the left-padded prompts and the new tokens;
-            `model.to_string(out[:, -max_new_tokens:])` decodes the continuations.
-
-        Examples:
-            >>> out = lens.generate(model, 15, ["The capital of France is"], max_new_tokens=8)
-            ...                                                         # doctest: +SKIP
-            >>> model.to_string(out[:, -8:])                            # doctest: +SKIP
-        """
-        from hooklens.generation import generate
-
-        return generate(
-            self,
-            model,
-            layer,
-            input_ids,
-            do_sample,
-            temp,
-            max_new_tokens,
-            attention_mask=attention_mask,
-            generator=generator,
-        )
+    # Lens.generate(model, layer, input_ids, do_sample=True, temp=1.0, max_new_tokens=100)
+    generate = generate_from_layer
