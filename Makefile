@@ -63,6 +63,7 @@ bench: venv
 	$(BIN)/python benchmarks/lens_quality.py
 	$(BIN)/python benchmarks/optimizer_defaults.py
 	$(BIN)/python benchmarks/patching_cost.py
+	$(BIN)/python benchmarks/fast_fit_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site
