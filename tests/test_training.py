@@ -96,3 +96,23 @@ def test_local_files_load_as_datasets(tmp_path):
     assert load_texts(str(txt))["text"] == PARAGRAPHS
     with pytest.raises(FileNotFoundError, match="no data file"):
         load_texts(str(tmp_path / "missing.jsonl"))
+
+
+def test_fast_fit_skips_the_head_and_fits_the_same_lens(hooked, monkeypatch):
+    """On a HookedTransformer the fit stops after the last block (no logits), and the
+    lens is bit-identical to one fitted from full forwards."""
+    data = [
+        torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(i)) for i in range(3)
+    ]
+    skipping = fit_tuned_lens(hooked, data, progress=False)
+    run_with_cache, stops = hooked.run_with_cache, []
+
+    def full_forward(*args, **kwargs):
+        stops.append(kwargs.pop("stop_at_layer", None))
+        return run_with_cache(*args, **kwargs)
+
+    monkeypatch.setattr(hooked, "run_with_cache", full_forward)
+    full = fit_tuned_lens(hooked, data, progress=False)
+    assert stops == [hooked.cfg.n_layers] * len(data)
+    for (name, a), b in zip(skipping.state_dict().items(), full.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
