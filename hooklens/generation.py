@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from hooklens.model import ModelAdapter, _is_hooked_transformer
+from hooklens.model import ModelAdapter
 
 if TYPE_CHECKING:
     from hooklens.lenses.base import Lens
@@ -124,7 +124,7 @@ def generate(
     if adapter.model is not lens.adapter.model and adapter.fingerprint != lens.adapter.fingerprint:
         raise ValueError("the lens was made for another model; build it from this one")
     row = lens.layer_index(layer)
-    if row < lens.n_layers and getattr(lens, "component", "resid_pre") != "resid_pre":
+    if row < lens.n_layers and lens.component != "resid_pre":
         raise ValueError(
             f"generate reads the residual stream before block {row} (resid_pre); this lens "
             f"reads {lens.component}"
@@ -135,9 +135,9 @@ def generate(
         raise ValueError(f"max_new_tokens must be at least 0, got {max_new_tokens}")
     tokens, mask = left_padded(input_ids, model, attention_mask)
     tokens, mask = tokens.to(adapter.device), mask.to(adapter.device)
-    step = _HookedSteps(model, row) if _is_hooked_transformer(model) else _BridgeSteps(model, row)
+    hooked = adapter.kind == "HookedTransformer"
+    step = _HookedSteps(model, row) if hooked else _BridgeSteps(adapter, row)
     hidden = step.first(tokens, mask)  # [batch, d_model] at the last position
-    new = []
     for i in range(max_new_tokens):
         logits = lens.forward(hidden, row).float()
         if do_sample:
@@ -145,7 +145,6 @@ def generate(
             next_token = torch.multinomial(probs, 1, generator=generator)[:, 0]
         else:
             next_token = logits.argmax(-1)
-        new.append(next_token)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         if i + 1 < max_new_tokens:
@@ -182,9 +181,8 @@ class _BridgeSteps:
     first real token of each row (as Hugging Face's generate does); the residual is
     captured by a hook, so the final residual works like any other layer."""
 
-    def __init__(self, model: Any, row: int):
-        adapter = ModelAdapter(model)
-        self.model = model
+    def __init__(self, adapter: ModelAdapter, row: int):
+        self.model = adapter.model
         self.hook = (
             adapter.final_hook_name
             if row == adapter.n_layers

@@ -99,11 +99,11 @@ def load_artifacts(
             raise LensNotFoundError(_not_found(resource_id, repo_id, available))
         return local
     repo_id, repo_type = lens_repository(repo_id, repo_type)
-    download = _Downloader(repo_id, repo_type, revision, f"{subfolder}/{resource_id}", cache_dir)
-    config_path = download(config_file, resource_id, subfolder)
+    download = _Downloader(repo_id, repo_type, revision, subfolder, resource_id, cache_dir)
+    config_path = download(config_file)
     assert config_path is not None  # not missing_ok: raises instead
     for name in ckpt_files:
-        params_path = download(name, resource_id, subfolder, missing_ok=name != ckpt_files[-1])
+        params_path = download(name, missing_ok=name != ckpt_files[-1])
         if params_path is not None:
             return config_path, params_path
     raise AssertionError("unreachable: the last parameter file raises when missing")
@@ -231,15 +231,15 @@ class _Downloader:
         repo_id: str,
         repo_type: str,
         revision: str | None,
-        folder: str,
+        subfolder: str,
+        resource_id: str,
         cache_dir: str | Path | None,
     ):
         self.repo_id, self.repo_type, self.revision = repo_id, repo_type, revision
-        self.folder, self.cache_dir = folder, cache_dir
+        self.subfolder, self.resource_id, self.cache_dir = subfolder, resource_id, cache_dir
+        self.folder = f"{subfolder}/{resource_id}"
 
-    def __call__(
-        self, filename: str, resource_id: str, subfolder: str, *, missing_ok: bool = False
-    ) -> Path | None:
+    def __call__(self, filename: str, *, missing_ok: bool = False) -> Path | None:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import (
             EntryNotFoundError,
@@ -266,11 +266,11 @@ class _Downloader:
             # Not cached, and no network (or HF_HUB_OFFLINE=1). Tell apart "this lens is
             # not in the cached snapshot" from "nothing of this repository is cached".
             snapshot = _cached_snapshot(self.repo_id, self.repo_type, self.revision, self.cache_dir)
-            if snapshot is not None and (snapshot / subfolder).is_dir() and not missing_ok:
-                cached = _lenses_in_folder(snapshot / subfolder, CONFIG_FILE)
-                if resource_id not in cached:
+            if snapshot is not None and (snapshot / self.subfolder).is_dir() and not missing_ok:
+                cached = _lenses_in_folder(snapshot / self.subfolder, CONFIG_FILE)
+                if self.resource_id not in cached:
                     raise LensNotFoundError(
-                        _not_found(resource_id, f"the cached copy of {where}", cached)
+                        _not_found(self.resource_id, f"the cached copy of {where}", cached)
                         + " (offline: only cached lenses are listed)"
                     ) from error
             if missing_ok:
@@ -289,6 +289,10 @@ class _Downloader:
             if missing_ok:
                 return None
             available = available_lens_artifacts(
-                self.repo_id, self.repo_type, self.revision, subfolder, cache_dir=self.cache_dir
+                self.repo_id,
+                self.repo_type,
+                self.revision,
+                self.subfolder,
+                cache_dir=self.cache_dir,
             )
-            raise LensNotFoundError(_not_found(resource_id, where, available)) from error
+            raise LensNotFoundError(_not_found(self.resource_id, where, available)) from error

@@ -66,7 +66,8 @@ def least_squares_start(
     W_U = unembed.W_U.detach().float()
     centred = logits - logits.mean(-1, keepdim=True)
     if unembed.b_U is not None:
-        centred = centred - (unembed.b_U.detach().float() - unembed.b_U.detach().float().mean())
+        b_U = unembed.b_U.detach().float()
+        centred = centred - (b_U - b_U.mean())
     flat = centred.reshape(-1, centred.shape[-1])
     solution = torch.linalg.lstsq(W_U.T, flat.T).solution.T  # [rows, d_model]
     return solution.reshape(*logits.shape[:-1], W_U.shape[0])

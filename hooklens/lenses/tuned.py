@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -212,8 +213,7 @@ class TunedLens(Lens):
         from hooklens.hub import load_artifacts
 
         strict = kwargs.pop("strict", True)
-        allowed = {"repo_id", "repo_type", "revision", "cache_dir", "subfolder", "config_file"}
-        allowed.add("ckpt_file")
+        allowed = set(inspect.signature(load_artifacts).parameters) - {"resource_id"}
         if unknown := sorted(set(kwargs) - allowed):
             raise TypeError(f"unexpected arguments {unknown}; expected some of {sorted(allowed)}")
         if unembed.adapter is None:
