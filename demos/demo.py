@@ -1,15 +1,23 @@
 """`make demo`: train a tuned lens for the embedded SmolLM2-135M and compare it with the
-logit lens, offline, in about five minutes on two CPU cores.
+logit lens, offline, in under five minutes on two CPU cores.
 
 1. Reads a paragraph with the logit lens (one `PredictionTrajectory` pass) and prints
    the top-1 next token per layer.
 2. Fits a tuned lens in closed form on Wikipedia summaries (one streaming pass of the
    model: least squares from each layer's residual to the final one), then fine-tunes
-   it for a few steps on KL(final ‖ lens) with bf16 matmuls.
+   it for a few steps on KL(final ‖ lens) in the matmul dtype "auto" picks (bf16 where
+   the CPU has it natively, float32 elsewhere).
 3. Evaluates logit lens, fast fit and fine-tuned lens on held-out summaries and prints
    KL(final ‖ lens) per layer.
 4. Saves the lens (`demo-output/lens`, loads with `TunedLens.load`) and writes the
    self-contained HTML report comparing the lenses (`demo-output/report.html`).
+
+The work is fitted to the machine: the defaults (25,600 fit tokens, 12 steps of
+1,024 tokens, 2,048 held-out tokens) are for a CPU with float32 matmuls at ≥ 200 GFLOP/s
+and native bf16 (AMX); a slower CPU fits and evaluates on proportionally fewer tokens,
+and takes as many fine-tune steps as fit in about 90 s at its measured training speed
+(on an AVX2-only CPU, where bf16 is emulated, that is float32 and a few steps). Give
+any of the three flags to fix it.
 
     python demos/demo.py [--fit-tokens 25600] [--steps 12] [--eval-tokens 2048]
 """
@@ -17,6 +25,7 @@ logit lens, offline, in about five minutes on two CPU cores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import time
 from pathlib import Path
@@ -24,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hooklens import LogitLens, ModelAdapter, TunedLens, models
+from hooklens import LogitLens, ModelAdapter, TunedLens, models, precision
 from hooklens.report import trajectory_report
 from hooklens.training.data import batches, load_texts, pack, split_texts
 from hooklens.training.evaluate import evaluate_lenses
 from hooklens.training.fast_fit import fit_tuned_lens
-from hooklens.training.loop import TrainConfig, train_lens
+from hooklens.training.loop import TrainConfig, batch_loss, train_lens
 from hooklens.trajectory import PredictionTrajectory
 
 PARAGRAPH = (
@@ -39,6 +48,10 @@ PARAGRAPH = (
     "of"
 )
 SEQ_LEN, BATCH = 512, 2
+# The defaults' machine: float32 matmuls at this speed (2 Xeon cores with AMX).
+REFERENCE_GFLOPS = 200.0
+FIT_TOKENS, MAX_STEPS, EVAL_TOKENS = 25_600, 12, 2_048
+TUNE_SECONDS = 90.0  # fine-tuning budget at the measured training speed
 
 
 def layer_table(model, text: str, position: int = -1) -> list[dict]:
@@ -96,16 +109,57 @@ def token_batches(model, *, held_out: bool, n_tokens: int, skip: int = 0) -> lis
     return list(batches(chunks, BATCH))
 
 
+def _round_down(tokens: float, multiple: int, least: int) -> int:
+    return max(least, int(tokens) // multiple * multiple)
+
+
+def fit_to_device(args: argparse.Namespace, model, config: TrainConfig) -> str:
+    """Fill in the budget flags not given, from this machine's measured speed."""
+    gflops = precision.matmul_gflops(torch.float32)
+    scale = min(1.0, gflops / REFERENCE_GFLOPS)
+    if args.fit_tokens is None:
+        args.fit_tokens = _round_down(FIT_TOKENS * scale, SEQ_LEN * BATCH, 4 * SEQ_LEN)
+    if args.eval_tokens is None:
+        args.eval_tokens = _round_down(EVAL_TOKENS * scale, SEQ_LEN, SEQ_LEN)
+    if args.steps is None:
+        # One training step on a 128-token probe, on a throwaway lens.
+        probe, lens = model.to_tokens(PARAGRAPH)[:, :128], TunedLens.from_model(model)
+        began = time.perf_counter()
+        torch.autograd.grad(batch_loss(model, lens, probe, config)[0], list(lens.parameters()))
+        tokens_per_s = probe.numel() / (time.perf_counter() - began)
+        affordable = TUNE_SECONDS * tokens_per_s / (SEQ_LEN * BATCH)
+        args.steps = max(1, min(MAX_STEPS, int(affordable)))
+    return (
+        f"float32 matmuls at {gflops:.0f} GFLOP/s; {precision.describe()}: "
+        f"{args.fit_tokens} fit tokens, {args.steps} steps, {args.eval_tokens} held-out tokens"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text", default=PARAGRAPH)
     parser.add_argument("--position", type=int, default=-1, help="token position for top-1")
-    parser.add_argument("--model-class", choices=["hooked", "bridge"], default="hooked")
-    parser.add_argument("--fit-tokens", type=int, default=25_600, help="fast-fit tokens")
     parser.add_argument(
-        "--steps", type=int, default=12, help=f"fine-tune steps ({SEQ_LEN * BATCH} tokens)"
+        "--model-class",
+        choices=models.MODEL_CLASSES,
+        help="default: hooked on TransformerLens 3.x, bridge on 4.x",
     )
-    parser.add_argument("--eval-tokens", type=int, default=2_048, help="held-out tokens")
+    parser.add_argument(
+        "--fit-tokens",
+        type=int,
+        help=f"fast-fit tokens (default: {FIT_TOKENS}, fewer on a slow CPU)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help=f"fine-tune steps of {SEQ_LEN * BATCH} tokens (default: what fits in "
+        f"{TUNE_SECONDS:.0f} s, at most {MAX_STEPS})",
+    )
+    parser.add_argument(
+        "--eval-tokens",
+        type=int,
+        help=f"held-out tokens (default: {EVAL_TOKENS}, fewer on a slow CPU)",
+    )
     parser.add_argument("--output", default="demo-output", help="lens and report go here")
     args = parser.parse_args(argv)
     run(args)
@@ -127,7 +181,10 @@ def run(args: argparse.Namespace) -> None:
     print("entropy in nats at that position; KL(final ‖ layer) in nats, mean over positions\n")
     print(format_table(rows))
 
-    print(f"\n2. fast fit on {args.fit_tokens} tokens, then {args.steps} KL steps (bf16 matmuls)")
+    config = TrainConfig(steps=1, checkpoint_every=10**9)  # matmul dtype "auto"
+    print(f"\nfitted to this machine: {fit_to_device(args, model, config)}")
+    config = dataclasses.replace(config, steps=max(args.steps, 1))
+    print(f"\n2. fast fit on {args.fit_tokens} tokens, then {args.steps} KL steps")
     start = time.perf_counter()
     fit = token_batches(model, held_out=False, n_tokens=args.fit_tokens)
     with torch.no_grad():
@@ -140,7 +197,6 @@ def run(args: argparse.Namespace) -> None:
         train = token_batches(
             model, held_out=False, n_tokens=args.steps * SEQ_LEN * BATCH, skip=len(fit) * BATCH
         )
-        config = TrainConfig(steps=args.steps, matmul_dtype="bfloat16", checkpoint_every=10**9)
         train_lens(model, tuned, train, config)
     tune_seconds = time.perf_counter() - start
     print(f"fast fit {fit_seconds:.0f}s, fine-tune {tune_seconds:.0f}s")

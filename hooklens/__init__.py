@@ -4,6 +4,7 @@ from hooklens.errors import (
     HooklensError,
     LensMismatchError,
     MissingHookError,
+    ModelClassUnavailableError,
     NonFiniteActivationError,
 )
 from hooklens.inversion import InversionOutput
@@ -24,6 +25,7 @@ __all__ = [
     "LogitLens",
     "MissingHookError",
     "ModelAdapter",
+    "ModelClassUnavailableError",
     "ModelFingerprint",
     "NonFiniteActivationError",
     "PredictionTrajectory",

@@ -24,3 +24,7 @@ class MissingHookError(HooklensError, KeyError):
 
 class NonFiniteActivationError(HooklensError, ValueError):
     """A hidden state holds NaN or infinity, so no lens readout of it means anything."""
+
+
+class ModelClassUnavailableError(HooklensError, ImportError):
+    """The model class asked for does not exist in the installed TransformerLens."""

@@ -15,6 +15,7 @@ that talks to the network.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -161,12 +162,18 @@ def hub_model_name(adapter: Any) -> str:
             return embedded.hf_name
     if "/" in name:
         return name
-    try:
-        from transformer_lens.loading_from_pretrained import get_official_model_name
-
-        return get_official_model_name(name)
-    except (ImportError, ValueError):
-        return name
+    # TransformerLens 3.x keeps the official names beside HookedTransformer's loaders;
+    # 4.x, which removed those loaders, in `supported_models`.
+    for module in ("transformer_lens.loading_from_pretrained", "transformer_lens.supported_models"):
+        try:
+            official = importlib.import_module(module).get_official_model_name
+        except (ImportError, AttributeError):
+            continue
+        try:
+            return official(name)
+        except ValueError:
+            return name
+    return name
 
 
 # --- internals ------------------------------------------------------------------------------

@@ -279,6 +279,20 @@ class ModelAdapter:
             known = ", ".join([*ABLATION_COMPONENTS, *RESIDUAL_COMPONENTS])
             raise ValueError(f"component must be one of {known}; got {component!r}") from None
 
+    def cached_names(self, component: str, layer: int) -> tuple[str, ...]:
+        """Every name a cache may hold `hook_name(component, layer)` under.
+
+        A TransformerBridge (TransformerLens 3.9 and 4.x) also calls a block's input and
+        output by their canonical names, `blocks.{i}.hook_in` and `blocks.{i}.hook_out`,
+        which a `names_filter` may have kept instead of the `hook_resid_*` aliases.
+        """
+        name = self.hook_name(component, layer)
+        canonical = {"resid_pre": "hook_in", "resid_post": "hook_out"}
+        component = normalize_component(component)
+        if self.kind == "TransformerBridge" and component in canonical:
+            return name, f"blocks.{layer}.{canonical[component]}"
+        return (name,)
+
     @property
     def final_hook_name(self) -> str:
         """The residual after the last block, which the final norm and W_U read."""

@@ -23,7 +23,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from hooklens.errors import ModelClassUnavailableError
+
 ModelClass = Literal["hooked", "bridge"]
+MODEL_CLASSES = ("hooked", "bridge")
 
 
 @dataclass(frozen=True)
@@ -51,20 +54,57 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 DEFAULT_MODEL = "smollm2-135m"
 
 
+def has_hooked_transformer() -> bool:
+    """Whether the installed TransformerLens has `HookedTransformer` (3.x; 4.0 removed it)."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_model_class(model_class: ModelClass | None = None) -> ModelClass:
+    """`model_class`, or the default: `"hooked"` where `HookedTransformer` exists, else
+    `"bridge"`. Asking for `"hooked"` on TransformerLens 4.x says what to use instead.
+
+    Examples:
+        >>> from hooklens import models
+        >>> models.resolve_model_class("bridge")
+        'bridge'
+    """
+    if model_class is None:
+        return "hooked" if has_hooked_transformer() else "bridge"
+    if model_class not in MODEL_CLASSES:
+        raise ValueError(f"model_class must be 'hooked' or 'bridge', got {model_class!r}")
+    if model_class == "hooked" and not has_hooked_transformer():
+        from importlib.metadata import version
+
+        raise ModelClassUnavailableError(
+            f"model_class='hooked' needs HookedTransformer, which TransformerLens 4.0 "
+            f"removed (installed: transformer-lens {version('transformer-lens')}). Use "
+            "model_class='bridge' (the default there; add processing=True for "
+            "HookedTransformer's numerics through enable_compatibility_mode()), or install "
+            "'transformer-lens>=3.9,<4' for HookedTransformer"
+        )
+    return model_class
+
+
 def load(
     name: str = DEFAULT_MODEL,
     *,
-    model_class: ModelClass = "hooked",
+    model_class: ModelClass | None = None,
     processing: bool | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
-    """Load a model as a `HookedTransformer` (default) or a `TransformerBridge`.
+    """Load a model as a `HookedTransformer` or a `TransformerBridge`.
 
     Args:
         name: `"smollm2-135m"` (embedded, offline) or any TransformerLens / Hugging Face
             model name (downloaded from the hub).
-        model_class: `"hooked"` for `HookedTransformer`, `"bridge"` for `TransformerBridge`.
+        model_class: `"hooked"` for `HookedTransformer`, `"bridge"` for `TransformerBridge`;
+            default: `"hooked"` on TransformerLens 3.x, `"bridge"` on 4.x (which removed
+            `HookedTransformer`; asking for it there raises `ModelClassUnavailableError`).
         processing: apply TransformerLens weight processing (fold_ln,
             center_writing_weights, center_unembed). Defaults to each class's own
             default: on for `HookedTransformer.from_pretrained`, off for a bridge.
@@ -76,8 +116,7 @@ def load(
         >>> model = models.load("smollm2-135m")                         # doctest: +SKIP
         >>> bridge = models.load("smollm2-135m", model_class="bridge")  # doctest: +SKIP
     """
-    if model_class not in ("hooked", "bridge"):
-        raise ValueError(f"model_class must be 'hooked' or 'bridge', got {model_class!r}")
+    model_class = resolve_model_class(model_class)
     if processing is None:
         processing = model_class == "hooked"
     embedded = EMBEDDED_MODELS.get(name.lower())
@@ -87,7 +126,11 @@ def load(
         hf_model = copy.deepcopy(hf_model).to(device=device, dtype=dtype)
         if model_class == "hooked":
             return _hooked_from_hf(embedded, hf_model, tokenizer, processing, device, dtype)
-        return _bridge(embedded.hf_name, processing, device, dtype, hf_model, tokenizer)
+        bridge = _bridge(embedded.hf_name, processing, device, dtype, hf_model, tokenizer)
+        # SmolLM2's tokenizer adds no BOS and the model was trained without one; the
+        # HookedTransformer above is built the same way, so both classes tokenise alike.
+        bridge.cfg.default_prepend_bos = False  # type: ignore[union-attr]
+        return bridge
     if model_class == "hooked":
         from transformer_lens import HookedTransformer
 

@@ -26,13 +26,6 @@ def _adapter_for(cache: Any, model: Any) -> ModelAdapter:
     return model if isinstance(model, ModelAdapter) else ModelAdapter(model)
 
 
-def residual_hook(adapter: ModelAdapter, component: str, layer: int) -> str:
-    """Hook name of lens row `layer` (0..n_layers) for `component`."""
-    if layer == adapter.n_layers:
-        return adapter.final_hook_name
-    return adapter.hook_name(component, layer)
-
-
 def get_residual(
     cache: Any, layer: int, component: str = "resid_pre", model: Any = None
 ) -> Float[Tensor, "... pos d_model"]:
@@ -44,15 +37,22 @@ def get_residual(
             f"layer {layer} is out of range: rows are 0..{adapter.n_layers} "
             f"({adapter.n_layers} = the final residual after the last block)"
         )
-    name = residual_hook(adapter, component, layer % n_rows)
+    row = layer % n_rows
+    names = (
+        adapter.cached_names("resid_post", adapter.n_layers - 1)  # the final residual
+        if row == adapter.n_layers
+        else adapter.cached_names(component, row)
+    )
+    name = names[0]
     cached = getattr(cache, "cache_dict", cache)
-    if name not in cached:
+    found = next((n for n in names if n in cached), None)
+    if found is None:
         raise MissingHookError(
             f"the cache has no {name!r}; it was probably made with a names_filter that "
             "left it out. Re-run with model.run_with_cache(tokens, names_filter="
             f"ModelAdapter(model).residual_hook_names({component!r})), or without a filter."
         )
-    return cached[name]
+    return cached[found]
 
 
 def iter_residuals(

@@ -107,7 +107,7 @@ def test_torchrun_cli_equals_a_single_process_run(tmp_path):
     arguments = [
         "-m", "hooklens", "train", "--data", str(corpus), "--seq-len", "24",
         "--batch-size", "2", "--fast-fit-tokens", "0", "--steps", "3", "--optimizer", "sgd",
-        "--matmul-dtype", "float32",
+        "--matmul-dtype", "float32", "--model-class", "bridge",  # a bridge boots in a second
         "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from transformer_lens import HookedTransformer
 from transformer_lens.model_bridge import TransformerBridge
 
 from hooklens import models
+from hooklens.errors import ModelClassUnavailableError
+from tests.conftest import skip_without_hooked_transformer
 
 
 @pytest.mark.parametrize(
@@ -20,6 +21,9 @@ from hooklens import models
     ],
 )
 def test_hub_names_use_hooked_transformer_loaders(monkeypatch, processing, loader):
+    skip_without_hooked_transformer()
+    from transformer_lens import HookedTransformer
+
     calls = []
     for name in ("from_pretrained", "from_pretrained_no_processing"):
         monkeypatch.setattr(
@@ -77,3 +81,30 @@ def test_hub_reachable_respects_offline_mode(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(models.socket, "create_connection", refuse)
     assert models.hub_reachable() is False
+
+
+def test_default_model_class_is_one_the_installed_transformer_lens_has():
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+
+        expected = "hooked"
+    except ImportError:  # TransformerLens 4.x
+        expected = "bridge"
+    assert models.resolve_model_class() == expected
+
+
+def test_without_hooked_transformer_the_bridge_is_the_default(monkeypatch):
+    """TransformerLens 4.x: hub names boot a bridge, and "hooked" says what to do."""
+    monkeypatch.setattr(models, "has_hooked_transformer", lambda: False)
+    calls = []
+    monkeypatch.setattr(
+        TransformerBridge,
+        "boot_transformers",
+        classmethod(lambda cls, name, **kw: calls.append(name)),
+    )
+    models.load("gpt2")
+    assert calls == ["gpt2"]
+    with pytest.raises(ModelClassUnavailableError, match=r"4\.0 removed.*model_class='bridge'"):
+        models.load("gpt2", model_class="hooked")
+    with pytest.raises(ImportError):  # ported `except ImportError` code still catches it
+        models.resolve_model_class("hooked")

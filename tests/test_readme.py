@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -25,6 +26,7 @@ def test_readme_quickstart_is_ten_lines():
 
 
 @pytest.mark.slow
+@pytest.mark.tl4
 def test_readme_quickstart_runs(tmp_path, monkeypatch, capsys):
     """The quickstart and the tuned-lens block after it, as a new user pastes them."""
     monkeypatch.chdir(tmp_path)  # the second block saves a lens into the working directory
@@ -35,6 +37,11 @@ def test_readme_quickstart_runs(tmp_path, monkeypatch, capsys):
     assert printed[0].startswith("PredictionTrajectory(layers=30, pos=5, batch=(1,)")
     assert printed[1] == "(1, 31, 5)"
     assert namespace["fig"].data[0].type == "heatmap"
+    # The output row is the model's own prediction (the documented 1e-4), in either class.
+    lens, cache, logits = namespace["lens"], namespace["cache"], namespace["logits"]
+    exact = torch.log_softmax(logits.double(), -1)
+    assert (lens.log_probs(cache, layer=-1).double() - exact).abs().max() < 1e-4
+    assert abs(namespace["traj"].forward_kl().stats[..., -1, :]).max() < 1e-4
     exec(compile(tuned_block, str(README), "exec"), namespace)
     assert (tmp_path / "my-lens" / "params.safetensors").is_file()
     # identity translators: the tuned lens reads exactly what the logit lens reads

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -37,3 +39,22 @@ def test_missing_hook_error_names_the_hook(any_model, tokens):
 def test_hook_prefixed_component_names_are_accepted(hooked, tokens):
     _, cache = hooked.run_with_cache(tokens)
     assert torch.equal(get_residual(cache, 1, "hook_resid_pre"), get_residual(cache, 1))
+
+
+def test_a_bridge_cache_under_canonical_names_is_read_like_the_aliases(model_zoo, tokens):
+    """TransformerBridge calls block inputs/outputs `blocks.{i}.hook_in` / `hook_out`
+    (TransformerLens 3.9 and 4.x); a cache that kept only those reads the same."""
+    from hooklens import LogitLens
+
+    bridge = model_zoo["bridge-llama"]
+    canonical = re.compile(r"blocks\.\d+\.hook_(in|out)")
+    _, cache = bridge.run_with_cache(tokens, names_filter=lambda n: bool(canonical.fullmatch(n)))
+    assert not any("resid" in name for name in cache.cache_dict)
+    _, full = bridge.run_with_cache(tokens)
+    lens = LogitLens.from_model(bridge)
+    for component in ("resid_pre", "resid_post"):
+        expected = residual_stack(full, component)
+        torch.testing.assert_close(residual_stack(cache, component), expected, atol=0, rtol=0)
+    torch.testing.assert_close(lens.log_probs(cache, -1), lens.log_probs(full, -1), atol=0, rtol=0)
+    with pytest.raises(MissingHookError, match="resid_mid"):
+        residual_stack(cache, "resid_mid")

@@ -37,10 +37,12 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def _arguments(corpus: Path, output: Path) -> list[str]:
+    # A bridge: it boots in about a second, where building a HookedTransformer converts
+    # and processes the weights first (tens of seconds on a slow CPU, once per process).
     return [
         "train", "--data", str(corpus), "--output", str(output), "--seq-len", "32",
         "--batch-size", "1", "--fast-fit-tokens", "64", "--steps", "6",
-        "--checkpoint-every", "2", "--lr", "1e-3", "--no-progress",
+        "--checkpoint-every", "2", "--lr", "1e-3", "--no-progress", "--model-class", "bridge",
     ]  # fmt: skip
 
 
@@ -54,7 +56,7 @@ def test_train_writes_a_lens_that_loads(corpus, tmp_path):
     assert cli_main(_arguments(corpus, tmp_path / "run")) == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [record["step"] for record in history] == [1, 2, 3, 4, 5, 6]
-    model = models.load("smollm2-135m")
+    model = models.load("smollm2-135m", model_class="bridge")
     lens = TunedLens.load(tmp_path / "run" / "lens", model=model)
     assert any(p.abs().sum() > 0 for p in lens.parameters())  # not the identity
     assert cli_main(_arguments(corpus, tmp_path / "run")) == 2  # refuses to overwrite

@@ -189,7 +189,7 @@ class TunedLens(Lens):
         read, so no exact conversion exists.
 
         Examples:
-            >>> from transformer_lens import HookedTransformer
+            >>> from transformer_lens import HookedTransformer                  # doctest: +SKIP
             >>> model = HookedTransformer.from_pretrained_no_processing("gpt2")  # doctest: +SKIP
             >>> lens = TunedLens.from_model_and_pretrained(model)               # doctest: +SKIP
         """

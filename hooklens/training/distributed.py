@@ -72,6 +72,15 @@ def mean_over_ranks(value: float) -> float:
     return all_reduce_sum_(tensor).item() / world_size()
 
 
+def broadcast_object(value: T) -> T:
+    """Rank 0's `value` on every rank (returned unchanged for one process)."""
+    if not active():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
-from hooklens import models
+from hooklens import models, precision
 from hooklens.files import atomic_write_text
 from hooklens.lenses import Lens, LogitLens, TunedLens
 from hooklens.plotting.tokens import decode_token
@@ -87,18 +87,20 @@ def layer_transfer(
     lens: TunedLens,
     token_batches: Iterable[Tensor],
     *,
-    matmul_dtype: torch.dtype = torch.bfloat16,
+    matmul_dtype: str | torch.dtype = "auto",
 ) -> np.ndarray:
     """`[lens layer i, residual layer j]`: mean KL(output ‖ translator i applied to layer j).
 
     The diagonal is the lens as trained; off the diagonal, how well one layer's
     translator reads another layer's residual (how much the layers' bases differ).
-    Costs n_layers² unembeddings per token, in `matmul_dtype` (bf16: ~4× faster on CPU).
+    Costs n_layers² unembeddings per token, in `matmul_dtype` ("auto": bf16 where the
+    device runs it natively fast, float32 otherwise; `hooklens.precision`).
     """
     adapter = lens.adapter
     names = set(adapter.residual_hook_names(lens.component))
     totals = np.zeros((lens.n_layers, lens.n_layers))
-    w_chunks = weight_chunks(lens.unembed.W_U, 8192, matmul_dtype)
+    W_U = lens.unembed.W_U
+    w_chunks = weight_chunks(W_U, 8192, precision.matmul_dtype(matmul_dtype, W_U.device))
     n_rows = 0
     with torch.no_grad():
         for tokens in token_batches:
@@ -146,7 +148,11 @@ def figure(results: Mapping[str, Any], metric: str = "kl_to_output") -> go.Figur
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lens", action="append", default=[], help="tuned lens dir (repeatable)")
     parser.add_argument("--model", default=models.DEFAULT_MODEL)
-    parser.add_argument("--model-class", choices=["hooked", "bridge"], default="hooked")
+    parser.add_argument(
+        "--model-class",
+        choices=models.MODEL_CLASSES,
+        help="default: hooked on TransformerLens 3.x, bridge on 4.x (no HookedTransformer)",
+    )
     parser.add_argument("--data", default="wikipedia-summaries")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--tokens", type=int, default=4096, help="held-out tokens to evaluate")
@@ -158,6 +164,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="also compute each tuned lens's layer-transfer matrix on this many tokens",
+    )
+    parser.add_argument(
+        "--matmul-dtype",
+        choices=precision.MATMUL_DTYPES,
+        default="auto",
+        help="for the transfer matrix; auto: bf16 only where the device runs it fast",
     )
 
 
@@ -185,7 +197,10 @@ def run(args: argparse.Namespace) -> int:
                 continue  # the logit lens has no translators to swap
             chunks = pack(split_texts(texts_of(args), held_out=True), model.tokenizer, args.seq_len)
             matrix = layer_transfer(
-                model, lens, batches(itertools.islice(chunks, n_transfer), args.batch_size)
+                model,
+                lens,
+                batches(itertools.islice(chunks, n_transfer), args.batch_size),
+                matmul_dtype=args.matmul_dtype,
             )
             results["transfer"][name] = np.round(matrix, 6).tolist()
             figures.append(transfer_figure(matrix, name))

@@ -173,8 +173,9 @@ def kl_to_target(
     `hidden` is the translated (not yet normalised) hidden state; the model's final norm
     is applied here with autograd. Pass `projection = target_projection(...)` when
     calling this for many layers with the same target (it is computed here otherwise).
-    `dtype=torch.bfloat16` runs the unembedding matmuls in bfloat16 (about 4× faster on
-    CPUs with AMX/AVX-512 BF16), accumulating in float32. Pass `w_chunks =
+    `dtype=torch.bfloat16` runs the unembedding matmuls in bfloat16, accumulating in
+    float32: about 4× faster where bf16 is native, ~100× slower where it is emulated
+    (`hooklens.precision.matmul_dtype("auto")` measures which). Pass `w_chunks =
     weight_chunks(W_U, chunk, dtype)` when calling this repeatedly (it then decides the
     chunking and dtype).
     """

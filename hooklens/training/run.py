@@ -21,6 +21,7 @@ import torch
 from hooklens import models
 from hooklens.files import atomic_write_text
 from hooklens.lenses.tuned import TunedLens
+from hooklens.precision import MATMUL_DTYPES
 from hooklens.training import distributed
 from hooklens.training.data import batches, load_texts, pack, split_texts
 from hooklens.training.fast_fit import fit_tuned_lens
@@ -31,7 +32,11 @@ RUN_FILE = "run.json"  # the data settings a --resume must repeat
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=models.DEFAULT_MODEL)
-    parser.add_argument("--model-class", choices=["hooked", "bridge"], default="hooked")
+    parser.add_argument(
+        "--model-class",
+        choices=models.MODEL_CLASSES,
+        help="default: hooked on TransformerLens 3.x, bridge on 4.x (no HookedTransformer)",
+    )
     parser.add_argument("--data", default="wikipedia-summaries", help="hub name or local file(s)")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--output", required=True, help="directory for the lens and checkpoints")
@@ -51,7 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     parser.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps)
     parser.add_argument("--grad-accumulation", type=int, default=TrainConfig.grad_accumulation)
-    parser.add_argument("--matmul-dtype", default=TrainConfig.matmul_dtype)
+    parser.add_argument(
+        "--matmul-dtype",
+        choices=MATMUL_DTYPES,
+        default=TrainConfig.matmul_dtype,
+        help="loss matmuls; auto: bf16 only where the device runs it natively fast",
+    )
     parser.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--device", help="default: cuda (one GPU per torchrun rank) if present")
@@ -137,6 +147,7 @@ def _rank_device(device: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.model_class = models.resolve_model_class(args.model_class)  # recorded in run.json
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     distributed.init_from_environment(device)
     world = distributed.world_size()

@@ -1,0 +1,128 @@
+"""The one place that decides the matmul precision for a device, by measuring it.
+
+bfloat16 matmuls (float32 accumulation) halve the memory traffic of the unembedding and
+run ~4–10× faster than float32 where the hardware has native bf16 (CUDA GPUs from
+Ampere on, CPUs with AMX or AVX-512 BF16). Where it has not, PyTorch emulates them:
+on an AVX2-only AMD EPYC a `[1024, 576] @ [576, 8192]` matmul ran at 0.4 GFLOP/s in
+bf16 against 47 in float32 (shared/MEASURED.md). No CPU flag check is reliable across
+PyTorch builds and oneDNN versions, so `"auto"` measures:
+
+- CUDA: bf16 where `torch.cuda.is_bf16_supported()`, else float32;
+- CPU: a one-time probe (cached per process, well under a second even where bf16 is
+  emulated) times a small matmul in both dtypes and picks bf16 only when it is at least
+  `BF16_MIN_SPEEDUP` times faster;
+- anything else: float32.
+
+An explicit `"bfloat16"` is honoured, with one warning per process where the probe found
+it slower than float32.
+
+Examples:
+    >>> import torch
+    >>> from hooklens.precision import matmul_dtype
+    >>> matmul_dtype("float32")
+    torch.float32
+    >>> matmul_dtype("auto") in (torch.float32, torch.bfloat16)
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+
+import torch
+
+MATMUL_DTYPES = ("auto", "float32", "bfloat16")
+# "Clearly faster": native bf16 is 2–10× float32 at these shapes; emulated bf16 is 0.01×.
+BF16_MIN_SPEEDUP = 1.5
+_PROBE_SHAPE = (256, 512, 512)  # [m, k] @ [k, n]: 134 MFLOP, ~1 ms in float32 here
+
+
+def _time_matmul(
+    dtype: torch.dtype, budget_s: float, shape: tuple[int, int, int] = _PROBE_SHAPE
+) -> float:
+    """Best seconds per `[m, k] @ [k, n]` matmul in `dtype`, within about `budget_s`."""
+    m, k, n = shape
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=generator).to(dtype)
+    b = torch.randn(k, n, generator=generator).to(dtype)
+    a @ b  # warm-up: first-call dispatch and kernel selection
+    best, spent = float("inf"), 0.0
+    while spent < budget_s:
+        began = time.perf_counter()
+        a @ b
+        elapsed = time.perf_counter() - began
+        best, spent = min(best, elapsed), spent + elapsed
+        if elapsed > budget_s / 4:  # a slow kernel needs no more samples to be judged
+            break
+    return best
+
+
+@functools.cache
+def cpu_bf16_speedup() -> float:
+    """float32 seconds / bfloat16 seconds for one small matmul on this CPU (cached).
+
+    Above 1 bf16 is faster. Measured once per process with the current thread count;
+    emulated bf16 is cut short after one slow call, so the probe stays sub-second.
+    """
+    float32 = _time_matmul(torch.float32, budget_s=0.02)
+    bfloat16 = _time_matmul(torch.bfloat16, budget_s=max(0.02, 40 * float32))
+    return float32 / bfloat16
+
+
+def matmul_gflops(
+    dtype: torch.dtype = torch.float32, shape: tuple[int, int, int] = (512, 576, 8192)
+) -> float:
+    """Measured GFLOP/s of one `[m, k] @ [k, n]` CPU matmul (default: a lens readout's
+    shape), best of a few within ~0.2 s; for fitting work to the machine."""
+    m, k, n = shape
+    return 2 * m * k * n / _time_matmul(dtype, budget_s=0.2, shape=shape) / 1e9
+
+
+@functools.cache
+def _warn_slow_bf16(ratio: float) -> None:
+    warnings.warn(
+        f"bfloat16 matmuls run {1 / ratio:.1f}× slower than float32 on this CPU "
+        f"({torch.backends.cpu.get_cpu_capability()}; it has no native bf16, so PyTorch "
+        "emulates it): pass matmul_dtype='auto' or 'float32'",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def matmul_dtype(requested: str | torch.dtype = "auto", device=None) -> torch.dtype:
+    """The dtype for lens matmuls on `device` (default: CPU).
+
+    `requested` is `"auto"`, `"float32"` or `"bfloat16"` (or the torch dtype itself).
+    `"auto"` gives bf16 only where the device runs it natively fast (see the module
+    docstring); an explicit bf16 on a CPU where it is slower warns once.
+    """
+    if isinstance(requested, torch.dtype):
+        requested = {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(requested, "")
+    if requested not in MATMUL_DTYPES:
+        raise ValueError(
+            f"matmul dtype must be one of {', '.join(MATMUL_DTYPES)}, got {requested!r}"
+        )
+    kind = torch.device(device).type if device is not None else "cpu"
+    if requested == "float32":
+        return torch.float32
+    if requested == "bfloat16":
+        if kind == "cpu" and cpu_bf16_speedup() < 1.0:
+            _warn_slow_bf16(cpu_bf16_speedup())
+        return torch.bfloat16
+    if kind == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if kind == "cpu" and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP:
+        return torch.bfloat16
+    return torch.float32
+
+
+def describe() -> str:
+    """One line for logs: what `"auto"` picks on the CPU here, and why."""
+    ratio = cpu_bf16_speedup()
+    chosen = "bfloat16" if ratio >= BF16_MIN_SPEEDUP else "float32"
+    return (
+        f"matmul dtype auto → {chosen} (CPU {torch.backends.cpu.get_cpu_capability()}: "
+        f"bf16 {ratio:.2f}× float32's speed)"
+    )
