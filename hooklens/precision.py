@@ -118,11 +118,17 @@ def matmul_dtype(requested: str | torch.dtype = "auto", device=None) -> torch.dt
     return torch.float32
 
 
-def describe() -> str:
-    """One line for logs: what `"auto"` picks on the CPU here, and why."""
-    ratio = cpu_bf16_speedup()
-    chosen = "bfloat16" if ratio >= BF16_MIN_SPEEDUP else "float32"
-    return (
-        f"matmul dtype auto → {chosen} (CPU {torch.backends.cpu.get_cpu_capability()}: "
-        f"bf16 {ratio:.2f}× float32's speed)"
-    )
+def describe(requested: str | torch.dtype = "auto", device=None) -> str:
+    """One line for logs: the dtype `matmul_dtype(requested, device)` gives, and why."""
+    chosen = str(matmul_dtype(requested, device)).removeprefix("torch.")
+    kind = torch.device(device).type if device is not None else "cpu"
+    if kind == "cuda":
+        why = f"CUDA, bf16 {'' if torch.cuda.is_bf16_supported() else 'not '}supported"
+    elif kind == "cpu":
+        why = (
+            f"CPU {torch.backends.cpu.get_cpu_capability()}: bf16 "
+            f"{cpu_bf16_speedup():.2f}× float32's speed"
+        )
+    else:
+        why = kind
+    return f"matmul dtype {requested} → {chosen} ({why})".replace("torch.", "")

@@ -94,10 +94,10 @@ def test_trajectory_of_smollm2_ends_at_the_models_own_prediction(smollm):
     unembed = lens.unembed
     with torch.no_grad():
         normed = unembed.final_norm(cache["resid_pre", 15][0]).double()
-    layer_logits = normed @ unembed.W_U.double()
-    if unembed.b_U is not None:
-        layer_logits = layer_logits + unembed.b_U.double()
-    log_p = torch.log_softmax(layer_logits, -1)
+        layer_logits = normed @ unembed.W_U.double()
+        if unembed.b_U is not None:
+            layer_logits = layer_logits + unembed.b_U.double()
+        log_p = torch.log_softmax(layer_logits, -1)
     np.testing.assert_allclose(
         trajectory.entropy().stats[0, 15], stats.entropy(log_p).numpy(), atol=1e-4, rtol=0
     )

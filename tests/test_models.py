@@ -108,3 +108,11 @@ def test_without_hooked_transformer_the_bridge_is_the_default(monkeypatch):
         models.load("gpt2", model_class="hooked")
     with pytest.raises(ImportError):  # ported `except ImportError` code still catches it
         models.resolve_model_class("hooked")
+
+
+@pytest.mark.skipif(models.has_hooked_transformer(), reason="TransformerLens 3.x has it")
+def test_hooked_on_transformer_lens_4_says_it_was_removed_and_what_to_use():
+    """Runs in .venv-tl4 (TransformerLens 4.x), against the real removal."""
+    with pytest.raises(ModelClassUnavailableError, match=r"4\.0 removed.*model_class='bridge'"):
+        models.load("smollm2-135m", model_class="hooked")
+    assert models.resolve_model_class() == "bridge"

@@ -36,13 +36,14 @@ def corpus(tmp_path_factory) -> Path:
     return path
 
 
-def _arguments(corpus: Path, output: Path) -> list[str]:
+def _arguments(corpus: Path, output: Path, model_class: str | None = "bridge") -> list[str]:
     # A bridge: it boots in about a second, where building a HookedTransformer converts
     # and processes the weights first (tens of seconds on a slow CPU, once per process).
+    chosen = ["--model-class", model_class] if model_class else []
     return [
         "train", "--data", str(corpus), "--output", str(output), "--seq-len", "32",
         "--batch-size", "1", "--fast-fit-tokens", "64", "--steps", "6",
-        "--checkpoint-every", "2", "--lr", "1e-3", "--no-progress", "--model-class", "bridge",
+        "--checkpoint-every", "2", "--lr", "1e-3", "--no-progress", *chosen,
     ]  # fmt: skip
 
 
@@ -112,7 +113,7 @@ def test_bad_runs_are_refused_and_nothing_is_overwritten(corpus, tmp_path, capsy
     assert cli_main(_arguments(short, tmp_path / "s")) == 2
     assert "no chunk of 32 tokens" in capsys.readouterr().err
 
-    arguments = _arguments(corpus, tmp_path / "x")
+    arguments = _arguments(corpus, tmp_path / "x", model_class=None)  # the default class
     assert cli_main([*arguments, "--model", "no-such-model-anywhere"]) == 2
     assert "no-such-model-anywhere" in capsys.readouterr().err
 

@@ -21,7 +21,7 @@ import torch
 from hooklens import models
 from hooklens.files import atomic_write_text
 from hooklens.lenses.tuned import TunedLens
-from hooklens.precision import MATMUL_DTYPES
+from hooklens.precision import MATMUL_DTYPES, describe
 from hooklens.training import distributed
 from hooklens.training.data import batches, load_texts, pack, split_texts
 from hooklens.training.fast_fit import fit_tuned_lens
@@ -165,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
     )
+    if distributed.is_primary():
+        print(describe(args.matmul_dtype, _rank_device(device)))
     output = Path(args.output)
     _prepare_output(args, output)
     start = time.perf_counter()
