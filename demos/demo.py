@@ -146,11 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text", default=PARAGRAPH)
     parser.add_argument("--position", type=int, default=-1, help="token position for top-1")
-    parser.add_argument(
-        "--model-class",
-        choices=models.MODEL_CLASSES,
-        help="default: hooked on TransformerLens 3.x, bridge on 4.x",
-    )
+    models.add_model_class_argument(parser)
     parser.add_argument(
         "--fit-tokens",
         type=int,

@@ -53,11 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--model", default=models.DEFAULT_MODEL, help="model name (default: %(default)s)"
     )
-    report.add_argument(
-        "--model-class",
-        choices=models.MODEL_CLASSES,
-        help="default: hooked on TransformerLens 3.x, bridge on 4.x (no HookedTransformer)",
-    )
+    models.add_model_class_argument(report)
     report.add_argument(
         "--processing",
         action=argparse.BooleanOptionalAction,

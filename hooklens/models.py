@@ -8,6 +8,7 @@ download from the Hugging Face hub.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib.util
 import os
@@ -52,6 +53,15 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
+
+
+def add_model_class_argument(parser: argparse.ArgumentParser) -> None:
+    """`--model-class hooked|bridge` for a command line; unset, `load` picks the default."""
+    parser.add_argument(
+        "--model-class",
+        choices=MODEL_CLASSES,
+        help="default: hooked on TransformerLens 3.x, bridge on 4.x (no HookedTransformer)",
+    )
 
 
 def has_hooked_transformer() -> bool:

@@ -120,7 +120,7 @@ def matmul_dtype(requested: str | torch.dtype = "auto", device=None) -> torch.dt
 
 def describe(requested: str | torch.dtype = "auto", device=None) -> str:
     """One line for logs: the dtype `matmul_dtype(requested, device)` gives, and why."""
-    chosen = str(matmul_dtype(requested, device)).removeprefix("torch.")
+    chosen = matmul_dtype(requested, device)
     kind = torch.device(device).type if device is not None else "cpu"
     if kind == "cuda":
         why = f"CUDA, bf16 {'' if torch.cuda.is_bf16_supported() else 'not '}supported"

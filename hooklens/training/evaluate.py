@@ -148,11 +148,7 @@ def figure(results: Mapping[str, Any], metric: str = "kl_to_output") -> go.Figur
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lens", action="append", default=[], help="tuned lens dir (repeatable)")
     parser.add_argument("--model", default=models.DEFAULT_MODEL)
-    parser.add_argument(
-        "--model-class",
-        choices=models.MODEL_CLASSES,
-        help="default: hooked on TransformerLens 3.x, bridge on 4.x (no HookedTransformer)",
-    )
+    models.add_model_class_argument(parser)
     parser.add_argument("--data", default="wikipedia-summaries")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--tokens", type=int, default=4096, help="held-out tokens to evaluate")

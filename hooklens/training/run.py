@@ -32,11 +32,7 @@ RUN_FILE = "run.json"  # the data settings a --resume must repeat
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=models.DEFAULT_MODEL)
-    parser.add_argument(
-        "--model-class",
-        choices=models.MODEL_CLASSES,
-        help="default: hooked on TransformerLens 3.x, bridge on 4.x (no HookedTransformer)",
-    )
+    models.add_model_class_argument(parser)
     parser.add_argument("--data", default="wikipedia-summaries", help="hub name or local file(s)")
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--output", required=True, help="directory for the lens and checkpoints")
