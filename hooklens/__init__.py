@@ -1,11 +1,20 @@
 """hooklens: logit and tuned lenses over TransformerLens activation caches."""
 
 from hooklens.errors import (
+    DataError,
     HooklensError,
+    InputError,
+    InputTypeError,
+    LayerIndexError,
+    LensChangedError,
+    LensFileError,
     LensMismatchError,
     MissingHookError,
     ModelClassUnavailableError,
     NonFiniteActivationError,
+    OutputExistsError,
+    RunStateError,
+    UnknownModelError,
 )
 from hooklens.inversion import InversionOutput
 from hooklens.lenses import Lens, LogitLens, TunedLens, TunedLensConfig
@@ -18,9 +27,15 @@ from hooklens.unembed import Unembed
 __version__ = "0.1.0"
 
 __all__ = [
+    "DataError",
     "HooklensError",
+    "InputError",
+    "InputTypeError",
     "InversionOutput",
+    "LayerIndexError",
     "Lens",
+    "LensChangedError",
+    "LensFileError",
     "LensMismatchError",
     "LogitLens",
     "MissingHookError",
@@ -28,13 +43,16 @@ __all__ = [
     "ModelClassUnavailableError",
     "ModelFingerprint",
     "NonFiniteActivationError",
+    "OutputExistsError",
     "PredictionTrajectory",
+    "RunStateError",
     "TokenFormatter",
     "TrajectoryLabels",
     "TrajectoryStatistic",
     "TunedLens",
     "TunedLensConfig",
     "Unembed",
+    "UnknownModelError",
     "WeightProcessing",
     "get_residual",
     "iter_residuals",

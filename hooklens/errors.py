@@ -1,4 +1,10 @@
-"""Exceptions that say what was expected, what was found, and what to do."""
+"""Exceptions that say what was expected, what was found, and what to do.
+
+Every error hooklens raises on purpose is a `HooklensError`, and also the built-in
+exception a caller would otherwise catch (`ValueError`, `TypeError`, ...), so existing
+`except ValueError` code keeps working. The command line prints any `HooklensError` as
+one line and exits 2.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,32 @@ class HooklensError(Exception):
     """Base class of every error hooklens raises on purpose."""
 
 
+class InputError(HooklensError, ValueError):
+    """An argument has the wrong shape or value (empty text, ids out of range, ...)."""
+
+
+class InputTypeError(HooklensError, TypeError):
+    """An argument has the wrong type (a float layer index, a string of token ids, ...)."""
+
+
+class LayerIndexError(HooklensError, IndexError):
+    """A layer index outside the rows a lens or cache has."""
+
+
 class LensMismatchError(HooklensError, ValueError):
     """A lens does not fit the model, cache or tensor it was given.
 
     Raised for a lens trained on another model, another unembedding, other weight
     processing, or a hidden state of the wrong width.
     """
+
+
+class LensChangedError(HooklensError, RuntimeError):
+    """A lens was changed in place after a result that depends on it was computed."""
+
+
+class LensFileError(HooklensError, ValueError):
+    """A lens file is truncated, corrupt, incomplete or inconsistent (names file and key)."""
 
 
 class MissingHookError(HooklensError, KeyError):
@@ -28,3 +54,19 @@ class NonFiniteActivationError(HooklensError, ValueError):
 
 class ModelClassUnavailableError(HooklensError, ImportError):
     """The model class asked for does not exist in the installed TransformerLens."""
+
+
+class UnknownModelError(HooklensError, ValueError):
+    """A model name that neither hooklens nor TransformerLens knows."""
+
+
+class DataError(HooklensError, ValueError):
+    """Training or evaluation text that cannot be read (format, field, empty, changed)."""
+
+
+class OutputExistsError(HooklensError, FileExistsError):
+    """Writing would replace something that exists; pass overwrite (or resume) to allow."""
+
+
+class RunStateError(HooklensError, ValueError):
+    """A resume whose checkpoint or settings do not match the run being resumed."""
