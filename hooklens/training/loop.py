@@ -10,12 +10,12 @@ and ends with the same lens as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import itertools
+import hashlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,6 +24,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hooklens.allocator import retain_freed_memory
+from hooklens.errors import (
+    DataError,
+    InputError,
+    LensMismatchError,
+    OutputExistsError,
+    RunStateError,
+)
 from hooklens.files import atomic_write
 from hooklens.lenses.tuned import TunedLens
 from hooklens.model import ModelAdapter
@@ -61,13 +68,40 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw", "sgd"):
-            raise ValueError(f"optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
-        if self.steps < 1 or self.grad_accumulation < 1:
-            raise ValueError("steps and grad_accumulation must be at least 1")
+            raise InputError(f"optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
         if self.matmul_dtype not in MATMUL_DTYPES:
-            raise ValueError(
+            raise InputError(
                 f"matmul_dtype must be one of {', '.join(MATMUL_DTYPES)}, got {self.matmul_dtype!r}"
             )
+        at_least_one = {
+            "steps": "optimiser steps to take",
+            "grad_accumulation": "micro-batches per step",
+            "checkpoint_every": "steps between checkpoints",
+            "vocab_chunk": "vocabulary rows per loss chunk",
+        }
+        for name, meaning in at_least_one.items():
+            if getattr(self, name) < 1:
+                raise InputError(
+                    f"{name} ({meaning}) must be at least 1, got {getattr(self, name)}"
+                )
+        if self.warmup_steps < 0:
+            raise InputError(f"warmup_steps must be 0 (none) or more, got {self.warmup_steps}")
+        for name in ("lr", "weight_decay"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise InputError(f"{name} must be a finite number ≥ 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise InputError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not self.max_grad_norm > 0:
+            raise InputError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+
+    def differences(self, saved: dict[str, Any]) -> list[str]:
+        """`"lr: 0.001 in the checkpoint, 0.01 now"` for each field `saved` sets otherwise."""
+        return [
+            f"{field.name}: {saved[field.name]!r} in the checkpoint, "
+            f"{getattr(self, field.name)!r} now"
+            for field in fields(self)
+            if field.name in saved and saved[field.name] != getattr(self, field.name)
+        ]
 
 
 def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -174,6 +208,40 @@ def _save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
     atomic_write(directory / CHECKPOINT_FILE, lambda tmp: torch.save(state, tmp))
 
 
+class _BatchDigest:
+    """A running hash of the batches this rank consumed, so that a resume can tell
+    whether `token_batches` yields what it yielded before (same data, same order)."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.blake2b(digest_size=8)
+
+    def add(self, tokens: Tensor) -> None:
+        tokens = tokens.detach().to("cpu", torch.int64).contiguous()
+        self._hash.update(repr(tuple(tokens.shape)).encode())
+        self._hash.update(tokens.numpy().tobytes())
+
+    def over_ranks(self) -> list[str]:
+        """Every rank's digest (hex), in rank order; the same list on every rank."""
+        digests = torch.zeros(distributed.world_size(), dtype=torch.int64)
+        digests[distributed.rank()] = int.from_bytes(self._hash.digest(), "big", signed=True)
+        if distributed.active() and torch.distributed.get_backend() == "nccl":
+            digests = distributed.all_reduce_sum_(digests.cuda()).cpu()
+        else:
+            distributed.all_reduce_sum_(digests)
+        return [value.to_bytes(8, "big", signed=True).hex() for value in digests.tolist()]
+
+
+def _skip_consumed(batches: Iterator[Tensor], consumed: int, digest: _BatchDigest) -> bool:
+    """Read (and hash) the `consumed` batches the checkpoint has already trained on;
+    `False` when the batches end before that."""
+    for _ in range(consumed):
+        tokens = next(batches, None)
+        if tokens is None:
+            return False
+        digest.add(tokens)
+    return True
+
+
 def train_lens(
     model: Any,
     lens: TunedLens,
@@ -182,10 +250,16 @@ def train_lens(
     *,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     on_step: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train `lens` in place; returns one `{step, loss, lr, tokens}` record per step.
+
+    With `checkpoint_dir`, a checkpoint is written there every `config.checkpoint_every`
+    steps and at the end. An existing checkpoint there is continued with `resume=True`
+    (same config, same batches: anything else raises `RunStateError` naming what
+    differs) or replaced with `overwrite=True`; otherwise `OutputExistsError`.
 
     `on_step` receives each record as it is made (to log it, e.g. to wandb). Under
     torchrun (`hooklens.training.distributed.init_from_environment()` called first),
@@ -193,13 +267,33 @@ def train_lens(
     rank 0 writes the checkpoints.
 
     `token_batches` must yield the same batches in the same order on every call (as
-    `hooklens.training.data.pack` does): resuming skips those already consumed.
+    `hooklens.training.data.pack` does): a resume reads again those already consumed
+    and refuses them if they hash otherwise than those the checkpoint trained on.
     """
     config = config or TrainConfig()
+    if resume and overwrite:
+        raise InputError(
+            "resume=True continues the checkpoint, overwrite=True replaces it: pick one"
+        )
+    if checkpoint_dir is not None and not resume and not overwrite:
+        existing = Path(checkpoint_dir) / CHECKPOINT_FILE
+        if existing.is_file():
+            raise OutputExistsError(
+                f"{existing} holds a checkpoint of another run: pass resume=True to continue "
+                "it, overwrite=True to replace it, or another checkpoint_dir"
+            )
+    if checkpoint_dir is not None and overwrite and distributed.is_primary():
+        # Now, not at the first new checkpoint: a run that dies before then must not
+        # leave the old run's checkpoint for a later resume to continue.
+        (Path(checkpoint_dir) / CHECKPOINT_FILE).unlink(missing_ok=True)
+    distributed.barrier()
     retain_freed_memory()  # 2× faster chunked loss on glibc (hooklens/allocator.py)
     adapter = ModelAdapter(model)
     if lens.adapter.model is not adapter.model:
-        raise ValueError("the lens was built for another model object")
+        raise LensMismatchError(
+            "the lens was built for another model object: build it with "
+            "TunedLens.from_model(model) for the model you train on"
+        )
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     model.requires_grad_(False)  # the model is frozen; only the translators learn
     try:
@@ -230,24 +324,45 @@ def _train(
     scheduler = _schedule(optimizer, config)
     step, consumed, history = 0, 0, []
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    batches = iter(token_batches)
+    digest = _BatchDigest()
     if resume:
         if directory is None or not (directory / CHECKPOINT_FILE).is_file():
-            raise FileNotFoundError(f"no {CHECKPOINT_FILE} to resume from in {directory}")
+            raise FileNotFoundError(
+                f"no {CHECKPOINT_FILE} to resume from in {directory}: train without "
+                "resume=True to start the run"
+            )
         state = torch.load(directory / CHECKPOINT_FILE, weights_only=True)
-        if state["config"] != asdict(config):
-            raise ValueError("the checkpoint was made with another TrainConfig; use that one")
+        if differences := config.differences(state["config"]):
+            raise RunStateError(
+                f"the checkpoint in {directory} was made with another TrainConfig "
+                f"({'; '.join(differences)}): resume with the checkpoint's values"
+            )
         if state.get("world_size", 1) != distributed.world_size():
-            raise ValueError(
+            raise RunStateError(
                 f"the checkpoint was made by {state.get('world_size', 1)} processes; resume "
                 f"with as many (this run has {distributed.world_size()}) so that every rank "
                 "reads the shard it had"
+            )
+        step, consumed, history = state["step"], state["consumed"], state["history"]
+        complete = _skip_consumed(batches, consumed, digest)
+        # Every rank must agree before any raises, or the others would wait forever.
+        if distributed.mean_over_ranks(float(complete)) < 1:
+            raise RunStateError(
+                f"the batches end before the {consumed} the checkpoint had consumed: resume "
+                "with the data the run started with"
+            )
+        saved = state.get("batch_digests")  # absent from older checkpoints
+        if saved is not None and saved != digest.over_ranks():
+            raise RunStateError(
+                f"the first {consumed} batches differ from those the checkpoint in {directory} "
+                "trained on (the data, tokenizer, sequence length or batch size changed): "
+                "resume with the same batches in the same order, or start a new run"
             )
         lens.load_state_dict(state["lens"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        step, consumed, history = state["step"], state["consumed"], state["history"]
-    batches = itertools.islice(iter(token_batches), consumed, None)
     show = progress and distributed.is_primary()
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not show)
     while step < config.steps:
@@ -257,10 +372,11 @@ def _train(
             try:
                 tokens = next(batches)
             except StopIteration:
-                raise ValueError(
+                raise DataError(
                     f"the data ran out at step {step}: give more text or fewer steps"
                 ) from None
             consumed += 1
+            digest.add(tokens)
             targets = lens_kl.targets(model, tokens)
             last = micro == config.grad_accumulation - 1
             # DDP all-reduces gradients on the last micro-batch's backward only.
@@ -295,6 +411,7 @@ def _train(
                 "consumed": consumed,
                 "history": history,
                 "world_size": distributed.world_size(),
+                "batch_digests": digest.over_ranks(),  # a collective: every rank calls it
             }
             if distributed.is_primary():  # every rank holds the same state after the step
                 _save_checkpoint(directory, state)
