@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from typing import Any, Literal, get_args
@@ -17,6 +18,8 @@ from typing import Any, Literal, get_args
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
+
+from hooklens.errors import InputError, InputTypeError, LayerIndexError, LensMismatchError
 
 ResidualComponent = Literal["resid_pre", "resid_mid", "resid_post"]
 RESIDUAL_COMPONENTS: tuple[str, ...] = get_args(ResidualComponent)
@@ -163,7 +166,7 @@ class ModelAdapter:
         elif _is_transformer_bridge(model):
             self.kind = "TransformerBridge"
         else:
-            raise TypeError(
+            raise InputTypeError(
                 "hooklens reads TransformerLens models: expected a HookedTransformer or a "
                 f"TransformerBridge, got {type(model).__name__}. Wrap a Hugging Face model "
                 "with TransformerBridge.boot_transformers(name, hf_model=model)."
@@ -253,11 +256,11 @@ class ModelAdapter:
         """Hook of `component` entering (`resid_pre`) or inside block `layer`."""
         component = normalize_component(component)
         if not 0 <= layer < self.n_layers:
-            raise IndexError(
+            raise LayerIndexError(
                 f"layer {layer} is out of range: the model has blocks 0..{self.n_layers - 1}"
             )
         if component == "resid_mid" and getattr(self.cfg, "parallel_attn_mlp", False):
-            raise ValueError(
+            raise InputError(
                 "this model runs attention and MLP in parallel, so it has no resid_mid; "
                 "use component='resid_pre' or 'resid_post'"
             )
@@ -277,7 +280,7 @@ class ModelAdapter:
             return self.hook_name(component, layer)
         except ValueError:
             known = ", ".join([*ABLATION_COMPONENTS, *RESIDUAL_COMPONENTS])
-            raise ValueError(f"component must be one of {known}; got {component!r}") from None
+            raise InputError(f"component must be one of {known}; got {component!r}") from None
 
     def cached_names(self, component: str, layer: int) -> tuple[str, ...]:
         """Every name a cache may hold `hook_name(component, layer)` under.
@@ -357,11 +360,70 @@ class ModelAdapter:
         )
 
 
+# Fingerprints of models other than a lens's own, keyed by the model object and
+# refreshed when the unembedding's storage or version counter moves (in-place edits).
+_FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], ModelFingerprint]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def fingerprint_of(model: Any) -> ModelFingerprint:
+    """`ModelAdapter(model).fingerprint`, computed once per model and unembedding state."""
+    adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
+    gain, bias = adapter._final_norm_gain_and_bias()
+    tensors = [t for t in (adapter.W_U, adapter.b_U, gain, bias) if t is not None]
+    key = tuple(v for t in tensors for v in (t.data_ptr(), t._version))
+    cached = _FINGERPRINTS.get(adapter.model)
+    if cached is None or cached[0] != key:
+        cached = (key, adapter.fingerprint)
+        _FINGERPRINTS[adapter.model] = cached
+    return cached[1]
+
+
+def check_same_model(expected: ModelAdapter, model: Any, what: str = "this cache") -> None:
+    """Refuse `model` (the model behind a cache) unless it is `expected` or has the same
+    fingerprint: sizes, weight processing and a hash of the whole unembedding.
+
+    The same object passes at no cost; another object (a second load of the same
+    checkpoint, or the other model class) is hashed once.
+    """
+    if model is None or model is expected.model:
+        return
+    try:
+        other = ModelAdapter(model)
+    except TypeError:
+        return  # not a TransformerLens model: nothing to compare
+    sizes = (other.n_layers, other.d_model, other.d_vocab)
+    if sizes == (expected.n_layers, expected.d_model, expected.d_vocab):
+        differences = fingerprint_differences(fingerprint_of(expected), fingerprint_of(other))
+    else:
+        differences = [
+            f"{name}: lens has {mine}, {what} has {theirs}"
+            for name, mine, theirs in zip(
+                ("n_layers", "d_model", "d_vocab"),
+                (expected.n_layers, expected.d_model, expected.d_vocab),
+                sizes,
+                strict=True,
+            )
+            if mine != theirs
+        ]
+    if differences:
+        raise LensMismatchError(
+            f"{what} comes from another model than the lens's ({other!r} vs {expected!r}):\n"
+            "  - " + "\n  - ".join(differences) + "\nRun the lens's own model, or build the "
+            "lens for this one (LogitLens.from_model(model), TunedLens.load(path, model))."
+        )
+
+
 def normalize_component(component: str) -> str:
     """Accept `"resid_pre"` and TransformerLens's `"hook_resid_pre"` spelling."""
+    if not isinstance(component, str):
+        raise InputTypeError(
+            f"component must be one of {', '.join(RESIDUAL_COMPONENTS)}; got {component!r}"
+        )
     name = component.removeprefix("hook_")
     if name not in RESIDUAL_COMPONENTS:
-        raise ValueError(
+        raise InputError(
             f"component must be one of {', '.join(RESIDUAL_COMPONENTS)}; got {component!r}"
         )
     return name

@@ -15,15 +15,44 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from hooklens.errors import MissingHookError
-from hooklens.model import ModelAdapter
+from hooklens.errors import InputError, InputTypeError, LensMismatchError, MissingHookError
+from hooklens.model import ModelAdapter, check_same_model
+from hooklens.validation import layer_index
 
 
 def _adapter_for(cache: Any, model: Any) -> ModelAdapter:
     model = model if model is not None else getattr(cache, "model", None)
     if model is None:
-        raise ValueError("this cache does not know its model; pass model=... explicitly")
+        raise InputError("this cache does not know its model; pass model=... explicitly")
     return model if isinstance(model, ModelAdapter) else ModelAdapter(model)
+
+
+def check_cache(adapter: ModelAdapter, cache: Any) -> None:
+    """Refuse a cache made by another model than `adapter`'s.
+
+    The cache's own model (TransformerLens records it) must be `adapter`'s or share its
+    fingerprint, and the cache must hold no block beyond the model's last: a 4-layer
+    model's cache read with a 3-layer lens would otherwise give blocks 0–2 silently.
+    """
+    cached = getattr(cache, "cache_dict", cache)
+    if not hasattr(cached, "keys"):
+        raise InputTypeError(
+            f"expected a TransformerLens ActivationCache (or a dict of hook name → tensor), "
+            f"got {type(cache).__name__}"
+        )
+    check_same_model(adapter, getattr(cache, "model", None))
+    beyond = f"blocks.{adapter.n_layers}."
+    if any(str(name).startswith(beyond) for name in cached):
+        deepest = max(
+            int(str(name).split(".")[1])
+            for name in cached
+            if str(name).startswith("blocks.") and str(name).split(".")[1].isdigit()
+        )
+        raise LensMismatchError(
+            f"this cache holds blocks up to {deepest}, but the lens's model has "
+            f"{adapter.n_layers} blocks (0..{adapter.n_layers - 1}): it comes from another "
+            "model. Use a lens made for that model."
+        )
 
 
 def get_residual(
@@ -31,13 +60,7 @@ def get_residual(
 ) -> Float[Tensor, "... pos d_model"]:
     """One row of the residual stream from `cache` (row `n_layers` = final residual)."""
     adapter = _adapter_for(cache, model)
-    n_rows = adapter.n_layers + 1
-    if not -n_rows <= layer < n_rows:
-        raise IndexError(
-            f"layer {layer} is out of range: rows are 0..{adapter.n_layers} "
-            f"({adapter.n_layers} = the final residual after the last block)"
-        )
-    row = layer % n_rows
+    row = layer_index(layer, adapter.n_layers)
     names = (
         adapter.cached_names("resid_post", adapter.n_layers - 1)  # the final residual
         if row == adapter.n_layers

@@ -27,12 +27,18 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hooklens.errors import LensMismatchError, NonFiniteActivationError
+from hooklens.errors import (
+    InputError,
+    InputTypeError,
+    LensChangedError,
+    LensMismatchError,
+    NonFiniteActivationError,
+)
 from hooklens.lenses.base import Lens
-from hooklens.model import ModelAdapter, normalize_component
+from hooklens.model import ModelAdapter, check_same_model, normalize_component
 from hooklens.plotting.statistic import TrajectoryLabels, TrajectoryStatistic
 from hooklens.plotting.tokens import TokenFormatter
-from hooklens.residuals import get_residual
+from hooklens.residuals import check_cache, get_residual
 from hooklens.stats import LN2
 from hooklens.streaming import (
     PairStats,
@@ -43,8 +49,10 @@ from hooklens.streaming import (
     logsumexp_chunks,
     pair_stats,
 )
+from hooklens.validation import check_id_range, positive_int, token_id_tensor
 
 Units = Literal["nats", "bits"]
+UNITS = ("nats", "bits")
 
 # Tiles of [ROW_BLOCK, VOCAB_CHUNK] float32 (4 MiB) stay in cache for the ~10
 # elementwise passes per tile, and are still big enough for an efficient matmul.
@@ -74,23 +82,108 @@ class _Readout:
 
 
 def _as_long(ids: Any, name: str) -> Tensor | None:
-    if ids is None:
-        return None
-    tensor = torch.as_tensor(ids).detach().cpu()
-    if tensor.is_floating_point() and tensor.numel() > 0:
-        raise TypeError(f"{name} must hold integer token ids, got {tensor.dtype}")
-    return tensor.long()
+    return None if ids is None else token_id_tensor(ids, name)
 
 
-def next_token_targets(input_ids: Int[Tensor, "... pos"]) -> Int[Tensor, "... pos"]:
-    """Each position's next input token as its target; -1 (no target) at the last one.
+def _lens_state(lens: Lens) -> tuple[tuple[int, int], ...]:
+    """Identity and version counter of every tensor a lens reads with: its parameters
+    and the model's unembedding. Any in-place change (an optimiser step, `copy_`,
+    `load_state_dict`) or replacement moves one of them."""
+    unembed = lens.unembed
+    tensors = [*lens.parameters(), *lens.buffers(), unembed.W_U]
+    tensors += [t for t in (unembed.b_U,) if t is not None]
+    tensors += list(unembed.final_norm.parameters())
+    return tuple((id(t), t._version) for t in tensors)
+
+
+def next_token_targets(
+    input_ids: Int[Tensor, "... pos"], attention_mask: Any = None
+) -> Int[Tensor, "... pos"]:
+    """Each position's next input token as its target; -1 (no target) at the last one
+    and, given an `attention_mask`, wherever the next position is padding.
 
     Examples:
         >>> next_token_targets(torch.tensor([5, 6, 7]))
         tensor([ 6,  7, -1])
+        >>> next_token_targets(torch.tensor([5, 6, 0]), attention_mask=torch.tensor([1, 1, 0]))
+        tensor([ 6, -1, -1])
     """
-    ids = torch.as_tensor(input_ids)
-    return torch.cat([ids[..., 1:], torch.full_like(ids[..., :1], -1)], dim=-1)
+    ids = token_id_tensor(input_ids, "input_ids")
+    targets = torch.cat([ids[..., 1:], torch.full_like(ids[..., :1], -1)], dim=-1)
+    if attention_mask is not None:
+        real = _mask_tensor(attention_mask, ids.shape)
+        next_real = torch.cat([real[..., 1:], torch.zeros_like(real[..., :1])], dim=-1)
+        targets = targets.masked_fill(~next_real, -1)
+    return targets
+
+
+def _mask_tensor(attention_mask: Any, shape: tuple[int, ...]) -> Tensor:
+    """`attention_mask` (1 = real token, 0 = padding) as a bool tensor of `shape`."""
+    mask = torch.as_tensor(attention_mask).detach().cpu()
+    if mask.is_floating_point() or not bool(((mask == 0) | (mask == 1)).all()):
+        raise InputError("attention_mask must hold 1 (real token) or 0 (padding) only")
+    if tuple(mask.shape) != tuple(shape):
+        raise InputError(
+            f"attention_mask is {tuple(mask.shape)}, but input_ids are {tuple(shape)}: "
+            "give one entry per token (1 = real, 0 = padding)"
+        )
+    return mask.bool()
+
+
+def infer_padding(input_ids: Tensor, tokenizer: Any, prepend_bos: bool = False) -> Tensor | None:
+    """The attention mask of a batch TransformerLens padded (`model.to_tokens([...])`),
+    or None when nothing in it looks like padding.
+
+    Pads are the tokenizer's pad tokens at its padding side (TransformerLens's own
+    `get_attention_mask`). A batch counts as padded only if some sequence has no pad at
+    all (the longest one, which `to_tokens` never pads): a batch whose sequences all end
+    in the pad token (often the EOS) keeps every token.
+    """
+    if tokenizer is None or getattr(tokenizer, "pad_token_id", None) is None:
+        return None
+    rows = input_ids.reshape(-1, input_ids.shape[-1])
+    if rows.shape[0] < 2:
+        return None
+    from transformer_lens.utilities import get_attention_mask
+
+    mask = get_attention_mask(tokenizer, rows, prepend_bos).bool()
+    padded_rows = ~mask.all(dim=-1)
+    if not bool(padded_rows.any()) or bool(padded_rows.all()):
+        return None
+    return mask.reshape(input_ids.shape)
+
+
+def _check_logits_match(
+    lens: Lens, final: Float[Tensor, "... pos d_model"], model_logits: Tensor
+) -> None:
+    """The model's logits must be what its unembedding reads from the final residual.
+
+    Checked on the last position of each sequence (one `[batch, vocab]` matmul), as
+    log-probabilities, with a tolerance far above rounding (kernels, dtypes) and far
+    below what logits of another model or another run differ by.
+    """
+    if final.shape[:-1] != model_logits.shape[:-1] or final.shape[-2] == 0:
+        return  # the shape checks of the constructor say what is wrong
+    if model_logits.shape[-1] != lens.unembed.d_vocab:
+        return
+    with torch.no_grad():
+        h = final[..., -1, :].reshape(-1, final.shape[-1])
+        ours = torch.log_softmax(lens.unembed(h).double(), dim=-1)
+        theirs = torch.log_softmax(
+            model_logits[..., -1, :].reshape(-1, model_logits.shape[-1]).double(), dim=-1
+        ).to(ours.device)
+    if not bool(torch.isfinite(theirs).any(dim=-1).all()):
+        return  # NaN logits: the constructor's check names them
+    low_precision = model_logits.dtype in (torch.float16, torch.bfloat16)
+    tolerance = (0.05 if low_precision else 0.01) * (1 + theirs.abs().max().item())
+    gap = (ours - theirs).abs().nan_to_num(nan=0.0, posinf=0.0).max().item()
+    if gap > tolerance:
+        raise LensMismatchError(
+            "model_logits are not what the lens's model reads from this cache's final "
+            f"residual (log-probabilities differ by up to {gap:.3g}): are the logits and "
+            "the cache from the same run of the lens's model? (If hooks changed the final "
+            "norm or the unembedding on purpose, pass check_logits=False.)"
+        )
 
 
 class PredictionTrajectory:
@@ -121,8 +214,11 @@ class PredictionTrajectory:
         mask_input: bool = False,
         residual_component: str = "resid_pre",
         topk: int = 5,
+        attention_mask: Any = None,
         _readout: _Readout | None = None,
     ):
+        if not isinstance(lens, Lens):
+            raise InputTypeError(f"lens must be a hooklens Lens, got {type(lens).__name__}")
         self.lens = lens
         self.residual_component = normalize_component(residual_component)
         self.input_ids = _as_long(input_ids, "input_ids")
@@ -130,10 +226,21 @@ class PredictionTrajectory:
         self.anti_targets = _as_long(anti_targets, "anti_targets")
         self.tokenizer = tokenizer
         self.mask_input = mask_input
-        self.topk = topk
+        self.topk = positive_int(topk, "topk", at_most=lens.unembed.d_vocab)
         self._residuals = list(residuals)
+        if not isinstance(model_logits, Tensor):
+            raise InputTypeError(
+                "model_logits must be a tensor [..., pos, vocab], got "
+                f"{type(model_logits).__name__}"
+            )
         self._model_logits = model_logits
         self._validate()
+        # 1 = a real token, 0 = padding (its cells are NaN and left out of every mean).
+        self.attention_mask: Tensor | None = (
+            None if attention_mask is None else _mask_tensor(attention_mask, self.input_ids.shape)
+        )
+        self._drop_targets_in_padding()
+        self._lens_at_build = _lens_state(lens)
         self._pairs: weakref.WeakKeyDictionary[PredictionTrajectory, PairStats] = (
             weakref.WeakKeyDictionary()
         )
@@ -157,6 +264,8 @@ class PredictionTrajectory:
         residual_component: str = "resid_pre",
         mask_input: bool = False,
         topk: int = 5,
+        attention_mask: Any = None,
+        check_logits: bool = True,
     ) -> PredictionTrajectory:
         """A trajectory from a TransformerLens `ActivationCache` and the model's logits.
 
@@ -173,13 +282,33 @@ class PredictionTrajectory:
             mask_input: give every token of each input sequence probability 0 at the
                 lens rows (not the output row), to see what else the lens predicts.
             topk: how many most likely tokens to keep per cell, for labels and hover.
+            attention_mask: `[..., pos]` 1 for real tokens, 0 for padding. Padded cells
+                are NaN in every statistic and left out of means; a target pointing at
+                padding counts as none. Default: the padding TransformerLens added to a
+                batch (`model.to_tokens([...])`, pad tokens at the tokenizer's padding
+                side), if any; pass `torch.ones_like(input_ids)` to keep every token.
+            check_logits: check that `model_logits` are what the model's unembedding
+                reads from the cache's final residual (catches logits of another run or
+                model). Turn it off only if hooks edited the final norm or unembedding.
+
+        Raises:
+            LensMismatchError: the cache or the logits come from another model than the
+                lens's (sizes, weights of the unembedding, or an extra block).
         """
         component = normalize_component(residual_component)
         adapter = lens.adapter
+        check_cache(adapter, cache)
+        ids = _as_long(input_ids, "input_ids")
         residuals = [
             get_residual(cache, layer, component, adapter) for layer in range(lens.n_layers)
         ]
+        if check_logits and isinstance(model_logits, Tensor):
+            final = get_residual(cache, lens.n_layers, component, adapter)
+            _check_logits_match(lens, final, model_logits)
         tokenizer = getattr(getattr(cache, "model", None), "tokenizer", None) or adapter.tokenizer
+        if attention_mask is None and ids is not None and ids.ndim > 1:
+            prepend_bos = bool(getattr(adapter.cfg, "default_prepend_bos", False))
+            attention_mask = infer_padding(ids, tokenizer, prepend_bos)
         return cls(
             lens,
             residuals,
@@ -191,6 +320,7 @@ class PredictionTrajectory:
             mask_input=mask_input,
             residual_component=component,
             topk=topk,
+            attention_mask=attention_mask,
         )
 
     @classmethod
@@ -206,28 +336,49 @@ class PredictionTrajectory:
         residual_component: str = "resid_pre",
         topk: int = 5,
         fwd_hooks: Sequence[tuple[Any, Any]] = (),
+        attention_mask: Any = None,
     ) -> PredictionTrajectory:
         """Run `model` on `input_ids` (ids, or a string to tokenize) and build a trajectory.
 
         Only the residual hooks the lens reads are cached. `fwd_hooks` (TransformerLens
         `(name, fn)` pairs, e.g. from `hooklens.interventions`) are active during the run,
         and so are hooks the caller added with `with model.hooks(...)`; the lens reads
-        the residuals as the hooks left them.
+        the residuals as the hooks left them. `attention_mask` (1 = token, 0 = padding)
+        is passed to the model and to the trajectory; by default it is the padding
+        TransformerLens added, if any (see `from_lens_and_cache`).
         """
         adapter = ModelAdapter(model)
+        if lens.adapter.model is not model:
+            check_same_model(lens.adapter, model, "this model")
         if isinstance(input_ids, str):
+            if not input_ids:
+                raise InputError("the text is empty: pass at least one token's worth of text")
             input_ids = model.to_tokens(input_ids)[0]
         ids = _as_long(input_ids, "input_ids")
         assert ids is not None
-        if ids.numel() == 0:
-            raise ValueError("input_ids is empty: pass at least one token")
+        if ids.ndim == 0 or ids.numel() == 0:
+            raise InputError(
+                f"input_ids must be [..., pos] with at least one token, got {tuple(ids.shape)}"
+            )
+        check_id_range(ids, "input_ids", int(adapter.cfg.d_vocab), allow_missing=False)
+        n_ctx = getattr(adapter.cfg, "n_ctx", None)
+        if n_ctx and ids.shape[-1] > n_ctx:
+            raise InputError(
+                f"input_ids hold {ids.shape[-1]} positions, more than the model's context "
+                f"of n_ctx={n_ctx} tokens: cut them (input_ids[..., :{n_ctx}]) or split "
+                "the text"
+            )
         component = normalize_component(residual_component)
         names = adapter.residual_hook_names(component)
         hooks = model.hooks(fwd_hooks=list(fwd_hooks)) if fwd_hooks else contextlib.nullcontext()
+        run_ids = ids if ids.ndim > 1 else ids[None]
+        extra = {}
+        if attention_mask is not None:
+            mask = _mask_tensor(attention_mask, tuple(ids.shape))
+            extra["attention_mask"] = mask.reshape(run_ids.shape).long().to(adapter.device)
         with torch.no_grad(), hooks:
-            run_ids = ids if ids.ndim > 1 else ids[None]
             logits, cache = model.run_with_cache(
-                run_ids.to(adapter.device), names_filter=lambda name: name in names
+                run_ids.to(adapter.device), names_filter=lambda name: name in names, **extra
             )
         if ids.ndim == 1:
             logits = logits[0]
@@ -242,6 +393,7 @@ class PredictionTrajectory:
             residual_component=component,
             mask_input=mask_input,
             topk=topk,
+            attention_mask=attention_mask,
         )
         if tokenizer is not None:
             trajectory.tokenizer = tokenizer
@@ -253,24 +405,26 @@ class PredictionTrajectory:
         ids = self.input_ids
         assert ids is not None
         if ids.ndim == 0 or ids.shape[-1] == 0:
-            raise ValueError(
+            raise InputError(
                 f"input_ids must be [..., pos] with pos ≥ 1, got {tuple(ids.shape)}: "
                 "pass at least one token"
             )
+        check_id_range(ids, "input_ids", self.vocab_size, allow_missing=False)
         if len(self._residuals) != self.lens.n_layers:
             raise LensMismatchError(
                 f"{len(self._residuals)} residuals for a lens over {self.lens.n_layers} layers"
             )
         expected = (*ids.shape, self.lens.unembed.d_model)
         for layer, h in enumerate(self._residuals):
-            if tuple(h.shape) != expected:
-                raise ValueError(
-                    f"the residual of layer {layer} is {tuple(h.shape)}, but input_ids "
+            if not isinstance(h, Tensor) or tuple(h.shape) != expected:
+                shape = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
+                raise InputError(
+                    f"the residual of layer {layer} is {shape}, but input_ids "
                     f"{tuple(ids.shape)} need {expected}: are they from the same run?"
                 )
         logits_shape = (*ids.shape, self.lens.unembed.d_vocab)
         if tuple(self._model_logits.shape) != logits_shape:
-            raise ValueError(
+            raise InputError(
                 f"model_logits are {tuple(self._model_logits.shape)}, expected {logits_shape} "
                 "(the logits of the same run, [..., pos, vocab])"
             )
@@ -279,9 +433,36 @@ class PredictionTrajectory:
             if value is None:
                 continue
             if value.shape != ids.shape:
-                raise ValueError(f"{name} are {tuple(value.shape)}, input_ids {tuple(ids.shape)}")
-            if (value >= self.vocab_size).any():
-                raise ValueError(f"{name} hold ids ≥ the vocabulary size {self.vocab_size}")
+                raise InputError(
+                    f"{name} are {tuple(value.shape)}, but input_ids are {tuple(ids.shape)}: "
+                    f"give one {name[:-1].replace('_', '-')} id per position, -1 where there "
+                    "is none (next_token_targets(input_ids) scores the next token)"
+                )
+            check_id_range(value, name, self.vocab_size, allow_missing=True)
+
+    def _drop_targets_in_padding(self) -> None:
+        """Padded positions have no target, and neither does a position whose target is
+        the padding after it (`next_token_targets` of a right-padded batch)."""
+        mask = self.attention_mask
+        if mask is None or bool(mask.all()):
+            return
+        assert self.input_ids is not None
+        next_ids = torch.cat([self.input_ids[..., 1:], self.input_ids[..., -1:]], dim=-1)
+        next_real = torch.cat([mask[..., 1:], torch.ones_like(mask[..., -1:])], dim=-1)
+        if self.targets is not None:
+            into_padding = ~next_real & (self.targets == next_ids)
+            self.targets = self.targets.masked_fill(~mask | into_padding, -1)
+        if self.anti_targets is not None:
+            self.anti_targets = self.anti_targets.masked_fill(~mask, -1)
+
+    def _check_lens_unchanged(self) -> None:
+        if _lens_state(self.lens) != self._lens_at_build:
+            raise LensChangedError(
+                "the lens (or the model's unembedding) was changed in place after this "
+                f"trajectory was built from it, so its statistics and {self.lens!r}'s new "
+                "readouts no longer agree. Build a new trajectory after changing the lens; "
+                "to compare before and after, keep copy.deepcopy(lens) from before."
+            )
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -313,6 +494,8 @@ class PredictionTrajectory:
             for name in ("targets", "anti_targets")
             if getattr(self, name) is not None
         )
+        if (padding := self._padding()) is not None:
+            extras += f", padded_positions={int(padding.sum())}"
         return (
             f"PredictionTrajectory(layers={self.num_layers}, pos={self.num_tokens}{batch}, "
             f"lens={self.lens!r}, component={self.residual_component!r}{extras})"
@@ -441,7 +624,7 @@ class PredictionTrajectory:
                 accumulators.append(VocabAccumulator(self.topk, row_targets, zt))
             out_lse = logsumexp_chunks(self._output_logits(rows, v) for v in vocab_chunks)
             if not bool(torch.isfinite(out_lse).all()):
-                raise ValueError(
+                raise NonFiniteActivationError(
                     "model_logits hold NaN or +inf, or a position where every logit is -inf"
                 )
             for vocab in vocab_chunks:
@@ -495,11 +678,17 @@ class PredictionTrajectory:
     def slice_sequence(self, positions: slice) -> PredictionTrajectory:
         """The same trajectory restricted to `positions` (no recomputation)."""
         if not isinstance(positions, slice):
-            raise TypeError(f"slice_sequence takes a slice, got {type(positions).__name__}")
+            raise InputTypeError(
+                f"slice_sequence takes a slice such as slice(2, 10), got {type(positions).__name__}"
+            )
+        if positions.step is not None and positions.step < 1:
+            raise InputError(
+                f"slice_sequence needs a positive step (positions stay in order), got {positions}"
+            )
         assert self.input_ids is not None
         index = torch.arange(self._rows()).reshape(self.input_ids.shape)[..., positions]
         if index.numel() == 0:
-            raise ValueError(f"{positions} selects no positions of {self.num_tokens}")
+            raise InputError(f"{positions} selects no positions of {self.num_tokens}")
 
         def cut(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[..., positions]
@@ -515,6 +704,7 @@ class PredictionTrajectory:
             mask_input=self.mask_input,
             residual_component=self.residual_component,
             topk=self.topk,
+            attention_mask=cut(self.attention_mask),
             _readout=self._readout.select(index.reshape(-1)),
         )
 
@@ -533,6 +723,7 @@ class PredictionTrajectory:
     def layer_log_probs(self, layer: int) -> Float[Tensor, "... pos vocab"]:
         """Full log-probabilities of one row (`-1` = output): `[..., pos, vocab]`."""
         layer = self.lens.layer_index(layer)
+        self._check_lens_unchanged()
         with torch.no_grad():
             if layer == self.num_layers:
                 logits = self._model_logits.float()
@@ -548,9 +739,19 @@ class PredictionTrajectory:
     # --- statistics -----------------------------------------------------------------------
 
     def _to_stat(self, values: Tensor) -> np.ndarray:
-        """`[layer + 1, rows]` → `[..., layer + 1, pos]` numpy."""
+        """`[layer + 1, rows]` → `[..., layer + 1, pos]` numpy; NaN at padded cells."""
+        values = values.float()
+        if self.attention_mask is not None:
+            padded = ~self.attention_mask.reshape(-1)
+            values = values.masked_fill(padded[None, : values.shape[1]], math.nan)
         shaped = values.reshape(values.shape[0], *self.batch_shape, self.num_tokens)
-        return shaped.movedim(0, -2).float().numpy()
+        return shaped.movedim(0, -2).numpy()
+
+    def _padding(self) -> np.ndarray | None:
+        """`[..., pos]` True at padded positions, or None without padding."""
+        if self.attention_mask is None or bool(self.attention_mask.all()):
+            return None
+        return (~self.attention_mask).numpy()
 
     def _statistic(
         self,
@@ -560,14 +761,14 @@ class PredictionTrajectory:
         labels: TrajectoryLabels | Literal["top"] | None = "top",
         **kw: Any,
     ) -> TrajectoryStatistic:
+        if units not in (*UNITS, "probs", ""):
+            raise InputError(f"units must be 'nats' or 'bits', got {units!r}")
         stats = self._to_stat(values)
         if units == "bits":
             stats = stats / LN2
             for bound in ("min", "max"):
                 if kw.get(bound) is not None:
                     kw[bound] = kw[bound] / LN2
-        elif units not in ("nats", "probs", ""):
-            raise ValueError(f"units must be 'nats' or 'bits', got {units!r}")
         return TrajectoryStatistic(
             name=name,
             stats=stats,
@@ -575,13 +776,14 @@ class PredictionTrajectory:
             sequence_labels=self._sequence_labels(),
             sequence_tokens=self._sequence_labels(TokenFormatter(max_string_len=None)),
             trajectory_labels=self._top_prediction_labels() if labels == "top" else labels,
+            padding=self._padding(),
             **kw,
         )
 
     def _need(self, *names: str) -> None:
         missing = [n for n in names if getattr(self, n) is None]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"this statistic needs {' and '.join(missing)}: pass them when building the "
                 "trajectory (next_token_targets(input_ids) scores the next input token)"
             )
@@ -642,7 +844,7 @@ class PredictionTrajectory:
 
     def _compatible(self, other: PredictionTrajectory) -> None:
         if not isinstance(other, PredictionTrajectory):
-            raise TypeError(
+            raise InputTypeError(
                 f"compare with another PredictionTrajectory, got {type(other).__name__}"
             )
         if (self.num_layers, self.num_tokens, self.batch_shape, self.vocab_size) != (
@@ -651,13 +853,15 @@ class PredictionTrajectory:
             other.batch_shape,
             other.vocab_size,
         ):
-            raise ValueError(
+            raise InputError(
                 "trajectories must have the same layers, positions, batch and vocabulary: "
                 f"{self!r} vs {other!r}"
             )
 
     def _pair(self, other: PredictionTrajectory) -> PairStats:
         self._compatible(other)
+        self._check_lens_unchanged()
+        other._check_lens_unchanged()
         if other not in self._pairs:
             with torch.no_grad():
                 self._pairs[other] = self._read_pair(other)

@@ -218,7 +218,7 @@ def test_mismatched_inputs_are_refused(hooked, batch):
         PredictionTrajectory.from_lens_and_cache(lens, ids[:, :5], cache, logits)
     with pytest.raises(ValueError, match="targets are"):
         PredictionTrajectory.from_lens_and_cache(lens, ids, cache, logits, targets=targets[:1])
-    with pytest.raises(ValueError, match="vocabulary size"):
+    with pytest.raises(ValueError, match="the vocabulary has 96 tokens"):
         PredictionTrajectory.from_lens_and_cache(lens, ids, cache, logits, targets=ids + VOCAB)
     with pytest.raises(ValueError, match="at least one token"):
         PredictionTrajectory.from_lens_and_model(lens, hooked, [])

@@ -10,12 +10,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from hooklens.errors import LensMismatchError
+from hooklens.errors import InputError
 from hooklens.generation import generate as generate_from_layer
 from hooklens.model import ModelAdapter, normalize_component
-from hooklens.residuals import get_residual
+from hooklens.residuals import check_cache, get_residual
 from hooklens.unembed import Unembed
-from hooklens.validation import validate_hidden
+from hooklens.validation import layer_index, validate_hidden
 
 
 class Lens(nn.Module, ABC):
@@ -38,20 +38,13 @@ class Lens(nn.Module, ABC):
     @property
     def adapter(self) -> ModelAdapter:
         if self.unembed.adapter is None:
-            raise ValueError("this lens was built without a model; use from_model(model)")
+            raise InputError("this lens was built without a model; use from_model(model)")
         return self.unembed.adapter
 
     def layer_index(self, idx: int) -> int:
-        """Validate `idx` (negative counts from the end) and return it in `0..n_layers`."""
-        n_rows = self.n_layers + 1
-        if not isinstance(idx, int) or isinstance(idx, bool):
-            raise TypeError(f"layer index must be an int, got {type(idx).__name__}")
-        if not -n_rows <= idx < n_rows:
-            raise IndexError(
-                f"layer {idx} is out of range: this lens reads layers 0..{self.n_layers} "
-                f"({self.n_layers} = the final residual after the last block)"
-            )
-        return idx % n_rows
+        """Validate `idx` (negative counts from the end; numpy and 0-d tensor integers
+        too) and return it as an int in `0..n_layers`."""
+        return layer_index(idx, self.n_layers)
 
     @abstractmethod
     def transform_hidden(
@@ -70,19 +63,7 @@ class Lens(nn.Module, ABC):
         return normalize_component(component or self.component)
 
     def _check_cache(self, cache: Any) -> None:
-        model = getattr(cache, "model", None)
-        if model is None or model is self.adapter.model:
-            return
-        other = ModelAdapter(model)
-        mine = self.adapter
-        if (other.d_model, other.n_layers, other.d_vocab) != (
-            mine.d_model,
-            mine.n_layers,
-            mine.d_vocab,
-        ):
-            raise LensMismatchError(
-                f"this cache comes from {other!r}, but the lens was made for {mine!r}"
-            )
+        check_cache(self.adapter, cache)
 
     def log_probs(
         self, cache: Any, layer: int, component: str | None = None

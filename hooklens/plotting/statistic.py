@@ -61,7 +61,9 @@ class TrajectoryStatistic:
     """A statistic of a prediction trajectory: `stats` is `[..., layer, pos]`.
 
     Leading axes are batch axes; `figure()`, `heatmap()` and `widget()` average over
-    them (ignoring NaN, which marks positions without a target).
+    them (ignoring NaN, which marks positions without a target, and padding).
+    `padding` (`[..., pos]`, True at padded positions) lets the hover say how many
+    sequences each mean covers.
 
     Examples:
         >>> import numpy as np
@@ -81,6 +83,7 @@ class TrajectoryStatistic:
     includes_output: bool = True
     layer_labels: Any = None  # [layer] strings; default 0..n-2 then 'output'
     sequence_tokens: Any = None  # [pos] untruncated input tokens, for widgets
+    padding: Any = None  # [..., pos] True where the input is padding (NaN in stats)
 
     def __post_init__(self) -> None:
         self.stats = np.asarray(self.stats)
@@ -94,6 +97,11 @@ class TrajectoryStatistic:
                 f"labels are {self.trajectory_labels.label_strings.shape}, "
                 f"stats are [layer, pos] = {(n_layers, n_pos)}"
             )
+        if self.padding is not None:
+            self.padding = np.asarray(self.padding, dtype=bool)
+            expected = (*self.stats.shape[:-2], n_pos)
+            if self.padding.shape != expected:
+                raise ValueError(f"padding is {self.padding.shape}, stats need {expected}")
         if self.sequence_labels is not None and len(self.sequence_labels) != n_pos:
             raise ValueError(f"{len(self.sequence_labels)} sequence labels for {n_pos} positions")
         if self.layer_labels is None:
@@ -157,8 +165,12 @@ class TrajectoryStatistic:
             colorbar.update(tickmode="array", tickvals=ticks, ticktext=[f"1e{t:g}" for t in ticks])
         layer_names = [str(label) for label in self.layer_labels]
         units = f" {self.units}" if self.units else ""
+        notes = self._padding_notes()
         header = [
-            [f"layer {name}<br>{self.name}: {value:.4g}{units}" for value in row]
+            [
+                f"layer {name}<br>{self.name}: {value:.4g}{units}{note}"
+                for value, note in zip(row, notes, strict=True)
+            ]
             for name, row in zip(layer_names, z.tolist(), strict=True)
         ]
         settings: dict[str, Any] = dict(
@@ -185,6 +197,23 @@ class TrajectoryStatistic:
                 settings["hoverlabel"] = dict(font_family="monospace")
         settings.update(kwargs)
         return go.Heatmap(**settings)
+
+    def _padding_notes(self) -> list[str]:
+        """Per position: what the hover adds about padding (empty without any)."""
+        n_pos = self.stats.shape[-1]
+        if self.padding is None or not self.padding.any():
+            return [""] * n_pos
+        padded = self.padding.reshape(-1, n_pos)
+        n_seq = padded.shape[0]
+        notes = []
+        for count in padded.sum(axis=0).tolist():
+            if count == n_seq:
+                notes.append("<br>padding: no token here")
+            elif count:
+                notes.append(f"<br>mean of {n_seq - count} of {n_seq} sequences ({count} padded)")
+            else:
+                notes.append("")
+        return notes
 
     def figure(
         self, title: str = "", colorscale: str = "rdbu_r", token_width: int = 80
