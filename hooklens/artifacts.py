@@ -3,12 +3,21 @@
 Our format is a directory with `config.json` and `params.safetensors`. The tuned-lens
 package writes `config.json` and `params.pt` (a pickled state dict of the translators),
 which we read with `torch.load(weights_only=True)`, never as an arbitrary pickle.
+
+`config.json` is the commit record of a lens directory: it records the SHA-256 of the
+parameter file (`params_sha256`) and is renamed into place after it. A save killed
+between the two renames, or a parameter file changed by a single byte later, no longer
+matches its config and is refused (`LensFileError`) instead of loading one lens's
+parameters under another's config. Directories without the hash (hooklens before it, and
+tuned-lens artifacts) load as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,59 +27,248 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from hooklens.errors import LensMismatchError
-from hooklens.files import atomic_write, atomic_write_text
+from hooklens.errors import HooklensError, LensFileError, LensMismatchError, OutputExistsError
+from hooklens.files import StagedWrites
 from hooklens.model import ModelAdapter, ModelFingerprint, fingerprint_differences
 
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"
 TUNED_LENS_PARAMS_FILE = "params.pt"
+PARAMS_HASH_KEY = "params_sha256"
+"""The key of `config.json` that records the SHA-256 of the parameter file's bytes."""
+
+SIZES = ("d_model", "n_layers", "d_vocab")
+"""Fingerprint entries a lens must share with its model whatever `strict` says."""
+
+_SAVE_AGAIN = "Save the lens again (or download it again) to replace the directory."
+
+
+class LensNotFoundError(HooklensError, FileNotFoundError):
+    """No lens with that name where we looked; the message lists the ones there are."""
 
 
 @dataclass
 class LensFiles:
-    """What a lens directory holds."""
+    """What a lens directory holds (the config without `params_sha256`)."""
 
     config: dict[str, Any]
     tensors: dict[str, Tensor]
     format: str  # "hooklens" or "tuned-lens"
+    config_path: Path
+    params_path: Path
 
 
-def write_lens_dir(path: str | os.PathLike, config: dict[str, Any], tensors: dict[str, Tensor]):
-    """Write `params.safetensors` then `config.json` into `path`, each atomically."""
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
+def write_lens_dir(
+    path: str | os.PathLike, config: dict[str, Any], tensors: dict[str, Tensor]
+) -> Path:
+    """Write `params.safetensors` and `config.json` (recording the parameters' SHA-256)
+    into directory `path`, replacing a lens already there.
+
+    Both files are written and flushed to temporaries before either is renamed into
+    place, parameters first: a save that fails leaves the previous lens intact, and one
+    killed between the two renames leaves a directory that `read_lens_dir` refuses.
+    """
+    directory = _directory_to_write(Path(path))
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write(directory / PARAMS_FILE, lambda tmp: save_file(contiguous, tmp))
-    atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    config_path = directory / CONFIG_FILE
+    with StagedWrites() as staged:
+        params_tmp = staged.stage(directory / PARAMS_FILE, lambda tmp: save_file(contiguous, tmp))
+        record = {**config, PARAMS_HASH_KEY: sha256_file(params_tmp)}
+        text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+        staged.stage(config_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        if not _records_params_hash(config_path):
+            # An old config cannot vouch for its parameters: without it, a kill between
+            # the renames leaves parameters without config (refused), not a silent mix.
+            config_path.unlink(missing_ok=True)
     return directory
 
 
 def read_lens_dir(path: str | os.PathLike) -> LensFiles:
-    """Read a lens directory in our format or the tuned-lens package's."""
+    """Read a lens directory in our format or the tuned-lens package's.
+
+    Raises:
+        LensNotFoundError: `path` does not exist, is a file, or holds no lens.
+        LensFileError: a file is truncated, corrupt, or does not match the other.
+    """
     directory = Path(path)
-    config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"no lens at {directory}: expected {CONFIG_FILE} with {PARAMS_FILE} "
-            f"(hooklens) or {TUNED_LENS_PARAMS_FILE} (tuned-lens)"
-        )
-    for name in (PARAMS_FILE, TUNED_LENS_PARAMS_FILE):
-        if (directory / name).is_file():
-            return read_lens_files(config_path, directory / name)
-    raise FileNotFoundError(
-        f"{directory} has {CONFIG_FILE} but neither {PARAMS_FILE} nor {TUNED_LENS_PARAMS_FILE}"
+    expected = (
+        f"a lens is a directory holding {CONFIG_FILE} with {PARAMS_FILE} (hooklens) or "
+        f"{TUNED_LENS_PARAMS_FILE} (tuned-lens)"
     )
+    if not directory.exists():
+        raise LensNotFoundError(
+            f"no lens at {directory}: the path does not exist ({expected}). Save one with "
+            "TunedLens.save(path) or train one with `hooklens train`."
+        )
+    if not directory.is_dir():
+        hint = f": pass {directory.parent}" if directory.name in _LENS_FILE_NAMES else ""
+        raise LensNotFoundError(f"no lens at {directory}: it is a file, and {expected}{hint}")
+    config_path = directory / CONFIG_FILE
+    params = [directory / n for n in (PARAMS_FILE, TUNED_LENS_PARAMS_FILE)]
+    params_path = next((p for p in params if p.is_file()), None)
+    if not config_path.is_file():
+        if params_path is not None:
+            raise LensFileError(
+                f"{directory} has {params_path.name} but no {CONFIG_FILE}: a save was "
+                f"interrupted, or {CONFIG_FILE} was deleted. {_SAVE_AGAIN}"
+            )
+        raise LensNotFoundError(f"no lens at {directory}: no {CONFIG_FILE} there ({expected})")
+    if params_path is None:
+        raise LensNotFoundError(
+            f"{directory} has {CONFIG_FILE} but neither {PARAMS_FILE} nor "
+            f"{TUNED_LENS_PARAMS_FILE} ({expected})"
+        )
+    return read_lens_files(config_path, params_path)
 
 
 def read_lens_files(config_path: str | os.PathLike, params_path: str | os.PathLike) -> LensFiles:
     """Read a config and a parameter file: safetensors (ours) or a torch state dict
-    (tuned-lens's `params.pt`, read with `weights_only=True`)."""
-    config = json.loads(Path(config_path).read_text())
-    if str(params_path).endswith(".safetensors"):
-        return LensFiles(config, load_file(params_path), "hooklens")
-    state = torch.load(params_path, weights_only=True, map_location="cpu")
-    return LensFiles(config, _translator_keys(state), "tuned-lens")
+    (tuned-lens's `params.pt`, read with `weights_only=True`).
+
+    A config recording `params_sha256` must match the parameter file's bytes.
+
+    Raises:
+        LensFileError: either file is unreadable, truncated or corrupt, or they do not
+            match; the message names the file and says what to do.
+    """
+    config_path, params_path = Path(config_path), Path(params_path)
+    config = _read_config(config_path)
+    recorded = config.pop(PARAMS_HASH_KEY, None)
+    if recorded is not None and not (isinstance(recorded, str) and _SHA256.fullmatch(recorded)):
+        raise LensFileError(
+            f"{config_path}: key {PARAMS_HASH_KEY!r} should be 64 hexadecimal digits (the "
+            f"SHA-256 of {params_path.name}), found {recorded!r}. {_SAVE_AGAIN}"
+        )
+    if params_path.name.endswith(".safetensors"):
+        tensors, format = _read_safetensors(params_path), "hooklens"
+    else:
+        tensors, format = _translator_keys(_read_state_dict(params_path)), "tuned-lens"
+    if recorded is not None:
+        actual = sha256_file(params_path)
+        if actual != recorded.lower():
+            raise LensFileError(
+                f"{params_path} does not match {config_path}: the config records SHA-256 "
+                f"{recorded[:12]}… for the parameters, the file has {actual[:12]}…. A save "
+                "was interrupted between writing the two files (the parameters of one lens "
+                "under the config of another), or the parameter file was changed or "
+                f"damaged after saving. {_SAVE_AGAIN}"
+            )
+    return LensFiles(config, tensors, format, config_path, params_path)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as 64 hexadecimal digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+_JSON_KINDS[type(None)] = "null"
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_LENS_FILE_NAMES = (CONFIG_FILE, PARAMS_FILE, TUNED_LENS_PARAMS_FILE)
+
+
+def _directory_to_write(directory: Path) -> Path:
+    if directory.exists() and not directory.is_dir():
+        raise OutputExistsError(
+            f"cannot save a lens to {directory}: it is a file, and a lens is a directory "
+            f"({CONFIG_FILE}, {PARAMS_FILE}). Pass the path of a directory (it is created "
+            "if needed), or remove the file."
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputExistsError(
+            f"cannot save a lens to {directory}: a part of that path is a file, not a "
+            "directory. Pass another path, or remove the file."
+        ) from None
+    return directory
+
+
+def _records_params_hash(config_path: Path) -> bool:
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get(PARAMS_HASH_KEY), str)
+
+
+def _read_config(config_path: Path) -> dict[str, Any]:
+    expected = (
+        "expected a JSON object with the lens's settings (base_model_name_or_path, "
+        "d_model, num_hidden_layers, ...)"
+    )
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise LensFileError(
+            f"{config_path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+            f"{expected}. {_SAVE_AGAIN}"
+        ) from None
+    if not text.strip():
+        raise LensFileError(
+            f"{config_path} is empty; {expected}. A save was interrupted or the file was "
+            f"truncated. {_SAVE_AGAIN}"
+        )
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise LensFileError(
+            f"{config_path} is not valid JSON: {error.msg} at line {error.lineno}, column "
+            f"{error.colno}; {expected}. It may be truncated or badly edited: fix it, or "
+            "save the lens again."
+        ) from None
+    if not isinstance(config, dict):
+        raise LensFileError(
+            f"{config_path} holds a JSON {_JSON_KINDS.get(type(config), 'value')}; "
+            f"{expected}. {_SAVE_AGAIN}"
+        )
+    return config
+
+
+def _read_safetensors(params_path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(params_path)
+    except OSError:
+        raise
+    except Exception as error:  # safetensors raises SafetensorError and others
+        size = params_path.stat().st_size
+        found = "empty" if size == 0 else f"truncated or corrupt ({size} bytes)"
+        raise LensFileError(
+            f"{params_path} is {found}: safetensors cannot read it ({error}). A save was "
+            f"interrupted, or the file was damaged in a copy. {_SAVE_AGAIN}"
+        ) from None
+
+
+def _read_state_dict(params_path: Path) -> dict[str, Tensor]:
+    try:
+        state = torch.load(params_path, weights_only=True, map_location="cpu")
+    except OSError:
+        raise
+    except Exception as error:  # EOFError, UnpicklingError, RuntimeError, ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "no data"
+        if params_path.stat().st_size == 0:
+            reason = "the file is empty"
+        raise LensFileError(
+            f"{params_path} cannot be read as a tuned-lens parameter file (a torch state "
+            f"dict of tensors, read with weights_only=True): {type(error).__name__}: "
+            f"{reason}. It may be truncated or not a lens. {_SAVE_AGAIN}"
+        ) from None
+    if not isinstance(state, dict):
+        raise LensFileError(
+            f"{params_path} holds a {type(state).__name__}; expected a state dict of "
+            f"tensors ({{'0.weight': tensor, ...}}). {_SAVE_AGAIN}"
+        )
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise LensFileError(
+                f"{params_path}: entry {key!r} is a {type(value).__name__}; expected "
+                f"tensors under string keys. {_SAVE_AGAIN}"
+            )
+    return state
 
 
 def _translator_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -110,14 +308,27 @@ def _processing_advice(saved: ModelFingerprint, actual: ModelFingerprint) -> str
 
 
 def check_fingerprint(saved: ModelFingerprint, adapter: ModelAdapter, *, strict: bool) -> None:
-    """Refuse (or, with `strict=False`, warn about) a lens made for a different model."""
+    """Refuse a lens made for a different model; with `strict=False`, only warn about
+    another model name, unembedding or weight processing.
+
+    The sizes (`d_model`, `n_layers`, `d_vocab`) are refused whatever `strict` says: a
+    lens for fewer layers has no final row that reproduces the model, and one for another
+    width or vocabulary reads something else.
+    """
     actual = adapter.fingerprint
     differences = fingerprint_differences(saved, actual)
     if not differences:
         return
-    if saved.processing != actual.processing:
+    sizes = [d for d in differences if d.startswith(SIZES)]
+    if sizes:
+        advice = (
+            f"Load {saved.model_name!r}, or train a lens for this model with `hooklens "
+            "train`. (strict=False relaxes the model name, unembedding and weight "
+            "processing checks, never the sizes.)"
+        )
+    elif saved.processing != actual.processing:
         advice = _processing_advice(saved, actual)
-    elif any(d.startswith(("model", "d_", "n_layers")) for d in differences):
+    elif any(d.startswith("model") for d in differences):
         advice = f"Load {saved.model_name!r}, or train a lens for this model with `hooklens train`."
     else:
         advice = (
@@ -126,6 +337,6 @@ def check_fingerprint(saved: ModelFingerprint, adapter: ModelAdapter, *, strict:
             "load it anyway."
         )
     message = "this lens does not fit the model:\n  - " + "\n  - ".join(differences) + "\n" + advice
-    if strict:
+    if strict or sizes:
         raise LensMismatchError(message)
     warnings.warn(message, stacklevel=3)

@@ -20,16 +20,19 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hooklens.artifacts import CONFIG_FILE, PARAMS_FILE, TUNED_LENS_PARAMS_FILE
+from hooklens.artifacts import (
+    CONFIG_FILE,
+    PARAMS_FILE,
+    TUNED_LENS_PARAMS_FILE,
+)
+from hooklens.artifacts import (  # re-exported: defined beside the files it looks for
+    LensNotFoundError as LensNotFoundError,
+)
 from hooklens.errors import HooklensError
 
 DEFAULT_REPO_ID = "AlignmentResearch/tuned-lens"
 DEFAULT_REPO_TYPE = "space"
 LENS_SUBFOLDER = "lens"
-
-
-class LensNotFoundError(HooklensError, FileNotFoundError):
-    """No lens with that name where we looked; the message lists the ones there are."""
 
 
 class HubUnreachableError(HooklensError, ConnectionError):

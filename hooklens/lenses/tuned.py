@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
+import types
 import warnings
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import torch
 from jaxtyping import Float
@@ -19,7 +21,7 @@ from hooklens.artifacts import (
     read_lens_files,
     write_lens_dir,
 )
-from hooklens.errors import LensMismatchError
+from hooklens.errors import InputError, InputTypeError, LensFileError, LensMismatchError
 from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter, ModelFingerprint, _same_model_name, normalize_component
 from hooklens.unembed import Unembed
@@ -44,12 +46,101 @@ class TunedLensConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> TunedLensConfig:
+    def from_dict(cls, config: dict[str, Any], *, source: str = "lens config") -> TunedLensConfig:
+        """The config of a `config.json`; unknown keys are ignored with a warning.
+
+        Raises:
+            LensFileError: a required key is missing or a value has the wrong type; the
+                message names `source` (the file) and the key.
+        """
+        if not isinstance(config, dict):
+            raise LensFileError(f"{source}: expected a JSON object, found {config!r:.60}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:
             warnings.warn(f"ignoring unknown lens config keys {unknown}", stacklevel=2)
-        return cls(**{k: v for k, v in config.items() if k in known})
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        if missing := [name for name in required if name not in config]:
+            raise LensFileError(
+                f"{source}: missing key {', '.join(map(repr, missing))}; a lens config needs "
+                f"{', '.join(required)}. {_FIX_CONFIG}"
+            )
+        values = {k: v for k, v in config.items() if k in known}
+        _check_types(values, get_type_hints(cls), source, prefix="")
+        for name in ("d_model", "num_hidden_layers"):
+            if values[name] < 1:
+                raise LensFileError(
+                    f"{source}: key {name!r} should be a positive integer, found "
+                    f"{values[name]}. {_FIX_CONFIG}"
+                )
+        if "component" in values:
+            try:
+                normalize_component(values["component"])
+            except (InputError, InputTypeError) as error:
+                raise LensFileError(f"{source}: key 'component': {error}. {_FIX_CONFIG}") from None
+        if values.get("fingerprint") is not None:
+            _check_fingerprint_dict(values["fingerprint"], source)
+        return cls(**values)
+
+
+_FIX_CONFIG = "The file is damaged or was edited by hand: fix it, or save the lens again."
+
+_JSON_TYPES = {str: "a string", int: "an integer", bool: "true or false", dict: "an object"}
+
+
+def _json_type(hint: Any) -> str:
+    if get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_json_type(arg) for arg in get_args(hint))
+    if hint is type(None):
+        return "null"
+    return _JSON_TYPES[get_origin(hint) or hint]
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    if get_origin(hint) in (Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is int:  # JSON true is not a layer count
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, get_origin(hint) or hint)
+
+
+def _check_types(values: dict[str, Any], hints: dict[str, Any], source: str, prefix: str) -> None:
+    for name, value in values.items():
+        if not _has_type(value, hints[name]):
+            raise LensFileError(
+                f"{source}: key {prefix + name!r} should be {_json_type(hints[name])}, found "
+                f"{_json_repr(value)}. {_FIX_CONFIG}"
+            )
+
+
+def _check_fingerprint_dict(fingerprint: dict[str, Any], source: str) -> None:
+    hints = get_type_hints(ModelFingerprint)
+    required = [
+        f.name
+        for f in fields(ModelFingerprint)
+        if f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing := [name for name in required if name not in fingerprint]:
+        raise LensFileError(
+            f"{source}: key 'fingerprint' lacks {', '.join(map(repr, missing))}; a "
+            f"fingerprint records {', '.join(required)}. {_FIX_CONFIG}"
+        )
+    known = {k: v for k, v in fingerprint.items() if k in hints}
+    _check_types(known, hints, source, prefix="fingerprint.")
+
+
+def _json_repr(value: Any) -> str:
+    """`value` as JSON spells it, with its type: `"32" (a string)`."""
+    kind = next((n for t, n in _JSON_TYPES.items() if _has_type(value, t)), None)
+    if value is None:
+        kind = "null"
+    elif isinstance(value, list):
+        kind = "an array"
+    elif isinstance(value, float):
+        kind = "a number with a fraction"
+    return f"{json.dumps(value)[:40]} ({kind})"
 
 
 class TunedLens(Lens):
@@ -148,7 +239,16 @@ class TunedLens(Lens):
     # --- files ------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write `config.json` and `params.safetensors` into directory `path`."""
+        """Write `config.json` and `params.safetensors` into directory `path`.
+
+        A lens already there is replaced. The config records the SHA-256 of the
+        parameters and is renamed into place last, so a save that fails or is killed
+        leaves the previous lens, or a directory that `load` refuses with
+        `LensFileError` (save again), never one lens's parameters under another's config.
+
+        Raises:
+            OutputExistsError: `path` (or a folder above it) is a file.
+        """
         write_lens_dir(path, self.config.to_dict(), self.state_dict())
 
     @classmethod
@@ -160,9 +260,16 @@ class TunedLens(Lens):
         The lens must fit the model: same model and sizes, the same final norm and
         unembedding (hashed entry by entry) and the same TransformerLens weight
         processing. A mismatch raises `LensMismatchError` saying what differs and how
-        to load the model to match; `strict=False` turns that into a warning.
+        to load the model to match; `strict=False` turns that into a warning, except
+        for the sizes (`d_model`, `n_layers`, `d_vocab`), which must always match.
+
+        Raises:
+            LensNotFoundError: no lens at `path` (it does not exist, or is a file).
+            LensFileError: a file is truncated, corrupt or incomplete, the parameters
+                do not match the config (an interrupted save), or hold NaN / infinity.
+            LensMismatchError: the lens was made for another model.
         """
-        return cls._from_files(read_lens_dir(path), model, strict=strict, source=str(path))
+        return cls._from_files(read_lens_dir(path), model, strict=strict)
 
     @classmethod
     def from_model_and_pretrained(
@@ -220,28 +327,89 @@ class TunedLens(Lens):
             raise ValueError("the unembedding must come from a model: Unembed.from_model(model)")
         config_path, params_path = load_artifacts(lens_resource_id, **kwargs)
         files = read_lens_files(config_path, params_path)
-        return cls._from_files(files, unembed.adapter, strict=strict, source=lens_resource_id)
+        return cls._from_files(files, unembed.adapter, strict=strict)
 
     @classmethod
     def _from_files(
-        cls, files: LensFiles, model: nn.Module | ModelAdapter, *, strict: bool, source: str
+        cls, files: LensFiles, model: nn.Module | ModelAdapter, *, strict: bool
     ) -> TunedLens:
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
-        config = TunedLensConfig.from_dict(files.config)
-        if config.fingerprint is not None:
-            check_fingerprint(
-                ModelFingerprint.from_dict(config.fingerprint), adapter, strict=strict
-            )
+        config = TunedLensConfig.from_dict(files.config, source=str(files.config_path))
+        fingerprint = _saved_fingerprint(config, files)
+        _check_parameters(config, files)  # the files agree with each other before the model
+        if fingerprint is not None:
+            check_fingerprint(fingerprint, adapter, strict=strict)
         else:
             _check_tuned_lens_artifact(config, adapter, strict=strict)
         lens = cls(Unembed.from_model(adapter), config)
-        missing, unexpected = lens.load_state_dict(files.tensors, strict=False)
-        if missing or unexpected:
-            raise LensMismatchError(
-                f"{source} does not hold the parameters of a {config.num_hidden_layers}-layer "
-                f"tuned lens: missing {missing[:4]}, unexpected {unexpected[:4]}"
-            )
+        lens.load_state_dict(files.tensors)  # keys and shapes checked above
         return lens
+
+
+def _saved_fingerprint(config: TunedLensConfig, files: LensFiles) -> ModelFingerprint | None:
+    """The fingerprint a hooklens config records, which must agree with its own sizes."""
+    if config.fingerprint is None:
+        return None
+    fingerprint = ModelFingerprint.from_dict(config.fingerprint)
+    for key, size, recorded in (
+        ("d_model", config.d_model, fingerprint.d_model),
+        ("num_hidden_layers", config.num_hidden_layers, fingerprint.n_layers),
+    ):
+        if size != recorded:
+            raise LensFileError(
+                f"{files.config_path}: key {key!r} is {size}, but the fingerprint records "
+                f"{recorded}; the file contradicts itself. {_FIX_CONFIG}"
+            )
+    return fingerprint
+
+
+def _expected_shapes(config: TunedLensConfig) -> dict[str, tuple[int, ...]]:
+    d = config.d_model
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i in range(config.num_hidden_layers):
+        shapes[f"layer_translators.{i}.weight"] = (d, d)
+        if config.bias:
+            shapes[f"layer_translators.{i}.bias"] = (d,)
+    return shapes
+
+
+def _check_parameters(config: TunedLensConfig, files: LensFiles) -> None:
+    """Refuse parameters that are not the ones the config describes, or not finite."""
+    expected = _expected_shapes(config)
+    described = (
+        f"the {config.num_hidden_layers}-layer tuned lens with d_model={config.d_model} and "
+        f"bias={config.bias} that {files.config_path.name} describes"
+    )
+    missing = [k for k in expected if k not in files.tensors]
+    unexpected = [k for k in files.tensors if k not in expected]
+    if missing or unexpected:
+        raise LensFileError(
+            f"{files.params_path} does not hold the parameters of {described}: missing "
+            f"{missing[:4]}{' …' * (len(missing) > 4)}, unexpected "
+            f"{unexpected[:4]}{' …' * (len(unexpected) > 4)}. The two files come from "
+            f"different lenses, or one is damaged. {_SAVE_AGAIN}"
+        )
+    for key, shape in expected.items():
+        tensor = files.tensors[key]
+        if tuple(tensor.shape) != shape:
+            raise LensFileError(
+                f"{files.params_path}: {key} has shape {list(tensor.shape)}, expected "
+                f"{list(shape)} for {described}. {_SAVE_AGAIN}"
+            )
+        if not tensor.is_floating_point():
+            raise LensFileError(
+                f"{files.params_path}: {key} has dtype {tensor.dtype}, expected floating "
+                f"point. {_SAVE_AGAIN}"
+            )
+        if bad := int((~torch.isfinite(tensor)).sum()):
+            raise LensFileError(
+                f"{files.params_path}: {key} holds {bad} NaN or infinite value(s), so the "
+                "lens reads nothing at that layer. The training diverged (train again with "
+                f"a lower learning rate) or the file is damaged. {_SAVE_AGAIN}"
+            )
+
+
+_SAVE_AGAIN = "Save (or download) the lens again."
 
 
 def _check_tuned_lens_artifact(
