@@ -1,38 +1,75 @@
-"""`hooklens` command line: `hooklens report | train | eval ...`."""
+"""`hooklens` command line: `hooklens report | train | eval ...`.
+
+Bad input (any `HooklensError`, a file that cannot be read or written, a model that
+cannot be loaded) ends the command with one line on stderr and exit status 2; anything
+else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from hooklens import models
-from hooklens.errors import HooklensError
+from hooklens.errors import HooklensError, InputError
 from hooklens.training import evaluate as evaluation
 from hooklens.training import run as training
+
+# What a user can fix from the command line, printed as one line. OSError covers a
+# missing or unreadable file, an existing output and a hub that cannot be reached.
+USER_ERRORS = (HooklensError, ValueError, OSError)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every default, except an unset one (None, []): its help says what it means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _read_text(args: argparse.Namespace) -> str:
+    if args.text_file is None:
+        text = args.text
+    else:
+        try:
+            text = Path(args.text_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise InputError(f"--text-file {args.text_file}: {reason}") from error
+    if not text or not text.strip():
+        raise InputError("give some text with --text or --text-file (this one is empty)")
+    return text
 
 
 def _report(args: argparse.Namespace) -> int:
     import torch
 
-    from hooklens.lenses import TunedLens
-    from hooklens.report import trajectory_report
+    from hooklens.report import TextCutWarning, cut_notice, trajectory_report
 
-    text = Path(args.text_file).read_text() if args.text_file else args.text
-    if not text or not text.strip():
-        print("hooklens report: give some text with --text or --text-file", file=sys.stderr)
-        return 2
+    if args.max_tokens < 1:
+        raise InputError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    evaluation.check_output_file(args.output, "report.html")
+    text = _read_text(args)
     start = time.perf_counter()
     with torch.no_grad():
         model = models.load(args.model, model_class=args.model_class, processing=args.processing)
         lenses = {}
         for index, directory in enumerate(args.lens):
             name = "tuned lens" if len(args.lens) == 1 else f"tuned lens {index + 1} ({directory})"
-            lenses[name] = TunedLens.load(directory, model=model)
-        path = trajectory_report(
-            model, text, lenses, args.output, max_tokens=args.max_tokens, title=args.title
-        )
+            lenses[name] = evaluation.load_lens(directory, model)
+        notice = cut_notice(model, text, args.max_tokens, option="--max-tokens ")
+        if notice is not None:
+            print(notice, file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TextCutWarning)  # said above, in flag terms
+            path = trajectory_report(
+                model, text, lenses, args.output, max_tokens=args.max_tokens, title=args.title
+            )
     size = path.stat().st_size / 2**20
     print(f"wrote {path} ({size:.1f} MiB) in {time.perf_counter() - start:.1f}s")
     return 0
@@ -42,48 +79,70 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hooklens", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser(
-        "report", help="write a self-contained HTML report of a text's prediction trajectory"
+        "report",
+        help="write a self-contained HTML report of a text's prediction trajectory",
+        formatter_class=_HelpFormatter,
     )
     source = report.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", help="the text to read")
-    source.add_argument("--text-file", help="read the text from this file")
+    source.add_argument("--text-file", metavar="FILE", help="read the text from this file")
     report.add_argument(
-        "--lens", action="append", default=[], help="a tuned lens directory (repeatable)"
+        "--lens",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a tuned lens directory (repeatable); the logit lens is always shown",
     )
     report.add_argument(
-        "--model", default=models.DEFAULT_MODEL, help="model name (default: %(default)s)"
+        "--model",
+        default=models.DEFAULT_MODEL,
+        help="model name (embedded, TransformerLens or hub)",
     )
     models.add_model_class_argument(report)
+    models.add_processing_argument(report)
+    report.add_argument("--output", default="hooklens-report.html", help="the HTML file to write")
     report.add_argument(
-        "--processing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="TransformerLens weight processing (default: the model class's own default)",
+        "--max-tokens",
+        type=int,
+        default=64,
+        help="read at most this many tokens of the text (a longer text is cut, with a notice)",
     )
-    report.add_argument("--output", default="hooklens-report.html")
-    report.add_argument("--max-tokens", type=int, default=64)
-    report.add_argument("--title")
+    report.add_argument("--title", help="the report's title; default: 'hooklens: MODEL'")
     report.set_defaults(run=_report)
     train = commands.add_parser(
-        "train", help="train a tuned lens: closed-form fit, then KL fine-tune (resumable)"
+        "train",
+        help="train a tuned lens: closed-form fit, then KL fine-tune (resumable)",
+        formatter_class=_HelpFormatter,
     )
     training.add_arguments(train)
     train.set_defaults(run=training.run)
     evaluate = commands.add_parser(
-        "eval", help="per-layer KL, cross-entropy, entropy, top-1 agreement on held-out text"
+        "eval",
+        help="per-layer KL, cross-entropy, entropy, top-1 agreement on held-out text",
+        formatter_class=_HelpFormatter,
     )
     evaluation.add_arguments(evaluate)
     evaluate.set_defaults(run=evaluation.run)
     return parser
 
 
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a message of several lines is joined)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    joined = ""
+    for line in lines:
+        line = line.removeprefix("- ")
+        joined += line if not joined else (" " if joined.endswith(":") else "; ") + line
+    return joined or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (HooklensError, ValueError, FileNotFoundError, FileExistsError) as error:
+    except USER_ERRORS as error:
         # Bad input, not a bug: say what is wrong without a traceback.
-        print(f"hooklens {args.command}: {error}", file=sys.stderr)
+        print(f"hooklens {args.command}: {one_line(error)}", file=sys.stderr)
         return 2
 
 

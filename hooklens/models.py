@@ -68,6 +68,18 @@ def add_model_class_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_processing_argument(parser: argparse.ArgumentParser) -> None:
+    """`--processing / --no-processing` for a command line; unset, `load` picks the
+    model class's own default."""
+    parser.add_argument(
+        "--processing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TransformerLens weight processing (fold_ln, center_writing_weights, "
+        "center_unembed); default: on for hooked, off for bridge",
+    )
+
+
 def has_hooked_transformer() -> bool:
     """Whether the installed TransformerLens has `HookedTransformer` (3.x; 4.0 removed it)."""
     try:
@@ -256,7 +268,7 @@ def _unknown_model_error(name: str, error: OSError) -> UnknownModelError | None:
     failure (a gated model, a full disk), which keeps the loader's own error."""
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    causes = []
+    causes: list[BaseException] = []
     cause: BaseException | None = error
     while cause is not None and len(causes) < 8:
         causes.append(cause)

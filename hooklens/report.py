@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
+from hooklens.errors import InputError
 from hooklens.files import atomic_write_text
 from hooklens.lenses import Lens, LogitLens
 from hooklens.model import ModelAdapter
@@ -24,6 +26,10 @@ from hooklens.plotting.widgets import Widget, circuitsvis_bundle
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
 
 DEFAULT_STATISTICS = ("forward_kl", "entropy", "cross_entropy", "rank")
+
+
+class TextCutWarning(UserWarning):
+    """The report reads only the first `max_tokens` tokens of a longer text."""
 
 
 @dataclass
@@ -67,6 +73,31 @@ def render_report(sections: Sequence[ReportSection], title: str = "hooklens repo
     )
 
 
+def cut_notice(model: Any, text: str, max_tokens: int, option: str = "max_tokens=") -> str | None:
+    """What a report of at most `max_tokens` tokens of `text` leaves out (None: nothing),
+    and how to read more; `option` spells the setting (`"--max-tokens "` on the command
+    line). The model's context length caps what it can read.
+
+    Examples:
+        >>> cut_notice(model, long_text, 64)                                # doctest: +SKIP
+        'read the first 64 of 712 tokens; pass max_tokens=712 to read all'
+    """
+    n_tokens = model.to_tokens(text, truncate=False).shape[-1]
+    n_ctx = _context_length(model, n_tokens)
+    n_read = min(max_tokens, n_ctx, n_tokens)
+    if n_read == n_tokens:
+        return None
+    notice = f"read the first {n_read} of {n_tokens} tokens"
+    if n_read < n_ctx:
+        most = min(n_tokens, n_ctx)
+        return f"{notice}; pass {option}{most} to read {'all' if most == n_tokens else 'the most'}"
+    return f"{notice}, as many as the model's context holds"
+
+
+def _context_length(model: Any, default: int) -> int:
+    return getattr(getattr(model, "cfg", None), "n_ctx", None) or default
+
+
 def trajectory_report(
     model: Any,
     text: str,
@@ -83,6 +114,10 @@ def trajectory_report(
     top 5) and two circuitsvis views; with more than one lens, the Jensen–Shannon
     divergence between the logit lens and each other lens.
 
+    A text longer than `max_tokens` tokens is cut to its first `max_tokens`: the
+    report's Input section says so, and a `TextCutWarning` names the length to pass to
+    read it all. `max_tokens` below 1 raises `InputError`.
+
     Examples:
         >>> from hooklens import models, TunedLens
         >>> model = models.load("smollm2-135m")                          # doctest: +SKIP
@@ -90,9 +125,21 @@ def trajectory_report(
         ...                   {"tuned": TunedLens.load("lens", model)})  # doctest: +SKIP
     """
     if not text or not text.strip():
-        raise ValueError("the report needs some text to read: got an empty string")
+        raise InputError("the report needs some text to read: got an empty string")
+    if max_tokens < 1:
+        raise InputError(f"max_tokens must be at least 1, got {max_tokens}")
+    if Path(path).is_dir():
+        raise InputError(
+            f"{path} is a directory; give a file name like {Path(path) / 'report.html'}"
+        )
     adapter = ModelAdapter(model)
-    tokens = model.to_tokens(text)[:, :max_tokens]
+    all_tokens = model.to_tokens(text, truncate=False)
+    tokens = all_tokens[:, : min(max_tokens, _context_length(model, max_tokens))]
+    read = f"{tokens.shape[-1]} tokens"
+    notice = cut_notice(model, text, max_tokens)
+    if notice is not None:
+        read = notice
+        warnings.warn(notice, TextCutWarning, stacklevel=2)
     all_lenses: dict[str, Lens] = {"logit lens": LogitLens.from_model(adapter)}
     all_lenses.update(lenses or {})
     names = set(adapter.residual_hook_names())
@@ -109,7 +156,7 @@ def trajectory_report(
         ReportSection(
             "Input",
             f"{adapter.model_name} ({adapter.kind}, {adapter.n_layers} layers); "
-            f"{tokens.shape[-1]} tokens: {text[:500]}",
+            f"{read}: {text[:500]}",
         )
     ]
     for name, trajectory in trajectories.items():

@@ -21,10 +21,12 @@ import torch
 from torch import Tensor
 
 from hooklens import models, precision
+from hooklens.errors import DataError, InputError, LensMismatchError
 from hooklens.files import atomic_write_text
 from hooklens.lenses import Lens, LogitLens, TunedLens
+from hooklens.model import ModelAdapter, _same_model_name
 from hooklens.plotting.tokens import decode_token
-from hooklens.training.data import batches, load_texts, pack, split_texts
+from hooklens.training.data import batches, check_data_source, load_texts, pack, split_texts
 from hooklens.training.loss import kl_to_target, target_distribution, weight_chunks
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
 
@@ -146,15 +148,35 @@ def figure(results: Mapping[str, Any], metric: str = "kl_to_output") -> go.Figur
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lens", action="append", default=[], help="tuned lens dir (repeatable)")
-    parser.add_argument("--model", default=models.DEFAULT_MODEL)
+    parser.add_argument(
+        "--lens",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a tuned lens directory (repeatable); the logit lens is always evaluated",
+    )
+    parser.add_argument(
+        "--model",
+        default=models.DEFAULT_MODEL,
+        help="model name (embedded, TransformerLens or hub)",
+    )
     models.add_model_class_argument(parser)
-    parser.add_argument("--data", default="wikipedia-summaries")
-    parser.add_argument("--text-field", default="text")
+    models.add_processing_argument(parser)
+    parser.add_argument(
+        "--data",
+        default="wikipedia-summaries",
+        help="held-out text: a .jsonl, .json, .txt or .parquet file (or glob), a hub dataset, "
+        "or wikipedia-summaries",
+    )
+    parser.add_argument("--text-field", default="text", help="the field of each record to read")
     parser.add_argument("--tokens", type=int, default=4096, help="held-out tokens to evaluate")
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--output", default="hooklens-eval.json")
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence")
+    parser.add_argument("--batch-size", type=int, default=2, help="sequences per forward pass")
+    parser.add_argument(
+        "--output",
+        default="hooklens-eval.json",
+        help="the results file; its figures go beside it with the suffix .html",
+    )
     parser.add_argument(
         "--transfer-tokens",
         type=int,
@@ -169,21 +191,98 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_output_file(output: str | Path, example: str) -> None:
+    """Refuse an `--output` that is a directory, before any work: `InputError`."""
+    if Path(output).is_dir():
+        raise InputError(
+            f"--output {output} is a directory; give a file name like {Path(output) / example}"
+        )
+
+
+def load_lens(directory: str, model: Any) -> TunedLens:
+    """The tuned lens in `directory` for `model`; a lens for another model, or for
+    other weight processing, is refused in one line naming the flag that loads the
+    model it fits (`--model NAME`, `--processing`, `--no-processing`)."""
+    try:
+        return TunedLens.load(directory, model=model)
+    except LensMismatchError as error:
+        advice = _mismatch_advice(Path(directory), ModelAdapter(model))
+        if advice is None:
+            raise
+        raise LensMismatchError(f"{directory}: {advice}") from error
+
+
+def _mismatch_advice(directory: Path, adapter: ModelAdapter) -> str | None:
+    """What differs between the lens in `directory` and the model, in command-line terms."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        saved = config.get("fingerprint") or {}
+        name = config.get("base_model_name_or_path") or saved["model_name"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+    sizes = {"d_model": config.get("d_model"), "n_layers": config.get("num_hidden_layers")}
+    sizes |= {key: saved[key] for key in ("d_model", "n_layers", "d_vocab") if key in saved}
+    found = {key: getattr(adapter, key) for key in sizes}
+    if not _same_model_name(name, adapter.model_name) or sizes != found:
+        return (
+            f"this lens was trained for {name!r}, the model is {adapter.model_name!r}; "
+            f"pass --model {models.loadable_name(name)}"
+        )
+    flags = ("fold_ln", "center_writing_weights", "center_unembed")
+    actual = adapter.processing
+    if saved and any(saved.get(flag) != getattr(actual, flag) for flag in flags):
+        was = "processed" if any(saved.get(flag) for flag in flags) else "unprocessed"
+        flag = "--processing" if was == "processed" else "--no-processing"
+        return (
+            f"this lens was trained on {was} weights (TransformerLens's fold_ln, "
+            "center_writing_weights, center_unembed), the model was loaded "
+            f"{'without' if was == 'processed' else 'with'} them; pass {flag}"
+        )
+    if not saved and actual.center_writing_weights:
+        return (
+            "this tuned-lens artifact reads the raw residual stream, and the model's "
+            "writing weights were centred by TransformerLens; pass --no-processing"
+        )
+    if saved:
+        return (
+            f"this lens was trained on another checkpoint of {name!r} (its final norm or "
+            "unembedding differ from this model's); pass --model with the checkpoint it was "
+            "trained on"
+        )
+    return None
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse, before any model or data loads, settings `run` cannot use."""
+    for flag, minimum in (("tokens", 1), ("seq_len", 2), ("batch_size", 1), ("transfer_tokens", 0)):
+        value = getattr(args, flag)
+        if value < minimum:
+            raise InputError(f"--{flag.replace('_', '-')} must be at least {minimum}, got {value}")
+    check_output_file(args.output, "eval.json")
+    check_data_source(args.data, args.text_field)
+
+
 def texts_of(args: argparse.Namespace) -> Iterator[str]:
     return (row[args.text_field] for row in load_texts(args.data, streaming=True))
 
 
 def run(args: argparse.Namespace) -> int:
-    model = models.load(args.model, model_class=args.model_class)
+    check_arguments(args)
+    model = models.load(args.model, model_class=args.model_class, processing=args.processing)
     lenses: dict[str, Lens] = {"logit lens": LogitLens.from_model(model)}
     for directory in args.lens:
         path = Path(directory).resolve()
-        lenses[f"{path.parent.name}/{path.name}"] = TunedLens.load(directory, model=model)
+        lenses[f"{path.parent.name}/{path.name}"] = load_lens(directory, model)
     chunks = pack(split_texts(texts_of(args), held_out=True), model.tokenizer, args.seq_len)
     n_chunks = max(1, args.tokens // args.seq_len)
     results = evaluate_lenses(
         model, lenses, batches(itertools.islice(chunks, n_chunks), args.batch_size)
     )
+    if not results["tokens"]:
+        raise DataError(
+            f"{args.data}: its held-out split holds no chunk of {args.seq_len} tokens; give "
+            "more text or a smaller --seq-len"
+        )
     figures = [figure(results)]
     if args.transfer_tokens:
         n_transfer = max(1, args.transfer_tokens // args.seq_len)

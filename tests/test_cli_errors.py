@@ -1,0 +1,317 @@
+"""Bad input to `hooklens report` and `hooklens eval` ends in one line and exit 2.
+
+Never a traceback, never a silent cut; a genuine bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import warnings
+
+import pytest
+
+from hooklens import TunedLens, models
+from hooklens.cli import build_parser, main
+from hooklens.errors import InputError, UnknownModelError
+from hooklens.report import TextCutWarning, trajectory_report
+from tests.conftest import make_bridge
+
+WORDS = " ".join(f"w{i}" for i in (5, 17, 33, 5, 60, 71, 17, 9, 88, 42))
+TEXT_OF_20_WORDS = " ".join(f"w{4 + i}" for i in range(20))
+LONG_TEXT = " ".join(f"w{4 + i % 90}" for i in range(800))  # about 3,000 characters
+
+
+@pytest.fixture(scope="module")
+def model(word_tokenizer):
+    return make_bridge(word_tokenizer, "llama")
+
+
+@pytest.fixture(scope="module")
+def lens_dir(model, tmp_path_factory):
+    """A lens trained (well, saved) for the tiny unprocessed llama bridge."""
+    directory = tmp_path_factory.mktemp("lens") / "lens"
+    TunedLens.from_model(model).save(directory)
+    return directory
+
+
+@pytest.fixture
+def loads(monkeypatch, model):
+    """`models.load` returns the tiny bridge; the names it was asked for are recorded."""
+    asked = []
+
+    def load(name, **kwargs):
+        asked.append(name)
+        return model
+
+    monkeypatch.setattr(models, "load", load)
+    return asked
+
+
+@pytest.fixture
+def must_not_load(monkeypatch):
+    def load(name, **kwargs):
+        raise AssertionError("the model loaded before the arguments were checked")
+
+    monkeypatch.setattr(models, "load", load)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "texts.jsonl"
+    rows = [" ".join(f"w{4 + (i * 7 + j) % 90}" for j in range(40)) for i in range(60)]
+    path.write_text("".join(json.dumps({"text": row}) + "\n" for row in rows))
+    return path
+
+
+def one_line_error(capsys) -> str:
+    """The command's stderr, which must be one line and no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+# --- report ---------------------------------------------------------------------------
+
+
+def test_report_refuses_max_tokens_below_one_before_loading(capsys, must_not_load, tmp_path):
+    out = tmp_path / "r.html"
+    assert main(["report", "--text", WORDS, "--max-tokens", "-1", "--output", str(out)]) == 2
+    assert "--max-tokens must be at least 1, got -1" in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_report_says_what_it_cut_on_stderr_and_in_the_report(capsys, loads, model, tmp_path):
+    out = tmp_path / "r.html"
+    n_tokens = model.to_tokens(TEXT_OF_20_WORDS, truncate=False).shape[-1]
+    arguments = ["report", "--text", TEXT_OF_20_WORDS, "--max-tokens", "8"]
+    assert main([*arguments, "--output", str(out)]) == 0
+    notice = f"read the first 8 of {n_tokens} tokens"
+    assert one_line_error(capsys).strip() == f"{notice}; pass --max-tokens {n_tokens} to read all"
+    assert notice in out.read_text()
+
+
+def test_report_cut_at_the_context_length_says_so(capsys, loads, model, tmp_path):
+    """The tiny model reads 64 positions; TransformerLens would cut the rest silently."""
+    out = tmp_path / "r.html"
+    n_tokens = model.to_tokens(LONG_TEXT, truncate=False).shape[-1]
+    assert main(["report", "--text", LONG_TEXT, "--max-tokens", "100", "--output", str(out)]) == 0
+    notice = f"read the first 64 of {n_tokens} tokens, as many as the model's context holds"
+    assert one_line_error(capsys).strip() == notice
+    assert notice.replace("'", "&#x27;") in out.read_text()
+
+
+def test_report_api_warns_when_it_cuts_and_refuses_max_tokens_below_one(model, tmp_path):
+    n = model.to_tokens(WORDS).shape[-1]
+    with pytest.warns(
+        TextCutWarning, match=rf"read the first 5 of {n} tokens; pass max_tokens={n} "
+    ):
+        trajectory_report(model, WORDS, path=tmp_path / "r.html", max_tokens=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TextCutWarning)  # the whole text: no warning
+        trajectory_report(model, WORDS, path=tmp_path / "r.html", max_tokens=n)
+    with pytest.raises(InputError, match="max_tokens must be at least 1, got 0"):
+        trajectory_report(model, WORDS, path=tmp_path / "r.html", max_tokens=0)
+
+
+def test_report_refuses_an_output_directory_before_loading(capsys, must_not_load, tmp_path):
+    assert main(["report", "--text", WORDS, "--output", str(tmp_path)]) == 2
+    err = one_line_error(capsys)
+    assert (
+        f"--output {tmp_path} is a directory; give a file name like {tmp_path}/report.html" in err
+    )
+
+
+def test_report_refuses_a_missing_text_file(capsys, must_not_load, tmp_path):
+    missing = tmp_path / "nowhere.txt"
+    assert main(["report", "--text-file", str(missing)]) == 2
+    assert f"--text-file {missing}: No such file or directory" in one_line_error(capsys)
+
+
+def test_report_refuses_an_empty_text_file(capsys, must_not_load, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    assert main(["report", "--text-file", str(empty)]) == 2
+    assert "give some text with --text or --text-file" in one_line_error(capsys)
+
+
+def test_report_lens_for_another_model_names_the_model_to_pass(
+    capsys, monkeypatch, lens_dir, word_tokenizer, tmp_path
+):
+    other = make_bridge(word_tokenizer, "gpt2")
+    monkeypatch.setattr(models, "load", lambda name, **kw: other)
+    out = str(tmp_path / "r.html")
+    assert main(["report", "--text", WORDS, "--lens", str(lens_dir), "--output", out]) == 2
+    err = one_line_error(capsys)
+    assert f"{lens_dir}: this lens was trained for 'tiny-llama'" in err
+    assert err.rstrip().endswith("pass --model tiny-llama")
+    assert "hooklens train" not in err and "strict=False" not in err
+
+
+def test_report_lens_for_unprocessed_weights_says_no_processing(
+    capsys, monkeypatch, lens_dir, word_tokenizer, tmp_path
+):
+    processed = make_bridge(word_tokenizer, "llama", processing=True)
+    monkeypatch.setattr(models, "load", lambda name, **kw: processed)
+    out = str(tmp_path / "r.html")
+    assert main(["report", "--text", WORDS, "--lens", str(lens_dir), "--output", out]) == 2
+    err = one_line_error(capsys)
+    assert "trained on unprocessed weights" in err
+    assert err.rstrip().endswith("pass --no-processing")
+
+
+# --- model names ----------------------------------------------------------------------
+
+
+def test_unknown_model_offline_on_a_bridge_is_one_line_with_close_names(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    arguments = ["report", "--text", WORDS, "--model", "smolm2-135m", "--model-class", "bridge"]
+    assert main(arguments) == 2
+    err = one_line_error(capsys)
+    assert "could not load 'smolm2-135m': not an embedded model (smollm2-135m)" in err
+    assert "the Hugging Face hub is unreachable" in err
+    assert "did you mean 'smollm2-135m'" in err
+    assert len(err) < 400  # not TransformerLens's list of every name
+
+
+def test_unknown_model_for_hooked_transformer_suggests_close_names(capsys):
+    from tests.conftest import skip_without_hooked_transformer
+
+    skip_without_hooked_transformer()
+    assert main(["report", "--text", WORDS, "--model", "gtp2", "--model-class", "hooked"]) == 2
+    err = one_line_error(capsys)
+    assert "could not load 'gtp2'" in err and "did you mean 'gpt2'" in err
+    assert len(err) < 400
+
+
+def test_a_known_model_that_cannot_be_downloaded_offline_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["report", "--text", WORDS, "--model", "gpt2", "--model-class", "bridge"]) == 2
+    err = one_line_error(capsys)
+    assert "could not load 'gpt2': it is not in the local Hugging Face cache" in err
+
+
+def test_a_name_the_hub_does_not_have_is_an_unknown_model(monkeypatch):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def boot(name, *args, **kwargs):
+        response = types.SimpleNamespace(headers={}, request=None)
+        try:
+            raise RepositoryNotFoundError("404 Client Error", response=response)
+        except RepositoryNotFoundError as error:
+            raise OSError(f"{name} is not a valid model identifier\nmore text") from error
+
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(models, "_bridge", boot)
+    with pytest.raises(UnknownModelError, match="hub has no model of that name; did you mean"):
+        models.load("EleutherAI/pythia-14", model_class="bridge")
+
+
+def test_other_hub_failures_keep_the_loaders_error(monkeypatch):
+    def boot(name, *args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(models, "_bridge", boot)
+    with pytest.raises(OSError, match="No space left") as caught:
+        models.load("EleutherAI/pythia-14m", model_class="bridge")
+    assert not isinstance(caught.value, UnknownModelError)
+
+
+def test_a_genuine_bug_keeps_its_traceback(monkeypatch):
+    def load(name, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(models, "load", load)
+    with pytest.raises(RuntimeError, match="shapes"):
+        main(["report", "--text", WORDS])
+
+
+# --- eval -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "minimum"),
+    [
+        ("--tokens", "0", 1),
+        ("--seq-len", "1", 2),
+        ("--batch-size", "0", 1),
+        ("--transfer-tokens", "-1", 0),
+    ],
+)
+def test_eval_refuses_bad_sizes_before_loading(capsys, must_not_load, corpus, flag, value, minimum):
+    assert main(["eval", "--data", str(corpus), flag, value]) == 2
+    assert f"{flag} must be at least {minimum}, got {value}" in one_line_error(capsys)
+
+
+def test_eval_checks_the_data_before_loading(capsys, must_not_load, tmp_path):
+    missing = tmp_path / "nowhere.jsonl"
+    assert main(["eval", "--data", str(missing)]) == 2
+    assert str(missing) in one_line_error(capsys)
+    table = tmp_path / "notes.csv"
+    table.write_text("text\nhello\n")
+    assert main(["eval", "--data", str(table)]) == 2
+    assert ".csv files are not supported" in one_line_error(capsys)
+    fieldless = tmp_path / "rows.jsonl"
+    fieldless.write_text(json.dumps({"body": "hello"}) + "\n")
+    assert main(["eval", "--data", str(fieldless)]) == 2
+    assert "text" in one_line_error(capsys)
+
+
+def test_eval_refuses_an_output_directory_before_loading(capsys, must_not_load, corpus, tmp_path):
+    assert main(["eval", "--data", str(corpus), "--output", str(tmp_path)]) == 2
+    assert f"--output {tmp_path} is a directory" in one_line_error(capsys)
+
+
+def test_eval_lens_for_another_model_names_the_model_to_pass(
+    capsys, monkeypatch, lens_dir, corpus, word_tokenizer, tmp_path
+):
+    other = make_bridge(word_tokenizer, "gpt2")
+    monkeypatch.setattr(models, "load", lambda name, **kw: other)
+    out = str(tmp_path / "e.json")
+    arguments = ["eval", "--data", str(corpus), "--lens", str(lens_dir), "--output", out]
+    assert main(arguments) == 2
+    err = one_line_error(capsys)
+    assert err.rstrip().endswith("pass --model tiny-llama")
+    assert "hooklens train" not in err and "strict=False" not in err
+
+
+def test_eval_runs_and_says_when_the_held_out_text_is_too_short(
+    capsys, loads, lens_dir, corpus, tmp_path
+):
+    out = tmp_path / "e.json"
+    arguments = ["eval", "--data", str(corpus), "--lens", str(lens_dir), "--output", str(out)]
+    assert main([*arguments, "--seq-len", "16", "--tokens", "64"]) == 0
+    assert json.loads(out.read_text())["tokens"] > 0
+    capsys.readouterr()
+    assert main([*arguments, "--seq-len", "4096"]) == 2
+    assert "holds no chunk of 4096 tokens" in one_line_error(capsys)
+
+
+# --- help -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["report", "eval"])
+def test_help_explains_every_argument_with_its_default(command, capsys):
+    subcommands = next(
+        action for action in build_parser()._actions if action.dest == "command"
+    ).choices
+    parser = subcommands[command]
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help"
+        if action.default not in (None, [], False, "==SUPPRESS=="):
+            assert f"(default: {action.default})" in text, action.option_strings
+        for choice in action.choices or ():
+            assert choice in text
+
+
+def test_cut_notice_does_not_warn_twice_on_the_command_line(capsys, loads, tmp_path):
+    """The API's TextCutWarning is said once, in flag terms, not also as a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["report", "--text", LONG_TEXT, "--output", str(tmp_path / "r.html")]) == 0
+    assert "TextCutWarning" not in capsys.readouterr().err
