@@ -81,6 +81,12 @@ class _Readout:
         return _Readout(*(pick(getattr(self, f)) for f in self.__dataclass_fields__))  # type: ignore[arg-type]
 
 
+def _checked_units(units: Any) -> str:
+    if units not in UNITS:
+        raise InputError(f"units must be 'nats' or 'bits', got {units!r}")
+    return units
+
+
 def _as_long(ids: Any, name: str) -> Tensor | None:
     return None if ids is None else token_id_tensor(ids, name)
 
@@ -119,25 +125,29 @@ def next_token_targets(
 
 def _mask_tensor(attention_mask: Any, shape: tuple[int, ...]) -> Tensor:
     """`attention_mask` (1 = real token, 0 = padding) as a bool tensor of `shape`."""
-    mask = torch.as_tensor(attention_mask).detach().cpu()
-    if mask.is_floating_point() or not bool(((mask == 0) | (mask == 1)).all()):
-        raise InputError("attention_mask must hold 1 (real token) or 0 (padding) only")
+    try:
+        mask = torch.as_tensor(attention_mask).detach().cpu()
+    except (ValueError, TypeError, RuntimeError):
+        raise InputError("attention_mask must be a [..., pos] array of 1s and 0s") from None
     if tuple(mask.shape) != tuple(shape):
         raise InputError(
             f"attention_mask is {tuple(mask.shape)}, but input_ids are {tuple(shape)}: "
             "give one entry per token (1 = real, 0 = padding)"
         )
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise InputError("attention_mask must hold 1 (real token) or 0 (padding) only")
     return mask.bool()
 
 
 def infer_padding(input_ids: Tensor, tokenizer: Any, prepend_bos: bool = False) -> Tensor | None:
-    """The attention mask of a batch TransformerLens padded (`model.to_tokens([...])`),
-    or None when nothing in it looks like padding.
+    """The attention mask of a batch TransformerLens padded (`model.to_tokens([...])`,
+    on either side), or None when nothing in it looks like padding.
 
-    Pads are the tokenizer's pad tokens at its padding side (TransformerLens's own
-    `get_attention_mask`). A batch counts as padded only if some sequence has no pad at
-    all (the longest one, which `to_tokens` never pads): a batch whose sequences all end
-    in the pad token (often the EOS) keeps every token.
+    Pads are the tokenizer's pad tokens at one end of a sequence (TransformerLens's own
+    `get_attention_mask`, which keeps a BOS that shares the pad id). A batch counts as
+    padded on a side only if some sequence has no pad there (the longest, which
+    `to_tokens` never pads): a batch whose sequences all end in the pad token (often
+    the EOS) keeps every token. The tokenizer's `padding_side` is tried first.
     """
     if tokenizer is None or getattr(tokenizer, "pad_token_id", None) is None:
         return None
@@ -146,11 +156,13 @@ def infer_padding(input_ids: Tensor, tokenizer: Any, prepend_bos: bool = False) 
         return None
     from transformer_lens.utilities import get_attention_mask
 
-    mask = get_attention_mask(tokenizer, rows, prepend_bos).bool()
-    padded_rows = ~mask.all(dim=-1)
-    if not bool(padded_rows.any()) or bool(padded_rows.all()):
-        return None
-    return mask.reshape(input_ids.shape)
+    first = getattr(tokenizer, "padding_side", "right")
+    for side in (first, "left" if first == "right" else "right"):
+        mask = get_attention_mask(tokenizer, rows, prepend_bos, padding_side=side).bool()
+        padded_rows = ~mask.all(dim=-1)
+        if bool(padded_rows.any()) and not bool(padded_rows.all()):
+            return mask.reshape(input_ids.shape)
+    return None
 
 
 def _check_logits_match(
@@ -761,8 +773,6 @@ class PredictionTrajectory:
         labels: TrajectoryLabels | Literal["top"] | None = "top",
         **kw: Any,
     ) -> TrajectoryStatistic:
-        if units not in (*UNITS, "probs", ""):
-            raise InputError(f"units must be 'nats' or 'bits', got {units!r}")
         stats = self._to_stat(values)
         if units == "bits":
             stats = stats / LN2
@@ -790,17 +800,21 @@ class PredictionTrajectory:
 
     def entropy(self, units: Units = "nats") -> TrajectoryStatistic:
         """Entropy of each layer's prediction."""
-        return self._statistic("Entropy", self._readout.entropy, units, min=0.0)
+        return self._statistic("Entropy", self._readout.entropy, _checked_units(units), min=0.0)
 
     def forward_kl(self, units: Units = "nats") -> TrajectoryStatistic:
         """KL(output ‖ layer): how far each layer's prediction is from the model's."""
-        return self._statistic("Forward KL", self._readout.forward_kl, units, min=0.0)
+        return self._statistic(
+            "Forward KL", self._readout.forward_kl, _checked_units(units), min=0.0
+        )
 
     def cross_entropy(self, units: Units = "nats") -> TrajectoryStatistic:
         """`-log p(target)` at each layer (NaN where a position has no target)."""
         self._need("targets")
         assert self._readout.target_log_prob is not None
-        return self._statistic("Cross Entropy", -self._readout.target_log_prob, units, min=0.0)
+        return self._statistic(
+            "Cross Entropy", -self._readout.target_log_prob, _checked_units(units), min=0.0
+        )
 
     def rank(self, show_ranks: bool = False) -> TrajectoryStatistic:
         """1-based rank of the target among each layer's predictions (1 = top).
@@ -830,12 +844,12 @@ class PredictionTrajectory:
         assert self._readout.anti_target_log_prob is not None
         diff = self._readout.target_log_prob - self._readout.anti_target_log_prob
         if not delta:
-            return self._statistic("Log Prob Difference", diff, units)
+            return self._statistic("Log Prob Difference", diff, _checked_units(units))
         steps = [f"{i}→{i + 1}" for i in range(self.num_layers - 1)]
         return self._statistic(
             "Δ Log Prob Difference",
             diff[1:] - diff[:-1],
-            units,
+            _checked_units(units),
             labels=None,
             layer_labels=np.array([*steps, f"{self.num_layers - 1}→output"]),
         )
@@ -902,13 +916,17 @@ class PredictionTrajectory:
         self, other: PredictionTrajectory, units: Units = "nats"
     ) -> TrajectoryStatistic:
         """KL(self ‖ other) at each layer and position."""
-        return self._statistic("KL(Self ‖ Other)", self._pair(other).kl, units, min=0.0)
+        return self._statistic(
+            "KL(Self ‖ Other)", self._pair(other).kl, _checked_units(units), min=0.0
+        )
 
     def js_divergence(
         self, other: PredictionTrajectory, units: Units = "nats"
     ) -> TrajectoryStatistic:
         """Jensen–Shannon divergence to `other`: symmetric, in [0, ln 2] nats."""
-        return self._statistic("JS(Self ‖ Other)", self._pair(other).js, units, min=0.0, max=LN2)
+        return self._statistic(
+            "JS(Self ‖ Other)", self._pair(other).js, _checked_units(units), min=0.0, max=LN2
+        )
 
     def total_variation(self, other: PredictionTrajectory) -> TrajectoryStatistic:
         """Total variation distance ½‖p − q‖₁ to `other`, in [0, 1]."""
