@@ -175,6 +175,36 @@ def _first_json_record(file: str) -> dict[str, Any] | None:
     raise DataError(f"{file}: expected JSON objects, found a {type(document).__name__}")
 
 
+def local_data_files(source: str) -> list[Path]:
+    """The local files `load_texts(source)` reads, sorted (`[]` for a hub dataset)."""
+    if source == WIKIPEDIA_SUMMARIES:
+        return [wikipedia_summaries_path()]
+    root = Path(source)
+    if root.is_dir():  # what `datasets` reads of a folder: its files, hidden ones aside
+        files = (path.relative_to(root) for path in root.rglob("*") if path.is_file())
+        return sorted(root / p for p in files if not any(x.startswith(".") for x in p.parts))
+    return [Path(file) for file in sorted(glob.glob(source)) if Path(file).is_file()]
+
+
+def data_fingerprint(source: str) -> str | None:
+    """A blake2b hash of the bytes of the local files `source` names (`None` for a hub
+    dataset, whose content cannot be hashed before it is read).
+
+    Content only, not names or modification times: a copied or touched file keeps its
+    fingerprint, and any change to a byte changes it.
+    """
+    files = local_data_files(source)
+    if not files:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    for file in files:
+        digest.update(f"{file.stat().st_size}:".encode())
+        with open(file, "rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def load_texts(source: str, *, streaming: bool = False, split: str = "train") -> Any:
     """A `datasets` dataset of texts from a hub name, local file(s) or the offline corpus.
 

@@ -1,0 +1,411 @@
+"""`hooklens train` and `train_lens` are never silently wrong and never half-written.
+
+Bad settings and unreadable data are refused before any model loads; a checkpoint is
+replaced only when asked; a resume on other data or another config says what changed;
+and a run killed (SIGKILL) or failed before its first checkpoint leaves nothing that
+mixes two runs or blocks the retry.
+
+The command line runs here on a tiny random bridge (`models.load` patched), so each
+run takes a second; tests/test_train_cli.py runs it on the embedded SmolLM2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hooklens import TunedLens, models
+from hooklens.cli import main as cli_main
+from hooklens.errors import (
+    DataError,
+    InputError,
+    OutputExistsError,
+    RunStateError,
+    UnknownModelError,
+)
+from hooklens.training import run as training
+from hooklens.training.data import check_data_source, data_fingerprint
+from hooklens.training.loop import CHECKPOINT_FILE, TrainConfig, train_lens
+from tests.conftest import VOCAB, make_bridge
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_texts(path: Path, seed: int = 0, n: int = 40) -> Path:
+    generator = torch.Generator().manual_seed(seed)
+    rows = [
+        " ".join(f"w{i}" for i in torch.randint(4, VOCAB, (20,), generator=generator).tolist())
+        for _ in range(n)
+    ]
+    path.write_text("".join(json.dumps({"text": row}) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    return _write_texts(tmp_path / "texts.jsonl")
+
+
+@pytest.fixture
+def tiny_models(monkeypatch, word_tokenizer) -> list[str]:
+    """`models.load` builds a tiny random bridge; returns the names it was asked for."""
+    loaded: list[str] = []
+
+    def load(name, **_):
+        loaded.append(name)
+        return make_bridge(word_tokenizer)
+
+    monkeypatch.setattr(models, "load", load)
+    return loaded
+
+
+def _arguments(data: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--data", str(data), "--output", str(output), "--model-class", "bridge",
+        "--seq-len", "16", "--batch-size", "1", "--fast-fit-tokens", "0", "--steps", "2",
+        "--checkpoint-every", "1", "--matmul-dtype", "float32", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def _batches(n: int = 8, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, VOCAB, (2, 12), generator=generator) for _ in range(n)]
+
+
+# Data sources: refused quickly, with what was expected and what to do.
+
+
+def test_missing_data_file_is_a_file_not_found_error_naming_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no data file at .*missing\.jsonl"):
+        check_data_source(str(tmp_path / "missing.jsonl"))
+
+
+def test_csv_data_is_refused_with_the_supported_formats_and_how_to_convert(tmp_path):
+    path = tmp_path / "texts.csv"
+    path.write_text("text\nhello\n")
+    with pytest.raises(DataError, match=r"\.csv files are not supported") as error:
+        check_data_source(str(path))
+    assert ".jsonl, .json, .txt or .parquet" in str(error.value)
+    assert "to_json" in str(error.value)  # how to convert
+
+
+def test_empty_data_file_is_refused(tmp_path):
+    for name, content in [("empty.jsonl", ""), ("blank.txt", "\n  \n")]:
+        (tmp_path / name).write_text(content)
+        with pytest.raises(DataError, match="is empty"):
+            check_data_source(str(tmp_path / name))
+
+
+def test_record_without_the_text_field_names_the_fields_found(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"body": "hello", "id": 1}\n')
+    with pytest.raises(DataError) as error:
+        check_data_source(str(path))
+    message = str(error.value)
+    assert "no 'text' field" in message and "'body', 'id'" in message
+    assert "--text-field NAME" in message
+    check_data_source(str(path), text_field="body")  # the field it has
+
+
+def test_parquet_and_json_array_records_are_checked_too(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": ["hello"]}), tmp_path / "rows.parquet")
+    with pytest.raises(DataError, match="fields found: 'body'"):
+        check_data_source(str(tmp_path / "rows.parquet"))
+    (tmp_path / "rows.json").write_text(json.dumps([{"text": "hello"}]))
+    check_data_source(str(tmp_path / "rows.json"))
+    with pytest.raises(DataError, match="no 'body' field"):
+        check_data_source(str(tmp_path / "rows.json"), text_field="body")
+
+
+def test_hub_names_are_not_checked():
+    check_data_source("allenai/c4")
+    check_data_source("wikipedia-summaries")
+
+
+def test_data_fingerprint_follows_the_content_not_the_mtime(tmp_path):
+    path = _write_texts(tmp_path / "texts.jsonl")
+    before = data_fingerprint(str(path))
+    os.utime(path, (0, 0))
+    assert data_fingerprint(str(path)) == before
+    path.write_text(path.read_text().replace("w4", "w5", 1))
+    assert data_fingerprint(str(path)) != before
+    assert data_fingerprint("allenai/c4") is None
+
+
+# The command line checks arguments and data before any model loads.
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--batch-size", "0", "--batch-size must be at least 1, got 0"),
+        ("--batch-size", "-2", "--batch-size must be at least 1, got -2"),
+        ("--checkpoint-every", "0", "checkpoint_every (steps between checkpoints) must be at"),
+        ("--steps", "0", "steps (optimiser steps to take) must be at least 1, got 0"),
+        ("--seq-len", "1", "--seq-len must be at least 2"),
+        ("--fast-fit-tokens", "-1", "--fast-fit-tokens must be 0"),
+        ("--grad-accumulation", "0", "grad_accumulation (micro-batches per step) must be"),
+        ("--warmup-steps", "-1", "warmup_steps must be 0"),
+        ("--lr", "-0.1", "lr must be a finite number"),
+        ("--momentum", "1.0", "momentum must be in [0, 1)"),
+    ],
+)
+def test_bad_settings_are_refused_before_the_model_loads(
+    corpus, tmp_path, tiny_models, capsys, flag, value, expected
+):
+    output = tmp_path / "run"
+    arguments = [*_arguments(corpus, output), flag, value]  # the last value given counts
+    with pytest.raises(InputError, match=re.escape(expected)):
+        training.main(arguments[1:])
+    assert cli_main(arguments) == 2
+    assert expected in capsys.readouterr().err
+    assert tiny_models == [] and not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "error", "expected"),
+    [
+        ("texts.csv", "text\nhello\n", DataError, ".csv files are not supported"),
+        ("rows.jsonl", '{"body": "hello"}\n', DataError, "no 'text' field"),
+        ("missing.jsonl", None, FileNotFoundError, "no data file at"),
+        ("empty.jsonl", "", DataError, "is empty"),
+    ],
+)
+def test_unreadable_data_is_refused_before_the_model_loads(
+    tmp_path, tiny_models, capsys, name, content, error, expected
+):
+    data = tmp_path / name
+    if content is not None:
+        data.write_text(content)
+    output = tmp_path / "run"
+    with pytest.raises(error, match=expected):
+        training.main(_arguments(data, output)[1:])
+    assert cli_main(_arguments(data, output)) == 2
+    assert expected in capsys.readouterr().err
+    assert tiny_models == [] and not output.exists()
+
+
+def test_help_shows_every_default_and_choice():
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    training.add_arguments(parser)
+    undocumented = [a.dest for a in parser._actions if not a.help and a.dest != "help"]
+    assert undocumented == []
+    text = " ".join(parser.format_help().split())
+    assert "{adam,adamw,sgd}" in text and "{auto,float32,bfloat16}" in text
+    for default in ("(default: 0.001)", "(default: 250)", "(default: 512)", "(default: adam)"):
+        assert default in text
+
+
+# Checkpoints: replaced only when asked; a resume says what differs.
+
+
+def test_train_lens_refuses_to_replace_a_checkpoint_without_overwrite(model_zoo, tmp_path):
+    model = model_zoo["bridge-llama"]
+    config = TrainConfig(steps=1, matmul_dtype="float32")
+    train_lens(
+        model,
+        TunedLens.from_model(model),
+        _batches(),
+        config,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    before = (tmp_path / CHECKPOINT_FILE).read_bytes()
+    with pytest.raises(OutputExistsError, match="overwrite=True to replace it"):
+        train_lens(model, TunedLens.from_model(model), _batches(), config, checkpoint_dir=tmp_path)
+    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
+    with pytest.raises(InputError, match="pick one"):
+        train_lens(
+            model,
+            TunedLens.from_model(model),
+            _batches(),
+            config,
+            checkpoint_dir=tmp_path,
+            resume=True,
+            overwrite=True,
+        )
+    other = TrainConfig(steps=1, seed=1, matmul_dtype="float32")
+    train_lens(
+        model,
+        TunedLens.from_model(model),
+        _batches(),
+        other,
+        checkpoint_dir=tmp_path,
+        overwrite=True,
+        progress=False,
+    )
+    assert torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)["config"]["seed"] == 1
+
+
+def test_train_lens_resume_names_the_config_fields_that_differ(model_zoo, tmp_path):
+    model = model_zoo["bridge-llama"]
+    config = TrainConfig(steps=2, checkpoint_every=1, matmul_dtype="float32")
+    train_lens(
+        model,
+        TunedLens.from_model(model),
+        _batches(),
+        config,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    changed = TrainConfig(steps=2, checkpoint_every=1, matmul_dtype="float32", lr=0.01)
+    with pytest.raises(RunStateError, match=r"lr: 0.001 in the checkpoint, 0.01 now"):
+        train_lens(
+            model,
+            TunedLens.from_model(model),
+            _batches(),
+            changed,
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
+
+
+def test_train_lens_resume_on_other_batches_is_refused(model_zoo, tmp_path):
+    model = model_zoo["bridge-llama"]
+    config = TrainConfig(steps=4, checkpoint_every=2, matmul_dtype="float32")
+
+    def dies_at_step_3(batches):
+        for index, batch in enumerate(batches):
+            if index == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lens(
+            model,
+            TunedLens.from_model(model),
+            dies_at_step_3(_batches()),
+            config,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+    for other in (_batches(seed=1), _batches()[1:], _batches(n=1)):
+        with pytest.raises(RunStateError, match=r"differ from those|end before the 2"):
+            train_lens(
+                model,
+                TunedLens.from_model(model),
+                other,
+                config,
+                checkpoint_dir=tmp_path,
+                resume=True,
+                progress=False,
+            )
+    history = train_lens(
+        model,
+        TunedLens.from_model(model),
+        _batches(),
+        config,
+        checkpoint_dir=tmp_path,
+        resume=True,
+        progress=False,
+    )
+    assert [record["step"] for record in history] == [1, 2, 3, 4]
+
+
+def test_cli_resume_with_other_settings_names_them_before_the_model_loads(
+    corpus, tmp_path, tiny_models, capsys
+):
+    output = tmp_path / "run"
+    assert cli_main(_arguments(corpus, output)) == 0
+    loaded = len(tiny_models)
+    assert cli_main([*_arguments(corpus, output), "--lr", "0.01", "--resume"]) == 2
+    assert "lr: 0.001 then, 0.01 now" in capsys.readouterr().err
+    with pytest.raises(RunStateError, match="seq_len: 16 then, 8 now; steps: 2 then, 3 now"):
+        training.main(
+            [*_arguments(corpus, output)[1:], "--seq-len", "8", "--steps", "3", "--resume"]
+        )
+    assert len(tiny_models) == loaded
+
+
+def test_cli_resume_after_the_data_changed_is_refused(corpus, tmp_path, tiny_models, capsys):
+    output = tmp_path / "run"
+    assert cli_main([*_arguments(corpus, output), "--steps", "4", "--checkpoint-every", "2"]) == 0
+    resume = [*_arguments(corpus, output), "--steps", "4", "--checkpoint-every", "2", "--resume"]
+    loaded = len(tiny_models)
+    _write_texts(corpus, seed=1)  # the same name, size and format; other text
+    with pytest.raises(RunStateError, match=r"content of --data .*texts.jsonl changed"):
+        training.main(resume[1:])
+    assert cli_main(resume) == 2
+    assert "restore that data, or --overwrite" in capsys.readouterr().err
+    assert len(tiny_models) == loaded  # refused before the model loads
+    _write_texts(corpus, seed=0)  # the data back as it was: the resume goes ahead
+    assert cli_main(resume) == 0
+
+
+# Output directories: a failed start writes nothing; a kill leaves one run, not two.
+
+
+def test_failed_start_writes_nothing_and_the_retry_needs_no_flag(
+    corpus, tmp_path, tiny_models, monkeypatch
+):
+    output = tmp_path / "run"
+    assert cli_main(_arguments(tmp_path / "missing.jsonl", output)) == 2
+    assert not output.exists()
+    with monkeypatch.context() as patch:
+
+        def unknown(name, **_):
+            raise UnknownModelError(f"unknown model {name!r}")
+
+        patch.setattr(models, "load", unknown)
+        assert cli_main(_arguments(corpus, output)) == 2
+    assert not output.exists()
+    short = tmp_path / "short.jsonl"
+    short.write_text('{"text": "w4 w5"}\n')
+    assert cli_main(_arguments(short, output)) == 2  # no chunk of 16 tokens
+    assert not output.exists()
+    assert cli_main(_arguments(corpus, output)) == 0
+    assert {p.name for p in output.iterdir()} == {"run.json", "checkpoint", "lens", "history.json"}
+
+
+_KILLED_RUN = """
+import os, signal, sys
+from transformers import AutoTokenizer
+from hooklens import models
+from hooklens.cli import main
+from hooklens.training import run
+from tests.conftest import make_bridge
+
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+models.load = lambda name, **_: make_bridge(tokenizer)
+def killed(*args, **kwargs):  # run.json is written; the first checkpoint is not
+    os.kill(os.getpid(), signal.SIGKILL)
+run.fit_tuned_lens = killed
+main(sys.argv[2:])
+"""
+
+
+def test_overwrite_killed_before_its_first_checkpoint_leaves_no_mix_of_two_runs(
+    corpus, tmp_path, tiny_models, word_tokenizer, capsys
+):
+    output = tmp_path / "run"
+    assert cli_main(_arguments(corpus, output)) == 0  # the old, finished run
+    tokenizer_dir = tmp_path / "tokenizer"
+    word_tokenizer.save_pretrained(tokenizer_dir)
+    new = [*_arguments(corpus, output), "--seed", "7", "--fast-fit-tokens", "32"]
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, str(tokenizer_dir), *new, "--overwrite"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert sorted(p.name for p in output.iterdir()) == ["run.json"]  # no old lens beside it
+    assert json.loads((output / "run.json").read_text())["config"]["seed"] == 7
+
+    assert cli_main([*new, "--resume"]) == 2
+    assert "stopped before its first checkpoint" in capsys.readouterr().err
+    assert cli_main(new) == 0  # a plain retry: there is nothing to lose
+    assert {p.name for p in output.iterdir()} == {"run.json", "checkpoint", "lens", "history.json"}
+    assert json.loads((output / "run.json").read_text())["config"]["seed"] == 7
