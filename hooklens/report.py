@@ -88,10 +88,11 @@ def cut_notice(model: Any, text: str, max_tokens: int, option: str = "max_tokens
     if n_read == n_tokens:
         return None
     notice = f"read the first {n_read} of {n_tokens} tokens"
-    if n_read < n_ctx:
-        most = min(n_tokens, n_ctx)
-        return f"{notice}; pass {option}{most} to read {'all' if most == n_tokens else 'the most'}"
-    return f"{notice}, as many as the model's context holds"
+    if n_read == n_ctx:
+        return f"{notice}, as many as the model's context holds"
+    if n_tokens <= n_ctx:
+        return f"{notice}; pass {option}{n_tokens} to read all"
+    return f"{notice}; pass {option}{n_ctx} to read as many as the model's context holds"
 
 
 def _context_length(model: Any, default: int) -> int:
@@ -114,9 +115,10 @@ def trajectory_report(
     top 5) and two circuitsvis views; with more than one lens, the Jensen–Shannon
     divergence between the logit lens and each other lens.
 
-    A text longer than `max_tokens` tokens is cut to its first `max_tokens`: the
-    report's Input section says so, and a `TextCutWarning` names the length to pass to
-    read it all. `max_tokens` below 1 raises `InputError`.
+    A text longer than `max_tokens` tokens (or than the model's context) is cut to its
+    first `max_tokens`: the report's Input section says so, and a `TextCutWarning`
+    names the `max_tokens` that reads it all (`cut_notice`). `max_tokens` below 1
+    raises `InputError`.
 
     Examples:
         >>> from hooklens import models, TunedLens

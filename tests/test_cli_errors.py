@@ -111,6 +111,8 @@ def test_report_api_warns_when_it_cuts_and_refuses_max_tokens_below_one(model, t
     with warnings.catch_warnings():
         warnings.simplefilter("error", TextCutWarning)  # the whole text: no warning
         trajectory_report(model, WORDS, path=tmp_path / "r.html", max_tokens=n)
+    with pytest.warns(TextCutWarning, match=r"pass max_tokens=64 to read as many as the model's"):
+        trajectory_report(model, LONG_TEXT, path=tmp_path / "r.html", max_tokens=8)
     with pytest.raises(InputError, match="max_tokens must be at least 1, got 0"):
         trajectory_report(model, WORDS, path=tmp_path / "r.html", max_tokens=0)
 
