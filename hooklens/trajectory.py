@@ -365,6 +365,11 @@ class PredictionTrajectory:
         if isinstance(input_ids, str):
             if not input_ids:
                 raise InputError("the text is empty: pass at least one token's worth of text")
+            if adapter.tokenizer is None:
+                raise InputError(
+                    "this model has no tokenizer, so it cannot read text: pass token ids, "
+                    "or set model.set_tokenizer(tokenizer)"
+                )
             input_ids = model.to_tokens(input_ids)[0]
         ids = _as_long(input_ids, "input_ids")
         assert ids is not None

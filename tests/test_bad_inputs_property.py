@@ -1,0 +1,355 @@
+"""Property: for random tiny models and random inputs, good or bad, every call either
+returns what a float64 reference computes or raises a `HooklensError`.
+
+Never a raw torch / TransformerLens exception, and never a silently different number.
+The test's own `_is_valid` says which inputs must work; it is written from the
+documented contract, not from the implementation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from hooklens import HooklensError, LogitLens, TunedLens, get_residual
+from hooklens.trajectory import PredictionTrajectory, next_token_targets
+from tests.conftest import VOCAB, make_bridge
+
+KINDS = ["hooked-rms-processed", "hooked-softcap", "bridge-llama"]
+ATOL = 1e-4
+
+
+@dataclass
+class Case:
+    """One drawn call and what the contract says about it."""
+
+    ids: Any
+    targets: Any
+    mask: Any
+    layer: Any
+    topk: Any
+    units: Any
+    positions: Any
+    cache_from: str  # "own", "other-weights", "deeper"
+    logits_from: str  # "own", "other-run"
+    entry: str  # "cache", "model", "log_probs", "residual"
+
+
+def _other_models(kind: str, tokenizer) -> dict[str, torch.nn.Module]:
+    """Models a user might confuse with `kind`'s: same sizes other weights, one more block."""
+    if kind.startswith("hooked"):
+        from tests.conftest import make_hooked
+
+        settings_ = {"output_logits_soft_cap": 2.0} if kind == "hooked-softcap" else {}
+        processing = kind.endswith("processed")
+        return {
+            "other-weights": make_hooked("RMS", processing=processing, seed=9, **settings_),
+            "deeper": make_hooked("RMS", processing=processing, n_layers=4, **settings_),
+        }
+    return {"other-weights": make_bridge(tokenizer, "llama", seed=9)}
+
+
+_OTHERS: dict[str, dict[str, torch.nn.Module]] = {}
+
+
+ID_FAULTS = ["negative", "too-big", "float", "bool", "ragged", "text", "empty", "too-long"]
+TARGET_FAULTS = ["scalar", "below", "above", "bool-targets", "shape"]
+OTHER_FAULTS = ["other-weights", "deeper", "other-run", "topk", "layer"]
+
+
+@st.composite
+def cases(draw, n_layers: int, n_ctx: int, has_deeper: bool) -> Case:
+    """One call with at most one fault (half of them with none), so that a wrong answer
+    points at the input that caused it."""
+    faults = [*ID_FAULTS, *TARGET_FAULTS, *OTHER_FAULTS]
+    if not has_deeper:
+        faults.remove("deeper")
+    fault = draw(st.sampled_from(["none"] * len(faults) + faults))
+    batch = draw(st.integers(1, 2))
+    pos = draw(st.integers(1, 6))
+    row = st.lists(st.integers(4, VOCAB - 1), min_size=pos, max_size=pos)
+    ids: Any = torch.tensor(draw(st.lists(row, min_size=batch, max_size=batch)))
+    mask = None
+    if fault == "none" and draw(st.booleans()):
+        ids = ids[0]  # one sequence without a batch axis
+    elif fault == "negative":
+        ids[-1, -1] = -1
+    elif fault == "too-big":
+        ids[0, 0] = VOCAB + draw(st.integers(0, 5))
+    elif fault == "float":
+        ids = ids.float()
+    elif fault == "bool":
+        ids = ids > 50
+    elif fault == "ragged":
+        first = ids[0].tolist()
+        ids = [first, [*first, 7]]
+    elif fault == "text":
+        ids = "w5 w6 w7"
+    elif fault == "empty":
+        ids = torch.zeros(batch, 0, dtype=torch.long)
+    elif fault == "too-long":
+        ids = torch.full((1, n_ctx + 1), 5)
+    elif batch == 2 and pos >= 2 and draw(st.booleans()):
+        mask = torch.ones_like(ids)
+        cut = draw(st.integers(1, pos - 1))
+        mask[1, cut:] = 0
+        ids[1, cut:] = 3  # the tokenizer's pad token
+    targets: Any = None
+    if isinstance(ids, torch.Tensor) and fault not in ID_FAULTS:
+        shape = ids.shape
+        if fault == "scalar":
+            targets = -5
+        elif fault == "below":
+            targets = torch.full(shape, -2)
+        elif fault == "above":
+            targets = torch.full(shape, VOCAB)
+        elif fault == "bool-targets":
+            targets = torch.ones(shape, dtype=torch.bool)
+        elif fault == "shape":
+            targets = torch.zeros((*shape[:-1], shape[-1] + 1), dtype=torch.long)
+        else:
+            kind = draw(st.sampled_from(["none", "next", "random"]))
+            if kind == "next":
+                targets = next_token_targets(ids, mask)
+            elif kind == "random" and mask is None:
+                seed = draw(st.integers(0, 99))
+                generator = torch.Generator().manual_seed(seed)
+                targets = torch.randint(-1, VOCAB, shape, generator=generator)
+    if fault == "layer":
+        layer = draw(st.sampled_from([True, 1.0, "1", None, n_layers + 1, -(n_layers + 2)]))
+    else:
+        layer = draw(
+            st.one_of(
+                st.integers(-(n_layers + 1), n_layers),
+                st.integers(0, n_layers).map(np.int64),
+                st.integers(0, n_layers).map(torch.tensor),
+            )
+        )
+    topk = draw(st.integers(1, VOCAB))
+    if fault == "topk":
+        topk = draw(st.sampled_from([0, -1, VOCAB + 1, 2.5]))
+    return Case(
+        ids=ids,
+        targets=targets,
+        mask=mask,
+        layer=layer,
+        topk=topk,
+        units=draw(st.sampled_from(["nats", "bits", "nats", "bits", "probs", "furlongs"])),
+        positions=slice(draw(st.integers(0, 3)), None, draw(st.sampled_from([None, 1, 2, 0, -1]))),
+        cache_from=fault if fault in ("other-weights", "deeper") else "own",
+        logits_from="other-run" if fault == "other-run" else "own",
+        entry=draw(st.sampled_from(["cache", "cache", "model", "log_probs", "residual"])),
+    )
+
+
+def _ids_valid(ids: Any, n_ctx: int) -> bool:
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.dtype == torch.bool:
+        return False
+    return ids.ndim >= 1 and 0 < ids.shape[-1] <= n_ctx and bool(((ids >= 0) & (ids < VOCAB)).all())
+
+
+def _layer_valid(layer: Any, n_layers: int) -> bool:
+    if isinstance(layer, (bool, float, str)) or layer is None:
+        return False
+    return -(n_layers + 1) <= int(layer) <= n_layers
+
+
+def _targets_valid(targets: Any, ids: torch.Tensor) -> bool:
+    if targets is None:
+        return True
+    if not isinstance(targets, torch.Tensor) or targets.dtype == torch.bool:
+        return False
+    return targets.shape == ids.shape and bool(((targets >= -1) & (targets < VOCAB)).all())
+
+
+def _reference_log_probs(lens, cache, logits: torch.Tensor) -> torch.Tensor:
+    """`[..., layer + 1, pos, vocab]` float64: the unembedding of each layer, then softmax."""
+    unembed = lens.unembed
+    rows = []
+    with torch.no_grad():
+        for layer in range(lens.n_layers):
+            h = get_residual(cache, layer)
+            normed = unembed.final_norm(lens.transform_hidden(h, layer)).double()
+            z = normed @ unembed.W_U.double()
+            if unembed.b_U is not None:
+                z = z + unembed.b_U.double()
+            if unembed.logit_softcap:
+                z = torch.tanh(z / unembed.logit_softcap) * unembed.logit_softcap
+            rows.append(z)
+        rows.append(logits.double())
+    return torch.log_softmax(torch.stack(rows, dim=-3), dim=-1)
+
+
+def _expected_stats(lens, cache, logits, case: Case, ids: torch.Tensor) -> dict[str, np.ndarray]:
+    log_probs = _reference_log_probs(lens, cache, logits)  # [..., L+1, pos, V]
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    stats = {"entropy": entropy}
+    if case.targets is not None:
+        t = case.targets.unsqueeze(-2).expand(log_probs.shape[:-1])
+        picked = log_probs.gather(-1, t.clamp_min(0)[..., None])[..., 0]
+        stats["cross_entropy"] = torch.where(t >= 0, -picked, math.nan)
+    scale = 1 / math.log(2) if case.units == "bits" else 1.0
+    out = {}
+    for name, value in stats.items():
+        value = value * scale
+        if case.mask is not None:
+            padded = (case.mask == 0).unsqueeze(-2).expand(value.shape)
+            value = value.masked_fill(padded, math.nan)
+        out[name] = value.numpy()
+    return out
+
+
+def _close(got: np.ndarray, expected: np.ndarray) -> None:
+    assert got.shape == expected.shape
+    assert (np.isnan(got) == np.isnan(expected)).all(), "NaN where the reference has none"
+    np.testing.assert_allclose(np.nan_to_num(got), np.nan_to_num(expected), atol=ATOL, rtol=ATOL)
+
+
+def _run(case: Case, model, others, lens) -> None:
+    """Make the call the case describes and check its result against the reference."""
+    n_layers, n_ctx = lens.n_layers, model.cfg.n_ctx
+    ids_ok = _ids_valid(case.ids, n_ctx)
+    run_ids = case.ids if ids_ok else torch.randint(4, VOCAB, (1, 3))
+    run_ids = run_ids if run_ids.ndim > 1 else run_ids[None]
+    source = model if case.cache_from == "own" else others[case.cache_from]
+    with torch.no_grad():
+        logits, cache = source.run_with_cache(run_ids)
+        if case.logits_from == "other-run":
+            logits = source((run_ids + 1) % VOCAB)
+    if case.ids is not None and ids_ok and case.ids.ndim == 1:
+        logits, cache = logits[0], cache.remove_batch_dim()
+    cache_ok = case.cache_from == "own"
+
+    if case.entry == "residual":  # any model's cache, read with its own model
+        n_rows = source.cfg.n_layers
+        if not _layer_valid(case.layer, n_rows):
+            with pytest.raises(HooklensError):
+                get_residual(cache, case.layer)
+            return
+        row = int(case.layer) % (n_rows + 1)
+        name = f"blocks.{row}.hook_resid_pre" if row < n_rows else None
+        got = get_residual(cache, case.layer)
+        expected = get_residual(cache, row)
+        assert got is expected or torch.equal(got, expected)
+        if name is not None and name in cache.cache_dict:
+            assert torch.equal(got, cache[name])
+        return
+
+    if case.entry == "log_probs":
+        valid = cache_ok and _layer_valid(case.layer, n_layers)
+        if not valid:
+            with pytest.raises(HooklensError):
+                lens.log_probs(cache, case.layer)
+            return
+        got = lens.log_probs(cache, case.layer).double()
+        row = int(case.layer) % (n_layers + 1)
+        # The last row: the lens reads the final residual exactly as the model does.
+        expected = _reference_log_probs(lens, cache, logits)[..., row, :, :]
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=ATOL, rtol=ATOL)
+        return
+
+    topk_ok = isinstance(case.topk, int) and 1 <= case.topk <= VOCAB
+    units_ok = case.units in ("nats", "bits")
+    step_ok = case.positions.step is None or case.positions.step >= 1
+    if case.entry == "model":
+        ids_in = case.ids
+        valid = (
+            ids_ok and topk_ok and (case.targets is None or _targets_valid(case.targets, ids_in))
+        )
+        call = lambda: PredictionTrajectory.from_lens_and_model(  # noqa: E731
+            lens, model, ids_in, targets=case.targets, topk=case.topk, attention_mask=case.mask
+        )
+        if isinstance(ids_in, str):  # text is allowed here: it is tokenized
+            valid = topk_ok and case.targets is None
+            if valid:
+                traj = call()
+                assert traj.num_tokens == model.to_tokens(ids_in).shape[-1]
+                return
+    else:
+        valid = (
+            ids_ok
+            and cache_ok
+            and case.logits_from == "own"
+            and topk_ok
+            and _targets_valid(case.targets, case.ids)
+        )
+        call = lambda: PredictionTrajectory.from_lens_and_cache(  # noqa: E731
+            lens,
+            case.ids,
+            cache,
+            logits,
+            targets=case.targets,
+            topk=case.topk,
+            attention_mask=case.mask,
+        )
+    event(f"{case.entry}: {'valid' if valid else 'refused'}")
+    if not valid:
+        with pytest.raises(HooklensError):
+            call()
+        return
+    traj = call()
+    if case.entry == "model":
+        extra = {} if case.mask is None else {"attention_mask": case.mask}
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(run_ids, **extra)
+        if case.ids.ndim == 1:
+            logits, cache = logits[0], cache.remove_batch_dim()
+    expected = _expected_stats(lens, cache, logits, case, case.ids)
+    if not units_ok:
+        with pytest.raises(HooklensError):
+            traj.entropy(units=case.units)
+        return
+    _close(traj.entropy(units=case.units).stats, expected["entropy"])
+    if case.targets is not None:
+        _close(traj.cross_entropy(units=case.units).stats, expected["cross_entropy"])
+    n_pos = case.ids.shape[-1]
+    if not step_ok or not range(n_pos)[case.positions]:
+        with pytest.raises(HooklensError):
+            traj.slice_sequence(case.positions)
+        return
+    piece = traj.slice_sequence(case.positions)
+    _close(
+        piece.entropy(units=case.units).stats,
+        expected["entropy"][..., case.positions],
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    derandomize=True,
+)
+@given(data=st.data())
+def test_every_call_returns_the_float64_answer_or_a_hooklens_error(model_zoo, kind, data):
+    model = model_zoo[kind]
+    if kind not in _OTHERS:
+        _OTHERS[kind] = _other_models(kind, model_zoo.tokenizer)
+    others = _OTHERS[kind]
+    n_layers = model.cfg.n_layers
+    case = data.draw(cases(n_layers, model.cfg.n_ctx, has_deeper="deeper" in others))
+    lens_kind = data.draw(st.sampled_from(["logit", "tuned"]))
+    lens = LogitLens.from_model(model) if lens_kind == "logit" else _tuned(model)
+    _run(case, model, others, lens)  # a raw torch / TransformerLens error fails it too
+
+
+_TUNED: dict[int, TunedLens] = {}
+
+
+def _tuned(model) -> TunedLens:
+    if id(model) not in _TUNED:
+        lens = TunedLens.from_model(model)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for param in lens.parameters():
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+        _TUNED[id(model)] = lens
+    return _TUNED[id(model)]
