@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hooklens.model import ModelAdapter
+from hooklens.errors import InputError, LayerIndexError, MissingHookError
+from hooklens.model import ModelAdapter, check_same_model
 
 Hook = tuple[str, Callable[..., Tensor]]
 Positions = int | Sequence[int] | slice | None
@@ -35,9 +36,9 @@ def _index(component: str, positions: Positions, head: int | None) -> tuple[Any,
     """Index into `[batch, pos, ...]` (or `[batch, pos, head, d_head]` for heads)."""
     if component == "head":
         if head is None:
-            raise ValueError('component "head" needs head=<index of the attention head>')
+            raise InputError('component "head" needs head=<index of the attention head>')
     elif head is not None:
-        raise ValueError(f'head= applies to component "head" only, not {component!r}')
+        raise InputError(f'head= applies to component "head" only, not {component!r}')
     selected: Any = positions
     if positions is None:
         selected = slice(None)
@@ -53,7 +54,9 @@ def _checked(model: Any, component: str, layer: int, head: int | None) -> str:
     if head is not None:
         n_heads = adapter.cfg.n_heads
         if not 0 <= head < n_heads:
-            raise IndexError(f"head {head} is out of range: the model has heads 0..{n_heads - 1}")
+            raise LayerIndexError(
+                f"head {head} is out of range: the model has heads 0..{n_heads - 1}"
+            )
     return name
 
 
@@ -104,7 +107,7 @@ def mean_ablation(
     over positions too (then the reference may have any length).
     """
     name = _checked(model, component, layer, head)
-    reference_activation = _from_cache(reference, name)
+    reference_activation = _from_cache(model, reference, name)
     mean = reference_activation.float().mean(0)  # [pos, ...]
     if not per_position:
         mean = mean.mean(0)
@@ -132,12 +135,12 @@ def patch(
     """Copy the selected activations from another run's cache (`source`, same shape):
     activation patching, e.g. clean → corrupted."""
     name = _checked(model, component, layer, head)
-    source_activation = _from_cache(source, name)
+    source_activation = _from_cache(model, source, name)
     index = _index(component, positions, head)
 
     def values(activation: Tensor) -> Tensor:
         if source_activation.shape != activation.shape:
-            raise ValueError(
+            raise InputError(
                 f"{name}: the source run's activation is {tuple(source_activation.shape)}, "
                 f"this run's {tuple(activation.shape)}; patch between runs of the same shape"
             )
@@ -159,13 +162,13 @@ def resample_ablation(
     """Replace each prompt's selected activations by those of a prompt drawn at random
     (with replacement, seeded) from another batch's cache `source` of the same length."""
     name = _checked(model, component, layer, head)
-    source_activation = _from_cache(source, name)
+    source_activation = _from_cache(model, source, name)
     index = _index(component, positions, head)
     generator = torch.Generator().manual_seed(seed)
 
     def values(activation: Tensor) -> Tensor:
         if source_activation.shape[1:] != activation.shape[1:]:
-            raise ValueError(
+            raise InputError(
                 f"{name}: source prompts are {tuple(source_activation.shape[1:])} per "
                 f"prompt, this run's {tuple(activation.shape[1:])}; use prompts of one length"
             )
@@ -177,16 +180,19 @@ def resample_ablation(
     return replace_with(model, component, layer, values, head=head, positions=positions)
 
 
-def _from_cache(cache: Any, name: str) -> Tensor:
+def _from_cache(model: Any, cache: Any, name: str) -> Tensor:
+    # Patching in another model's activations would run without complaint if the
+    # shapes agree: refuse a cache whose model is not this one (or a copy of it).
+    check_same_model(ModelAdapter(model), getattr(cache, "model", None), "the source cache")
     try:
         activation = cache[name]
     except KeyError:
-        raise KeyError(
+        raise MissingHookError(
             f"the cache has no {name!r}: run the source prompts with run_with_cache "
             f"(names_filter must keep {name!r})"
         ) from None
     if activation.ndim < 3:
-        raise ValueError(
+        raise InputError(
             f"{name} is {tuple(activation.shape)} in the cache; expected a batch axis "
             "([batch, pos, ...]): do not remove_batch_dim() it"
         )

@@ -333,3 +333,15 @@ def test_a_half_precision_lens_reads_a_float32_cache(hooked, ids):
     h = cache["blocks.1.hook_resid_pre"]
     np.testing.assert_allclose(got[:, 1], _entropy64(lens, h, 1), atol=2e-2)
     assert half(h, 1).dtype == h.dtype
+
+
+def test_patching_from_another_models_cache_is_refused(hooked, ids):
+    from hooklens.interventions import patch
+
+    other = make_hooked("RMS", processing=True, seed=7)
+    _, source = other.run_with_cache(ids)
+    with pytest.raises(LensMismatchError, match="source cache"):
+        patch(hooked, "resid_pre", 1, source)
+    _, own = copy.deepcopy(hooked).run_with_cache(ids)
+    name, _ = patch(hooked, "resid_pre", 1, own)  # a copy of the same model is fine
+    assert name == "blocks.1.hook_resid_pre"
