@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
-import types
 import warnings
-from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
 from hooklens.artifacts import (
+    FIX_CONFIG,
     LensFiles,
     check_fingerprint,
+    check_json_fields,
     read_lens_dir,
     read_lens_files,
     write_lens_dir,
@@ -53,94 +53,24 @@ class TunedLensConfig:
             LensFileError: a required key is missing or a value has the wrong type; the
                 message names `source` (the file) and the key.
         """
-        if not isinstance(config, dict):
-            raise LensFileError(f"{source}: expected a JSON object, found {config!r:.60}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
+        check_json_fields(cls, config, source)
+        unknown = sorted(set(config) - {f.name for f in fields(cls)})
         if unknown:
             warnings.warn(f"ignoring unknown lens config keys {unknown}", stacklevel=2)
-        required = [f.name for f in fields(cls) if f.default is MISSING]
-        if missing := [name for name in required if name not in config]:
-            raise LensFileError(
-                f"{source}: missing key {', '.join(map(repr, missing))}; a lens config needs "
-                f"{', '.join(required)}. {_FIX_CONFIG}"
-            )
-        values = {k: v for k, v in config.items() if k in known}
-        _check_types(values, get_type_hints(cls), source, prefix="")
+        values = {k: v for k, v in config.items() if k not in unknown}
         for name in ("d_model", "num_hidden_layers"):
             if values[name] < 1:
                 raise LensFileError(
                     f"{source}: key {name!r} should be a positive integer, found "
-                    f"{values[name]}. {_FIX_CONFIG}"
+                    f"{values[name]}. {FIX_CONFIG}"
                 )
-        if "component" in values:
-            try:
-                normalize_component(values["component"])
-            except (InputError, InputTypeError) as error:
-                raise LensFileError(f"{source}: key 'component': {error}. {_FIX_CONFIG}") from None
+        try:
+            normalize_component(values.get("component", "resid_pre"))
+        except (InputError, InputTypeError) as error:
+            raise LensFileError(f"{source}: key 'component': {error}. {FIX_CONFIG}") from None
         if values.get("fingerprint") is not None:
-            _check_fingerprint_dict(values["fingerprint"], source)
+            check_json_fields(ModelFingerprint, values["fingerprint"], source, "fingerprint.")
         return cls(**values)
-
-
-_FIX_CONFIG = "The file is damaged or was edited by hand: fix it, or save the lens again."
-
-_JSON_TYPES = {str: "a string", int: "an integer", bool: "true or false", dict: "an object"}
-
-
-def _json_type(hint: Any) -> str:
-    if get_origin(hint) in (Union, types.UnionType):
-        return " or ".join(_json_type(arg) for arg in get_args(hint))
-    if hint is type(None):
-        return "null"
-    return _JSON_TYPES[get_origin(hint) or hint]
-
-
-def _has_type(value: Any, hint: Any) -> bool:
-    if get_origin(hint) in (Union, types.UnionType):
-        return any(_has_type(value, arg) for arg in get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is int:  # JSON true is not a layer count
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, get_origin(hint) or hint)
-
-
-def _check_types(values: dict[str, Any], hints: dict[str, Any], source: str, prefix: str) -> None:
-    for name, value in values.items():
-        if not _has_type(value, hints[name]):
-            raise LensFileError(
-                f"{source}: key {prefix + name!r} should be {_json_type(hints[name])}, found "
-                f"{_json_repr(value)}. {_FIX_CONFIG}"
-            )
-
-
-def _check_fingerprint_dict(fingerprint: dict[str, Any], source: str) -> None:
-    hints = get_type_hints(ModelFingerprint)
-    required = [
-        f.name
-        for f in fields(ModelFingerprint)
-        if f.default is MISSING and f.default_factory is MISSING
-    ]
-    if missing := [name for name in required if name not in fingerprint]:
-        raise LensFileError(
-            f"{source}: key 'fingerprint' lacks {', '.join(map(repr, missing))}; a "
-            f"fingerprint records {', '.join(required)}. {_FIX_CONFIG}"
-        )
-    known = {k: v for k, v in fingerprint.items() if k in hints}
-    _check_types(known, hints, source, prefix="fingerprint.")
-
-
-def _json_repr(value: Any) -> str:
-    """`value` as JSON spells it, with its type: `"32" (a string)`."""
-    kind = next((n for t, n in _JSON_TYPES.items() if _has_type(value, t)), None)
-    if value is None:
-        kind = "null"
-    elif isinstance(value, list):
-        kind = "an array"
-    elif isinstance(value, float):
-        kind = "a number with a fraction"
-    return f"{json.dumps(value)[:40]} ({kind})"
 
 
 class TunedLens(Lens):
@@ -225,7 +155,11 @@ class TunedLens(Lens):
         if idx == self.n_layers:
             return h
         # Residual form: weight decay pulls the translator toward the identity, not zero.
-        return h + self.layer_translators[idx](h)
+        translator = self.layer_translators[idx]
+        dtype = translator.weight.dtype
+        if h.dtype != dtype:  # e.g. a .half() lens on a float32 cache: its precision, h's dtype
+            return h + translator(h.to(dtype)).to(h.dtype)
+        return h + translator(h)
 
     def _check_component(self, component: str | None) -> str:
         component = super()._check_component(component)
@@ -358,7 +292,7 @@ def _saved_fingerprint(config: TunedLensConfig, files: LensFiles) -> ModelFinger
         if size != recorded:
             raise LensFileError(
                 f"{files.config_path}: key {key!r} is {size}, but the fingerprint records "
-                f"{recorded}; the file contradicts itself. {_FIX_CONFIG}"
+                f"{recorded}; the file contradicts itself. {FIX_CONFIG}"
             )
     return fingerprint
 
