@@ -247,6 +247,7 @@ class PredictionTrajectory:
             )
         self._model_logits = model_logits
         self._validate()
+        assert self.input_ids is not None
         # 1 = a real token, 0 = padding (its cells are NaN and left out of every mean).
         self.attention_mask: Tensor | None = (
             None if attention_mask is None else _mask_tensor(attention_mask, self.input_ids.shape)

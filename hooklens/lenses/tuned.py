@@ -155,7 +155,7 @@ class TunedLens(Lens):
         if idx == self.n_layers:
             return h
         # Residual form: weight decay pulls the translator toward the identity, not zero.
-        translator = self.layer_translators[idx]
+        translator: nn.Linear = self.layer_translators[idx]  # type: ignore[assignment]
         dtype = translator.weight.dtype
         if h.dtype != dtype:  # e.g. a .half() lens on a float32 cache: its precision, h's dtype
             return h + translator(h.to(dtype)).to(h.dtype)
