@@ -275,18 +275,11 @@ def test_train_lens_resume_names_the_config_fields_that_differ(model_zoo, tmp_pa
 def test_train_lens_resume_on_other_batches_is_refused(model_zoo, tmp_path):
     model = model_zoo["bridge-llama"]
     config = TrainConfig(steps=4, checkpoint_every=2, matmul_dtype="float32")
-
-    def dies_at_step_3(batches):
-        for index, batch in enumerate(batches):
-            if index == 2:
-                raise KeyboardInterrupt
-            yield batch
-
     with pytest.raises(KeyboardInterrupt):
         train_lens(
             model,
             TunedLens.from_model(model),
-            dies_at_step_3(_batches()),
+            _dies_at(_batches(), 2),
             config,
             checkpoint_dir=tmp_path,
             progress=False,
@@ -312,6 +305,43 @@ def test_train_lens_resume_on_other_batches_is_refused(model_zoo, tmp_path):
         progress=False,
     )
     assert [record["step"] for record in history] == [1, 2, 3, 4]
+
+
+def _dies_at(batches: list[torch.Tensor], index: int):
+    for position, batch in enumerate(batches):
+        if position == index:
+            raise KeyboardInterrupt  # as if killed after the checkpoint before this batch
+        yield batch
+
+
+def test_resume_keeps_the_matmul_dtype_auto_chose_when_the_run_began(
+    model_zoo, tmp_path, monkeypatch
+):
+    """ "auto" times a probe matmul, so another process may choose otherwise: a resume
+    must compute as the run began, or it ends with another lens than an unbroken run."""
+    from hooklens.training import loop
+
+    model = model_zoo["bridge-llama"]
+    config = TrainConfig(steps=4, checkpoint_every=2, lr=1e-2)  # matmul_dtype="auto"
+    monkeypatch.setattr(loop, "matmul_dtype", lambda requested, device: torch.bfloat16)
+    straight = TunedLens.from_model(model)
+    train_lens(model, straight, _batches(), config, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_lens(
+            model,
+            TunedLens.from_model(model),
+            _dies_at(_batches(), 2),
+            config,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+    monkeypatch.setattr(loop, "matmul_dtype", lambda requested, device: torch.float32)
+    resumed = TunedLens.from_model(model)
+    train_lens(
+        model, resumed, _batches(), config, checkpoint_dir=tmp_path, resume=True, progress=False
+    )
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, atol=1e-6, rtol=1e-5)
 
 
 def test_cli_resume_with_other_settings_names_them_before_the_model_loads(

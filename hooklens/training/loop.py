@@ -44,6 +44,7 @@ from hooklens.training.loss import (
 )
 
 CHECKPOINT_FILE = "checkpoint.pt"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # as checkpoints name them
 
 
 @dataclass
@@ -170,12 +171,14 @@ def _dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
 class LensKL(torch.nn.Module):
     """The training objective as a module, so that DDP can wrap it: Σ_layers mean KL."""
 
-    def __init__(self, lens: TunedLens, config: TrainConfig):
+    def __init__(self, lens: TunedLens, config: TrainConfig, dtype: torch.dtype | None = None):
+        """`dtype`: of the loss matmuls; default: what `config.matmul_dtype` gives here."""
         super().__init__()
         self.lens, self.config = lens, config
         # A plain list, not a buffer: the frozen model's weights stay out of state_dict.
         W_U = lens.unembed.W_U
-        self.w_chunks = weight_chunks(W_U, config.vocab_chunk, _dtype(config, W_U.device))
+        self.matmul_dtype = dtype or _dtype(config, W_U.device)
+        self.w_chunks = weight_chunks(W_U, config.vocab_chunk, self.matmul_dtype)
 
     def targets(self, model: Any, tokens: Tensor) -> _BatchTargets:
         return _batch_targets(model, self.lens, tokens, self.w_chunks)
@@ -231,6 +234,29 @@ class _BatchDigest:
         return [value.to_bytes(8, "big", signed=True).hex() for value in digests.tolist()]
 
 
+def _load_checkpoint(directory: Path | None, config: TrainConfig) -> dict[str, Any]:
+    """The checkpoint to resume, refused unless it was made with `config` by as many
+    processes as this run has."""
+    if directory is None or not (directory / CHECKPOINT_FILE).is_file():
+        raise FileNotFoundError(
+            f"no {CHECKPOINT_FILE} to resume from in {directory}: train without "
+            "resume=True to start the run"
+        )
+    state = torch.load(directory / CHECKPOINT_FILE, weights_only=True)
+    if differences := config.differences(state["config"]):
+        raise RunStateError(
+            f"the checkpoint in {directory} was made with another TrainConfig "
+            f"({'; '.join(differences)}): resume with the checkpoint's values"
+        )
+    if state.get("world_size", 1) != distributed.world_size():
+        raise RunStateError(
+            f"the checkpoint was made by {state.get('world_size', 1)} processes; resume "
+            f"with as many (this run has {distributed.world_size()}) so that every rank "
+            "reads the shard it had"
+        )
+    return state
+
+
 def _skip_consumed(batches: Iterator[Tensor], consumed: int, digest: _BatchDigest) -> bool:
     """Read (and hash) the `consumed` batches the checkpoint has already trained on;
     `False` when the batches end before that."""
@@ -240,6 +266,29 @@ def _skip_consumed(batches: Iterator[Tensor], consumed: int, digest: _BatchDiges
             return False
         digest.add(tokens)
     return True
+
+
+def _claim_checkpoint_dir(
+    checkpoint_dir: str | os.PathLike | None, *, resume: bool, overwrite: bool
+) -> None:
+    """Refuse to replace a checkpoint unless `overwrite`; with it, remove the old one now,
+    not at the first new checkpoint: a run that dies before then must not leave the old
+    run's checkpoint for a later resume to continue."""
+    if resume and overwrite:
+        raise InputError(
+            "resume=True continues the checkpoint, overwrite=True replaces it: pick one"
+        )
+    if checkpoint_dir is None or resume:
+        return
+    existing = Path(checkpoint_dir) / CHECKPOINT_FILE
+    if existing.is_file() and not overwrite:
+        raise OutputExistsError(
+            f"{existing} holds a checkpoint: pass resume=True to continue its run, "
+            "overwrite=True to replace it, or another checkpoint_dir"
+        )
+    if distributed.is_primary():
+        existing.unlink(missing_ok=True)
+    distributed.barrier()
 
 
 def train_lens(
@@ -271,22 +320,6 @@ def train_lens(
     and refuses them if they hash otherwise than those the checkpoint trained on.
     """
     config = config or TrainConfig()
-    if resume and overwrite:
-        raise InputError(
-            "resume=True continues the checkpoint, overwrite=True replaces it: pick one"
-        )
-    if checkpoint_dir is not None and not resume and not overwrite:
-        existing = Path(checkpoint_dir) / CHECKPOINT_FILE
-        if existing.is_file():
-            raise OutputExistsError(
-                f"{existing} holds a checkpoint of another run: pass resume=True to continue "
-                "it, overwrite=True to replace it, or another checkpoint_dir"
-            )
-    if checkpoint_dir is not None and overwrite and distributed.is_primary():
-        # Now, not at the first new checkpoint: a run that dies before then must not
-        # leave the old run's checkpoint for a later resume to continue.
-        (Path(checkpoint_dir) / CHECKPOINT_FILE).unlink(missing_ok=True)
-    distributed.barrier()
     retain_freed_memory()  # 2× faster chunked loss on glibc (hooklens/allocator.py)
     adapter = ModelAdapter(model)
     if lens.adapter.model is not adapter.model:
@@ -294,6 +327,7 @@ def train_lens(
             "the lens was built for another model object: build it with "
             "TunedLens.from_model(model) for the model you train on"
         )
+    _claim_checkpoint_dir(checkpoint_dir, resume=resume, overwrite=overwrite)
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     model.requires_grad_(False)  # the model is frozen; only the translators learn
     try:
@@ -314,7 +348,12 @@ def _train(
     on_step: Callable[[dict[str, float]], None] | None,
 ) -> list[dict[str, float]]:
     torch.manual_seed(config.seed)
-    lens_kl = LensKL(lens, config)
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    state = _load_checkpoint(directory, config) if resume else None
+    # A resume computes in the dtype the run began with, whatever "auto" measures now:
+    # its timing probe may choose otherwise in another process.
+    dtype = _DTYPES.get(state.get("matmul_dtype", "")) if state is not None else None
+    lens_kl = LensKL(lens, config, dtype)
     objective: torch.nn.Module = lens_kl
     ddp = None
     if distributed.active():  # averages gradients over ranks; starts from rank 0's lens
@@ -323,27 +362,9 @@ def _train(
     optimizer = _optimizer(params, config)
     scheduler = _schedule(optimizer, config)
     step, consumed, history = 0, 0, []
-    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     batches = iter(token_batches)
     digest = _BatchDigest()
-    if resume:
-        if directory is None or not (directory / CHECKPOINT_FILE).is_file():
-            raise FileNotFoundError(
-                f"no {CHECKPOINT_FILE} to resume from in {directory}: train without "
-                "resume=True to start the run"
-            )
-        state = torch.load(directory / CHECKPOINT_FILE, weights_only=True)
-        if differences := config.differences(state["config"]):
-            raise RunStateError(
-                f"the checkpoint in {directory} was made with another TrainConfig "
-                f"({'; '.join(differences)}): resume with the checkpoint's values"
-            )
-        if state.get("world_size", 1) != distributed.world_size():
-            raise RunStateError(
-                f"the checkpoint was made by {state.get('world_size', 1)} processes; resume "
-                f"with as many (this run has {distributed.world_size()}) so that every rank "
-                "reads the shard it had"
-            )
+    if state is not None:
         step, consumed, history = state["step"], state["consumed"], state["history"]
         complete = _skip_consumed(batches, consumed, digest)
         # Every rank must agree before any raises, or the others would wait forever.
@@ -411,6 +432,7 @@ def _train(
                 "consumed": consumed,
                 "history": history,
                 "world_size": distributed.world_size(),
+                "matmul_dtype": str(lens_kl.matmul_dtype).removeprefix("torch."),
                 "batch_digests": digest.over_ranks(),  # a collective: every rank calls it
             }
             if distributed.is_primary():  # every rank holds the same state after the step

@@ -311,7 +311,10 @@ def run(args: argparse.Namespace) -> int:
     settings = _run_settings(args, config)
     _check_output(args, output, settings)
     if distributed.is_primary():
-        print(describe(args.matmul_dtype, _rank_device(device)))
+        if args.resume and args.matmul_dtype == "auto":
+            print("matmul dtype: the one auto chose when the run began (its checkpoint says)")
+        else:
+            print(describe(args.matmul_dtype, _rank_device(device)))
     start = time.perf_counter()
     model = models.load(args.model, model_class=args.model_class, device=_rank_device(device))
     if args.fsdp:
