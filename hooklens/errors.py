@@ -57,7 +57,8 @@ class ModelClassUnavailableError(HooklensError, ImportError):
 
 
 class UnknownModelError(HooklensError, ValueError):
-    """A model name that neither hooklens nor TransformerLens knows."""
+    """A model name that cannot be loaded here: unknown to hooklens, TransformerLens and
+    the hub, or a hub model that is not cached while the hub is unreachable."""
 
 
 class DataError(HooklensError, ValueError):
