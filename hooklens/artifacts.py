@@ -18,10 +18,11 @@ import hashlib
 import json
 import os
 import re
+import types
 import warnings
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -41,6 +42,7 @@ SIZES = ("d_model", "n_layers", "d_vocab")
 """Fingerprint entries a lens must share with its model whatever `strict` says."""
 
 _SAVE_AGAIN = "Save the lens again (or download it again) to replace the directory."
+FIX_CONFIG = "The file is damaged or was edited by hand: fix it, or save the lens again."
 
 
 class LensNotFoundError(HooklensError, FileNotFoundError):
@@ -156,6 +158,35 @@ def read_lens_files(config_path: str | os.PathLike, params_path: str | os.PathLi
     return LensFiles(config, tensors, format, config_path, params_path)
 
 
+def check_json_fields(schema: type, values: Any, source: str, prefix: str = "") -> None:
+    """Refuse a JSON object that lacks a required field of dataclass `schema`, or holds
+    a field of another type than its annotation (str, int, bool, dict, `| None`).
+
+    Raises:
+        LensFileError: naming `source` (the file) and the key (`prefix` + field name).
+    """
+    if not isinstance(values, dict):
+        raise LensFileError(
+            f"{source}: {prefix.rstrip('.') or 'the config'} should be an object, found "
+            f"{_json_kind(values)}. {FIX_CONFIG}"
+        )
+    required = [
+        f.name for f in fields(schema) if f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing := [prefix + name for name in required if name not in values]:
+        raise LensFileError(
+            f"{source}: missing key {', '.join(map(repr, missing))}; expected "
+            f"{', '.join(prefix + n for n in required)}. {FIX_CONFIG}"
+        )
+    hints = get_type_hints(schema)
+    for name, value in values.items():
+        if name in hints and not _has_type(value, hints[name]):
+            raise LensFileError(
+                f"{source}: key {prefix + name!r} should be {_describe(hints[name])}, found "
+                f"{json.dumps(value)[:40]} ({_json_kind(value)}). {FIX_CONFIG}"
+            )
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """The SHA-256 of a file's bytes, as 64 hexadecimal digits."""
     digest = hashlib.sha256()
@@ -165,10 +196,32 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
-_JSON_KINDS[type(None)] = "null"
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _LENS_FILE_NAMES = (CONFIG_FILE, PARAMS_FILE, TUNED_LENS_PARAMS_FILE)
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    if get_origin(hint) in (Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):  # JSON true is no layer count
+        return isinstance(value, hint) and not isinstance(value, bool)
+    return isinstance(value, get_origin(hint) or hint)
+
+
+def _describe(hint: Any) -> str:
+    if get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in get_args(hint))
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    names.update({dict: "an object", list: "an array", type(None): "null"})
+    return names.get(get_origin(hint) or hint, str(hint))
+
+
+def _json_kind(value: Any) -> str:
+    kinds = [(bool, "a boolean"), (int, "an integer"), (float, "a number")]
+    kinds += [(str, "a string"), (list, "an array"), (dict, "an object"), (type(None), "null")]
+    return next((name for kind, name in kinds if isinstance(value, kind)), type(value).__name__)
 
 
 def _directory_to_write(directory: Path) -> Path:
@@ -222,10 +275,7 @@ def _read_config(config_path: Path) -> dict[str, Any]:
             "save the lens again."
         ) from None
     if not isinstance(config, dict):
-        raise LensFileError(
-            f"{config_path} holds a JSON {_JSON_KINDS.get(type(config), 'value')}; "
-            f"{expected}. {_SAVE_AGAIN}"
-        )
+        raise LensFileError(f"{config_path} holds {_json_kind(config)}; {expected}. {_SAVE_AGAIN}")
     return config
 
 

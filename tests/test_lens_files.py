@@ -344,9 +344,9 @@ def test_params_pt_holding_no_state_dict_is_refused(model, tmp_path):
         ("", "is empty"),
         ("   \n", "is empty"),
         ('{"d_model": 32,', "is not valid JSON: .* line 1"),
-        ("[1, 2]", "holds a JSON array"),
-        ("null", "holds a JSON null"),
-        ('"lens"', "holds a JSON string"),
+        ("[1, 2]", "holds an array"),
+        ("null", "holds null"),
+        ('"lens"', "holds a string"),
     ],
 )
 def test_invalid_config_json_is_refused_by_name(model, saved, text, found):
@@ -379,6 +379,7 @@ def test_config_missing_a_required_key_names_it(model, saved, key):
         ("base_model_name_or_path", 7, "a string"),
         ("component", "resid_middle", "component must be one of"),
         ("fingerprint", [1, 2], "an object or null"),
+        ("unembed_hash", 12, "a string or null"),
     ],
 )
 def test_config_value_of_the_wrong_type_names_the_key(model, saved, key, value, expected):
@@ -400,9 +401,8 @@ def test_bad_fingerprint_entries_are_named(model, saved, key, value):
             config["fingerprint"][key] = value
 
     _edit_config(saved, edit)
-    with pytest.raises(LensFileError, match=r"config\.json: key 'fingerprint") as info:
+    with pytest.raises(LensFileError, match=rf"config\.json: .*'fingerprint\.{key}'"):
         TunedLens.load(saved, model=model)
-    assert key in str(info.value)
 
 
 def test_config_contradicting_its_fingerprint_is_refused(model, saved):
