@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -439,3 +440,55 @@ def test_overwrite_killed_before_its_first_checkpoint_leaves_no_mix_of_two_runs(
     assert cli_main(new) == 0  # a plain retry: there is nothing to lose
     assert {p.name for p in output.iterdir()} == {"run.json", "checkpoint", "lens", "history.json"}
     assert json.loads((output / "run.json").read_text())["config"]["seed"] == 7
+
+
+def _resume_worker(rank: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from tests.conftest import make_hooked
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        model = make_hooked("RMS")
+        config = TrainConfig(steps=2, checkpoint_every=1, matmul_dtype="float32")
+        checkpoint = Path(out) / "checkpoint"
+        train_lens(
+            model, TunedLens.from_model(model), _batches(seed=rank), config,
+            checkpoint_dir=checkpoint, progress=False,
+        )  # fmt: skip
+        outcomes = []
+        for seed in (rank, 10 + rank if rank == 1 else rank):  # then rank 1 reads other data
+            try:
+                train_lens(
+                    model, TunedLens.from_model(model), _batches(seed=seed), config,
+                    checkpoint_dir=checkpoint, resume=True, progress=False,
+                )  # fmt: skip
+                outcomes.append("resumed")
+            except RunStateError as error:
+                outcomes.append(f"refused: {error}")
+        (Path(out) / f"rank{rank}.json").write_text(json.dumps(outcomes))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_resume_where_one_rank_reads_other_data_is_refused_on_every_rank(tmp_path):
+    """Every rank raises, so none waits forever for the others in a collective."""
+    import torch.multiprocessing as mp
+
+    from tests.conftest import skip_without_hooked_transformer
+
+    skip_without_hooked_transformer()
+    context = mp.spawn(
+        _resume_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False
+    )
+    deadline = time.monotonic() + 300
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a rank still waits after 300 s: the ranks disagreed on the refusal")
+    for rank in range(2):
+        first, second = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert first == "resumed"
+        assert second.startswith("refused: the first 2 batches differ"), second
