@@ -211,7 +211,7 @@ def _check_output(args: argparse.Namespace, output: Path, settings: dict) -> Non
     if not (output / "checkpoint" / CHECKPOINT_FILE).is_file():
         stopped = (
             " (its run stopped before its first checkpoint: start it again without --resume)"
-            if (output / RUN_FILE).is_file()
+            if (output / RUN_FILE).is_file() and _holds_no_run(output)
             else ""
         )
         raise FileNotFoundError(f"no checkpoint to resume in {output / 'checkpoint'}{stopped}")
