@@ -204,7 +204,8 @@ def test_an_optimiser_step_counts_as_a_change(hooked, ids):
     lens = TunedLens.from_model(hooked)
     traj = PredictionTrajectory.from_lens_and_cache(lens, ids, cache, logits)
     optimizer = torch.optim.SGD(lens.parameters(), lr=0.1)
-    lens(cache["blocks.0.hook_resid_pre"], 0).sum().backward()
+    # Through the translator only: the shared model must collect no gradient.
+    lens.transform_hidden(cache["blocks.0.hook_resid_pre"].detach(), 0).sum().backward()
     optimizer.step()
     with pytest.raises(LensChangedError):
         traj.layer_log_probs(1)
