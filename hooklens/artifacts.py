@@ -92,6 +92,17 @@ def read_lens_dir(path: str | os.PathLike) -> LensFiles:
         LensNotFoundError: `path` does not exist, is a file, or holds no lens.
         LensFileError: a file is truncated, corrupt, or does not match the other.
     """
+    return read_lens_files(*lens_dir_files(path))
+
+
+def lens_dir_files(path: str | os.PathLike) -> tuple[Path, Path]:
+    """`(config.json, parameter file)` of a lens directory, without reading them: a
+    quick check (before a model loads) that `path` holds a lens at all.
+
+    Raises:
+        LensNotFoundError: `path` does not exist, is a file, or holds no lens.
+        LensFileError: the parameters are there but the config is not.
+    """
     directory = Path(path)
     expected = (
         f"a lens is a directory holding {CONFIG_FILE} with {PARAMS_FILE} (hooklens) or "
@@ -120,7 +131,7 @@ def read_lens_dir(path: str | os.PathLike) -> LensFiles:
             f"{directory} has {CONFIG_FILE} but neither {PARAMS_FILE} nor "
             f"{TUNED_LENS_PARAMS_FILE} ({expected})"
         )
-    return read_lens_files(config_path, params_path)
+    return config_path, params_path
 
 
 def read_lens_files(config_path: str | os.PathLike, params_path: str | os.PathLike) -> LensFiles:

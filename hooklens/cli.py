@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from hooklens import models
+from hooklens.artifacts import lens_dir_files
 from hooklens.errors import HooklensError, InputError
 from hooklens.training import evaluate as evaluation
 from hooklens.training import run as training
@@ -54,6 +55,8 @@ def _report(args: argparse.Namespace) -> int:
     if args.max_tokens < 1:
         raise InputError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     evaluation.check_output_file(args.output, "report.html")
+    for directory in args.lens:
+        lens_dir_files(directory)  # a missing lens is said before the model loads
     text = _read_text(args)
     start = time.perf_counter()
     with torch.no_grad():

@@ -317,3 +317,10 @@ def test_cut_notice_does_not_warn_twice_on_the_command_line(capsys, loads, tmp_p
         warnings.simplefilter("always")
         assert main(["report", "--text", LONG_TEXT, "--output", str(tmp_path / "r.html")]) == 0
     assert "TextCutWarning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["report", "eval"])
+def test_a_missing_lens_is_said_before_the_model_loads(capsys, must_not_load, corpus, command):
+    arguments = ["--text", WORDS] if command == "report" else ["--data", str(corpus)]
+    assert main([command, *arguments, "--lens", str(corpus.parent / "no-lens")]) == 2
+    assert "no lens at" in one_line_error(capsys)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from hooklens import models, precision
+from hooklens.artifacts import lens_dir_files
 from hooklens.errors import DataError, InputError, LensMismatchError
 from hooklens.files import atomic_write_text
 from hooklens.lenses import Lens, LogitLens, TunedLens
@@ -260,6 +261,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise InputError(f"--{flag.replace('_', '-')} must be at least {minimum}, got {value}")
     check_output_file(args.output, "eval.json")
     check_data_source(args.data, args.text_field)
+    for directory in args.lens:
+        lens_dir_files(directory)  # a missing lens is said before the model loads
 
 
 def texts_of(args: argparse.Namespace) -> Iterator[str]:
