@@ -17,7 +17,7 @@ from hooklens.errors import (
     UnknownModelError,
 )
 from hooklens.inversion import InversionOutput
-from hooklens.lenses import Lens, LogitLens, TunedLens, TunedLensConfig
+from hooklens.lenses import JacobianLens, Lens, LogitLens, TunedLens, TunedLensConfig
 from hooklens.model import ModelAdapter, ModelFingerprint, WeightProcessing
 from hooklens.plotting import TokenFormatter, TrajectoryLabels, TrajectoryStatistic
 from hooklens.residuals import get_residual, iter_residuals, residual_stack
@@ -32,6 +32,7 @@ __all__ = [
     "InputError",
     "InputTypeError",
     "InversionOutput",
+    "JacobianLens",
     "LayerIndexError",
     "Lens",
     "LensChangedError",

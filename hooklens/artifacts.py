@@ -304,20 +304,29 @@ def _read_safetensors(params_path: Path) -> dict[str, Tensor]:
         ) from None
 
 
-def _read_state_dict(params_path: Path) -> dict[str, Tensor]:
+def load_weights_only(path: Path, what: str) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU: a pickle that would run code, a
+    truncated or empty file, or anything else unreadable is a `LensFileError` naming
+    `path` and `what` it should have been (nothing in it is executed)."""
     try:
-        state = torch.load(params_path, weights_only=True, map_location="cpu")
+        return torch.load(path, weights_only=True, map_location="cpu")
     except OSError:
         raise
     except Exception as error:  # EOFError, UnpicklingError, RuntimeError, ...
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "no data"
-        if params_path.stat().st_size == 0:
+        if path.stat().st_size == 0:
             reason = "the file is empty"
         raise LensFileError(
-            f"{params_path} cannot be read as a tuned-lens parameter file (a torch state "
-            f"dict of tensors, read with weights_only=True): {type(error).__name__}: "
-            f"{reason}. It may be truncated or not a lens. {_SAVE_AGAIN}"
+            f"{path} cannot be read as {what} (read with weights_only=True): "
+            f"{type(error).__name__}: {reason}. It may be truncated or not a lens. "
+            f"{_SAVE_AGAIN}"
         ) from None
+
+
+def _read_state_dict(params_path: Path) -> dict[str, Tensor]:
+    state = load_weights_only(
+        params_path, "a tuned-lens parameter file (a torch state dict of tensors)"
+    )
     if not isinstance(state, dict):
         raise LensFileError(
             f"{params_path} holds a {type(state).__name__}; expected a state dict of "

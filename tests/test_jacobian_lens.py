@@ -1,0 +1,178 @@
+"""JacobianLens: the logit lens at J = I, TransformerLens's readout for its fitted lenses,
+both file formats, and refusals of lenses or files that do not fit."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from hooklens import JacobianLens, LensFileError, LensMismatchError, LogitLens
+from hooklens.trajectory import PredictionTrajectory, next_token_targets
+from tests.conftest import D_MODEL, N_LAYERS, VOCAB
+
+PROMPTS = [" ".join(f"w{4 + (7 * i + 3 * j) % 6}" for j in range(12)) for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def bridge(model_zoo):
+    return model_zoo["bridge-llama"]  # raw: what J-lenses are fitted on
+
+
+@pytest.fixture(scope="module")
+def tl_lens(bridge):
+    """A J-lens fitted by TransformerLens itself on the tiny bridge."""
+    from transformer_lens.tools.analysis import JacobianLens as TLJacobianLens
+
+    return TLJacobianLens.fit(
+        bridge,
+        PROMPTS,
+        corpus="test words",
+        max_seq_len=16,
+        skip_first_positions=2,
+        show_progress=False,
+    )
+
+
+def _trajectory(lens, model, ids):
+    logits, cache = model.run_with_cache(ids)
+    return PredictionTrajectory.from_lens_and_cache(
+        lens,
+        ids,
+        cache,
+        logits,
+        targets=next_token_targets(ids),
+        residual_component=lens.component,
+    )
+
+
+def test_identity_jacobians_are_exactly_the_logit_lens(bridge):
+    ids = bridge.to_tokens(PROMPTS[:2])
+    jlens = _trajectory(JacobianLens.from_model(bridge), bridge, ids)
+    logit = PredictionTrajectory.from_lens_and_cache(
+        LogitLens.from_model(bridge),
+        ids,
+        *reversed(bridge.run_with_cache(ids)),
+        targets=next_token_targets(ids),
+        residual_component="resid_post",
+    )
+    for statistic in ("entropy", "cross_entropy", "forward_kl"):
+        np.testing.assert_array_equal(
+            getattr(jlens, statistic)().stats, getattr(logit, statistic)().stats
+        )
+
+
+def test_a_transformer_lens_fit_reads_as_transformer_lens_reads_it(bridge, tl_lens, tmp_path):
+    path = tmp_path / "jlens.pt"
+    tl_lens.save(str(path), dtype=torch.float32)
+    ours = JacobianLens.load(path, model=bridge)
+    assert ours.fitted_layers == tl_lens.source_layers == list(range(N_LAYERS - 1))
+    ids = bridge.to_tokens(PROMPTS[3])
+    middle = 1
+    readout = tl_lens.readout(bridge, ids, layers=[middle], return_full_logits=True)
+    expected = torch.log_softmax(readout.lens_logits[middle].double(), dim=-1)
+    traj = _trajectory(ours, bridge, ids)
+    got = traj.layer_log_probs(middle)[0].double()
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    # and the J-lens is not the logit lens there
+    logit = _trajectory(JacobianLens.from_model(bridge), bridge, ids).layer_log_probs(middle)
+    assert (logit[0].double() - expected).abs().max() > 1e-2
+
+
+def test_objects_convert_both_ways_with_transformer_lens(bridge, tl_lens):
+    ours = JacobianLens.from_transformer_lens(tl_lens, bridge)
+    back = ours.to_transformer_lens()
+    assert back.source_layers == tl_lens.source_layers and back.n_prompts == tl_lens.n_prompts
+    for layer in tl_lens.source_layers:
+        torch.testing.assert_close(back.jacobians[layer], tl_lens.jacobians[layer])
+        torch.testing.assert_close(ours.jacobian(layer), tl_lens.jacobians[layer])
+
+
+@pytest.mark.parametrize("name", ["lens", "lens.pt"])
+def test_save_and_load_round_trip_in_both_formats(bridge, tl_lens, tmp_path, name):
+    lens = JacobianLens.from_transformer_lens(tl_lens, bridge)
+    lens.save(tmp_path / name)
+    loaded = JacobianLens.load(tmp_path / name, model=bridge)
+    atol = 0 if name == "lens" else 1e-3  # the reference format stores float16
+    for layer in lens.fitted_layers:
+        torch.testing.assert_close(
+            loaded.jacobian(layer), lens.jacobian(layer), atol=atol, rtol=atol
+        )
+    assert loaded.n_prompts == len(PROMPTS)
+
+
+def test_transformer_lens_reads_our_reference_file(bridge, tl_lens, tmp_path):
+    from transformer_lens.tools.analysis import JacobianLens as TLJacobianLens
+
+    JacobianLens.from_transformer_lens(tl_lens, bridge).save(tmp_path / "ours.pt")
+    theirs = TLJacobianLens.load(str(tmp_path / "ours.pt"))
+    assert theirs.source_layers == tl_lens.source_layers
+    torch.testing.assert_close(theirs.jacobians[0], tl_lens.jacobians[0], atol=1e-3, rtol=1e-3)
+
+
+def test_a_fit_checkpoint_loads_as_the_mean_of_its_sums(bridge, tl_lens, tmp_path):
+    n = 4
+    checkpoint = {
+        "jacobian_sum": {k: v * n for k, v in tl_lens.jacobians.items()},
+        "n_done": n,
+        "source_layers": tl_lens.source_layers,
+        "target_layer": N_LAYERS - 1,
+    }
+    torch.save(checkpoint, tmp_path / "ckpt.pt")
+    lens = JacobianLens.load(tmp_path / "ckpt.pt", model=bridge)
+    torch.testing.assert_close(lens.jacobian(1), tl_lens.jacobians[1])
+    assert lens.n_prompts == n
+
+
+def test_a_lens_for_another_model_is_refused(model_zoo, tl_lens, tmp_path):
+    tl_lens.save(str(tmp_path / "jlens.pt"))
+    with pytest.raises(LensMismatchError, match="fitted for 'tiny-llama'"):
+        JacobianLens.load(tmp_path / "jlens.pt", model=model_zoo["bridge-gpt2"])
+    wide = {0: torch.eye(D_MODEL + 1)}
+    torch.save({"J": wide, "n_prompts": 1, "d_model": D_MODEL + 1}, tmp_path / "wide.pt")
+    with pytest.raises(LensMismatchError, match="another model"):
+        JacobianLens.load(tmp_path / "wide.pt", model=model_zoo["bridge-llama"])
+
+
+def test_a_processed_model_is_refused(model_zoo, tl_lens, tmp_path):
+    tl_lens.save(str(tmp_path / "jlens.pt"))
+    with pytest.raises(LensMismatchError, match="raw activations"):
+        JacobianLens.load(tmp_path / "jlens.pt", model=model_zoo["bridge-llama-compat"])
+
+
+def test_a_truncated_file_is_refused(bridge, tl_lens, tmp_path):
+    path = tmp_path / "jlens.pt"
+    tl_lens.save(str(path))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(LensFileError, match="truncated"):
+        JacobianLens.load(path, model=bridge)
+
+
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"{sys.executable} -c \"open('{self.marker}', 'w')\"",))
+
+
+def test_a_pickle_payload_is_refused_without_running(bridge, tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as file:
+        pickle.dump({"J": {0: _Payload(str(marker))}, "n_prompts": 1, "d_model": D_MODEL}, file)
+    with pytest.raises(LensFileError, match="weights_only"):
+        JacobianLens.load(path, model=bridge)
+    assert not marker.exists()
+
+
+def test_a_trajectory_refuses_another_residual_component(bridge):
+    ids = bridge.to_tokens(PROMPTS[0])
+    _, cache = bridge.run_with_cache(ids)
+    with pytest.raises(LensMismatchError, match="resid_post"):
+        JacobianLens.from_model(bridge).log_probs(cache, 1, "resid_pre")
+    assert JacobianLens.from_model(bridge).log_probs(cache, 1).shape[-1] == VOCAB
