@@ -176,3 +176,60 @@ def test_a_trajectory_refuses_another_residual_component(bridge):
     with pytest.raises(LensMismatchError, match="resid_post"):
         JacobianLens.from_model(bridge).log_probs(cache, 1, "resid_pre")
     assert JacobianLens.from_model(bridge).log_probs(cache, 1).shape[-1] == VOCAB
+
+
+def _fit(model, **kwargs):
+    return JacobianLens.fit(
+        model, PROMPTS, max_seq_len=16, skip_first_positions=2, progress=False, **kwargs
+    )
+
+
+def test_our_exact_fit_equals_transformer_lens_fit(bridge, tl_lens):
+    ours = _fit(bridge)
+    assert ours.n_prompts == tl_lens.n_prompts == len(PROMPTS)
+    for layer in tl_lens.source_layers:
+        expected = tl_lens.jacobians[layer].double()
+        gap = (ours.jacobian(layer).double() - expected).abs().max() / expected.abs().max()
+        assert gap <= 1e-4, (layer, gap)
+
+
+def test_dim_batch_does_not_change_the_fit(bridge):
+    one, many = (
+        _fit(bridge, dim_batch=1, source_layers=[1]),
+        _fit(bridge, dim_batch=5, source_layers=[1]),
+    )
+    torch.testing.assert_close(one.jacobian(1), many.jacobian(1), atol=1e-5, rtol=1e-5)
+
+
+def test_an_interrupted_fit_resumes_to_the_same_matrices(bridge, tmp_path, monkeypatch):
+    from hooklens.training import jacobian_fit
+
+    whole = _fit(bridge)
+    checkpoint = tmp_path / "fit.pt"
+    real = jacobian_fit.prompt_jacobians
+    calls = []
+
+    def dies_on_the_fifth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jacobian_fit, "prompt_jacobians", dies_on_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        JacobianLens.fit(
+            bridge, PROMPTS, max_seq_len=16, skip_first_positions=2, progress=False,
+            checkpoint=checkpoint, checkpoint_every=2,
+        )  # fmt: skip
+    monkeypatch.setattr(jacobian_fit, "prompt_jacobians", real)
+    # the checkpoint is the reference's running-sum format: loadable as a lens already
+    partial = JacobianLens.load(checkpoint, model=bridge)
+    assert partial.n_prompts == 4  # checkpoints after prompts 2 and 4; killed in the 5th
+    resumed = _fit(bridge, checkpoint=checkpoint)
+    for layer in whole.fitted_layers:
+        torch.testing.assert_close(resumed.jacobian(layer), whole.jacobian(layer))
+
+
+def test_fitting_a_processed_model_is_refused(model_zoo):
+    with pytest.raises(LensMismatchError, match="raw activations"):
+        _fit(model_zoo["bridge-llama-compat"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,54 @@ class JacobianLens(Lens):
         """A J-lens for a HookedTransformer or TransformerBridge; without `jacobians`,
         every `J_ℓ = I` (exactly the logit lens)."""
         return cls(Unembed.from_model(model), jacobians, **kwargs)
+
+    @classmethod
+    def fit(
+        cls,
+        model: nn.Module,
+        prompts: Sequence[Any],
+        *,
+        source_layers: Sequence[int] | None = None,
+        max_seq_len: int = 128,
+        skip_first_positions: int = 16,
+        dim_batch: int = 8,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 10,
+        progress: bool = True,
+        metadata: dict[str, Any] | None = None,
+    ) -> JacobianLens:
+        """Fit `J_ℓ` on `prompts` (strings or token ids) with the exact estimator of
+        TransformerLens's `JacobianLens.fit` (same signature, same matrices): see
+        `hooklens.training.jacobian_fit`. `checkpoint` (a `.pt` path, written every
+        `checkpoint_every` prompts in the reference's running-sum format) makes it
+        resumable: the same call continues where it stopped.
+
+        Examples:
+            >>> lens = JacobianLens.fit(model, prompts, max_seq_len=64)   # doctest: +SKIP
+        """
+        from hooklens.training.jacobian_fit import fit_jacobians
+
+        adapter = ModelAdapter(model)
+        probe = cls.from_model(adapter, metadata={"model_name": adapter.model_name})
+        probe._check_model(adapter, source="JacobianLens.fit")  # raw weights only
+        jacobians, n_prompts = fit_jacobians(
+            model,
+            prompts,
+            source_layers=source_layers,
+            max_seq_len=max_seq_len,
+            skip_first_positions=skip_first_positions,
+            dim_batch=dim_batch,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            progress=progress,
+        )
+        fit_settings = {"max_seq_len": max_seq_len, "skip_first_positions": skip_first_positions}
+        return cls(
+            Unembed.from_model(adapter),
+            jacobians,
+            n_prompts=n_prompts,
+            metadata={"model_name": adapter.model_name, **fit_settings, **(metadata or {})},
+        )
 
     @classmethod
     def from_transformer_lens(cls, lens: Any, model: nn.Module | ModelAdapter) -> JacobianLens:
