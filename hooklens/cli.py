@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 
 from hooklens import models
-from hooklens.artifacts import lens_dir_files
 from hooklens.errors import HooklensError, InputError
 from hooklens.training import evaluate as evaluation
 from hooklens.training import run as training
@@ -50,21 +49,23 @@ def _read_text(args: argparse.Namespace) -> str:
 def _report(args: argparse.Namespace) -> int:
     import torch
 
+    from hooklens.lenses import JacobianLens
     from hooklens.report import TextCutWarning, cut_notice, trajectory_report
 
     if args.max_tokens < 1:
         raise InputError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     evaluation.check_output_file(args.output, "report.html")
     for directory in args.lens:
-        lens_dir_files(directory)  # a missing lens is said before the model loads
+        evaluation.check_lens_path(directory)  # a missing lens is said before the model loads
     text = _read_text(args)
     start = time.perf_counter()
     with torch.no_grad():
         model = models.load(args.model, model_class=args.model_class, processing=args.processing)
         lenses = {}
         for index, directory in enumerate(args.lens):
-            name = "tuned lens" if len(args.lens) == 1 else f"tuned lens {index + 1} ({directory})"
-            lenses[name] = evaluation.load_lens(directory, model)
+            lens = evaluation.load_lens(directory, model)
+            kind = "Jacobian lens" if isinstance(lens, JacobianLens) else "tuned lens"
+            lenses[kind if len(args.lens) == 1 else f"{kind} {index + 1} ({directory})"] = lens
         notice = cut_notice(model, text, args.max_tokens, option="--max-tokens ")
         if notice is not None:
             print(notice, file=sys.stderr)
@@ -94,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="a tuned lens directory (repeatable); the logit lens is always shown",
+        help="a tuned lens directory or a Jacobian lens (.pt or directory; repeatable); "
+        "the logit lens is always shown",
     )
     report.add_argument(
         "--model",

@@ -144,7 +144,9 @@ def trajectory_report(
         warnings.warn(notice, TextCutWarning, stacklevel=2)
     all_lenses: dict[str, Lens] = {"logit lens": LogitLens.from_model(adapter)}
     all_lenses.update(lenses or {})
-    names = set(adapter.residual_hook_names())
+    names = {
+        name for lens in all_lenses.values() for name in adapter.residual_hook_names(lens.component)
+    }
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
     targets = next_token_targets(tokens)

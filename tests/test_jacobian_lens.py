@@ -58,7 +58,6 @@ def test_identity_jacobians_are_exactly_the_logit_lens(bridge):
         ids,
         *reversed(bridge.run_with_cache(ids)),
         targets=next_token_targets(ids),
-        residual_component="resid_post",
     )
     for statistic in ("entropy", "cross_entropy", "forward_kl"):
         np.testing.assert_array_equal(
@@ -72,14 +71,17 @@ def test_a_transformer_lens_fit_reads_as_transformer_lens_reads_it(bridge, tl_le
     ours = JacobianLens.load(path, model=bridge)
     assert ours.fitted_layers == tl_lens.source_layers == list(range(N_LAYERS - 1))
     ids = bridge.to_tokens(PROMPTS[3])
-    middle = 1
+    middle = 1  # TransformerLens's source layer: the output of block 1 = our row 2
     readout = tl_lens.readout(bridge, ids, layers=[middle], return_full_logits=True)
     expected = torch.log_softmax(readout.lens_logits[middle].double(), dim=-1)
     traj = _trajectory(ours, bridge, ids)
-    got = traj.layer_log_probs(middle)[0].double()
+    got = traj.layer_log_probs(middle + 1)[0].double()
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    post = JacobianLens.load(tmp_path / "jlens.pt", model=bridge, component="resid_post")
+    got = _trajectory(post, bridge, ids).layer_log_probs(middle)[0].double()
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     # and the J-lens is not the logit lens there
-    logit = _trajectory(JacobianLens.from_model(bridge), bridge, ids).layer_log_probs(middle)
+    logit = _trajectory(JacobianLens.from_model(bridge), bridge, ids).layer_log_probs(middle + 1)
     assert (logit[0].double() - expected).abs().max() > 1e-2
 
 
@@ -173,9 +175,19 @@ def test_a_pickle_payload_is_refused_without_running(bridge, tmp_path):
 def test_a_trajectory_refuses_another_residual_component(bridge):
     ids = bridge.to_tokens(PROMPTS[0])
     _, cache = bridge.run_with_cache(ids)
-    with pytest.raises(LensMismatchError, match="resid_post"):
-        JacobianLens.from_model(bridge).log_probs(cache, 1, "resid_pre")
+    with pytest.raises(LensMismatchError, match="reads resid_pre, not resid_post"):
+        JacobianLens.from_model(bridge).log_probs(cache, 1, "resid_post")
     assert JacobianLens.from_model(bridge).log_probs(cache, 1).shape[-1] == VOCAB
+
+
+def test_block_inputs_and_outputs_index_the_same_readout_one_row_apart(bridge, tl_lens):
+    ids = bridge.to_tokens(PROMPTS[:2])
+    pre = _trajectory(JacobianLens.from_transformer_lens(tl_lens, bridge), bridge, ids)
+    post = _trajectory(
+        JacobianLens.from_transformer_lens(tl_lens, bridge, component="resid_post"), bridge, ids
+    )
+    rows_pre, rows_post = pre.entropy().stats, post.entropy().stats  # [batch, layer + 1, pos]
+    np.testing.assert_allclose(rows_pre[:, 1:-1], rows_post[:, :-2], atol=1e-6)
 
 
 def _fit(model, **kwargs):
@@ -233,3 +245,32 @@ def test_an_interrupted_fit_resumes_to_the_same_matrices(bridge, tmp_path, monke
 def test_fitting_a_processed_model_is_refused(model_zoo):
     with pytest.raises(LensMismatchError, match="raw activations"):
         _fit(model_zoo["bridge-llama-compat"])
+
+
+def test_hooklens_eval_and_report_take_a_jacobian_lens_file(bridge, tl_lens, tmp_path, monkeypatch):
+    import json
+
+    from hooklens import models
+    from hooklens.cli import main
+
+    monkeypatch.setattr(models, "load", lambda name, **kwargs: bridge)
+    lens_file = tmp_path / "jlens.pt"
+    tl_lens.save(str(lens_file))
+    corpus = tmp_path / "texts.jsonl"
+    rows = [" ".join(f"w{4 + (i * 7 + j) % 6}" for j in range(40)) for i in range(60)]
+    corpus.write_text("".join(json.dumps({"text": row}) + "\n" for row in rows))
+    out = tmp_path / "eval.json"
+    arguments = ["--lens", str(lens_file), "--data", str(corpus), "--seq-len", "16"]
+    assert main(["eval", *arguments, "--tokens", "64", "--output", str(out)]) == 0
+    results = json.loads(out.read_text())["lenses"]
+    logit, jlens = results["logit lens"], results[f"{tmp_path.name}/jlens.pt"]
+    assert len(jlens["kl_to_output"]) == N_LAYERS + 1
+    assert jlens["kl_to_output"][0] == logit["kl_to_output"][0]  # the embeddings: no J
+    assert jlens["kl_to_output"][1] != logit["kl_to_output"][1]
+    assert jlens["kl_to_output"][-1] == logit["kl_to_output"][-1] == 0
+    report = tmp_path / "report.html"
+    assert (
+        main(["report", "--text", PROMPTS[0], "--lens", str(lens_file), "--output", str(report)])
+        == 0
+    )
+    assert "Jacobian lens" in report.read_text()

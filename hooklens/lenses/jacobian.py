@@ -11,10 +11,16 @@ with `h_ℓ` the **output of block ℓ** and `h_final` the last block's output b
 final norm; the lens reads `W_U · norm(J_ℓ h_ℓ)`, and `J_ℓ = I` is the logit lens.
 
 Layer convention. The reference (and TransformerLens) calls the output of block ℓ
-"layer ℓ". A hooklens `JacobianLens` reads `resid_post` (`component = "resid_post"`), so
-our row ℓ is that same tensor, `blocks.ℓ.hook_resid_post` = `blocks.ℓ.hook_out` =
-`resid_pre` of block ℓ+1, and carries `J_ℓ`. Row `n_layers - 1` (the last block's
-output) is the final residual itself, read with the identity, as is row `n_layers`.
+"source layer ℓ" (`blocks.ℓ.hook_out` = `blocks.ℓ.hook_resid_post` = `resid_pre` of
+block ℓ+1); `jacobian(ℓ)` and `fitted_layers` count that way. Our rows count like every
+other hooklens lens, by `component`:
+
+- `component="resid_pre"` (the default, like the logit and tuned lenses, so trajectories
+  and tables of all three line up): row ℓ is the input of block ℓ and reads `J_{ℓ-1}`;
+  row 0 (the embeddings) has no Jacobian and reads as the logit lens.
+- `component="resid_post"` (the reference's own indexing): row ℓ reads `J_ℓ`.
+
+Either way the last block's output is the final residual, read with the identity.
 """
 
 from __future__ import annotations
@@ -35,10 +41,10 @@ from hooklens.artifacts import (
     read_lens_dir,
     write_lens_dir,
 )
-from hooklens.errors import LensFileError, LensMismatchError
+from hooklens.errors import InputError, LensFileError, LensMismatchError
 from hooklens.files import atomic_write
 from hooklens.lenses.base import Lens
-from hooklens.model import ModelAdapter, ModelFingerprint, _same_model_name
+from hooklens.model import ModelAdapter, ModelFingerprint, _same_model_name, normalize_component
 from hooklens.unembed import Unembed
 
 LENS_TYPE = "jacobian_lens"
@@ -65,8 +71,6 @@ class JacobianLens(Lens):
         ...                                                             # doctest: +SKIP
     """
 
-    component = "resid_post"
-
     def __init__(
         self,
         unembed: Unembed,
@@ -75,12 +79,19 @@ class JacobianLens(Lens):
         n_layers: int | None = None,
         n_prompts: int = 0,
         metadata: dict[str, Any] | None = None,
+        component: str = "resid_pre",
     ):
         if n_layers is None:
             if unembed.adapter is None:
                 raise ValueError("pass n_layers, or build the lens with JacobianLens.from_model")
             n_layers = unembed.adapter.n_layers
         super().__init__(unembed, n_layers)
+        self.component = normalize_component(component)
+        if self.component == "resid_mid":
+            raise InputError(
+                "a Jacobian lens reads block inputs (resid_pre) or outputs (resid_post), "
+                "not resid_mid"
+            )
         d_model = unembed.d_model
         self.n_prompts = int(n_prompts)
         self.metadata: dict[str, Any] = dict(metadata or {})
@@ -135,6 +146,7 @@ class JacobianLens(Lens):
         checkpoint_every: int = 10,
         progress: bool = True,
         metadata: dict[str, Any] | None = None,
+        component: str = "resid_pre",
     ) -> JacobianLens:
         """Fit `J_ℓ` on `prompts` (strings or token ids) with the exact estimator of
         TransformerLens's `JacobianLens.fit` (same signature, same matrices): see
@@ -167,10 +179,13 @@ class JacobianLens(Lens):
             jacobians,
             n_prompts=n_prompts,
             metadata={"model_name": adapter.model_name, **fit_settings, **(metadata or {})},
+            component=component,
         )
 
     @classmethod
-    def from_transformer_lens(cls, lens: Any, model: nn.Module | ModelAdapter) -> JacobianLens:
+    def from_transformer_lens(
+        cls, lens: Any, model: nn.Module | ModelAdapter, *, component: str = "resid_pre"
+    ) -> JacobianLens:
         """Our lens from a `transformer_lens.tools.analysis.JacobianLens` (same matrices)."""
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
         result = cls(
@@ -178,6 +193,7 @@ class JacobianLens(Lens):
             dict(lens.jacobians),
             n_prompts=lens.n_prompts,
             metadata=dict(lens.metadata),
+            component=component,
         )
         result._check_model(adapter, source="this TransformerLens JacobianLens")
         return result
@@ -204,9 +220,9 @@ class JacobianLens(Lens):
         return sorted(int(name.removeprefix("J_")) for name, _ in self.named_buffers())
 
     def jacobian(self, layer: int) -> Float[Tensor, "d_model d_model"]:
-        """`J_ℓ` of source layer `layer` (the identity where none was fitted)."""
-        row = self.layer_index(layer)
-        name = _buffer_name(row)
+        """`J_ℓ` of source layer `layer` (the output of block ℓ, the reference's index);
+        the identity where none was fitted."""
+        name = _buffer_name(self.layer_index(layer))
         if name in self._buffers:
             return self._buffers[name]  # type: ignore[return-value]
         return torch.eye(self.unembed.d_model)
@@ -217,14 +233,18 @@ class JacobianLens(Lens):
         span = f"{fitted[0]}..{fitted[-1]} ({len(fitted)})" if fitted else "none (logit lens)"
         return (
             f"JacobianLens(model={name!r}, layers={self.n_layers}, fitted={span}, "
-            f"d_model={self.unembed.d_model}, n_prompts={self.n_prompts})"
+            f"d_model={self.unembed.d_model}, n_prompts={self.n_prompts}, "
+            f"component={self.component!r})"
         )
 
     def transform_hidden(
         self, h: Float[Tensor, "... d_model"], idx: int
     ) -> Float[Tensor, "... d_model"]:
-        """`J_idx h` (float32 matmul, `h`'s dtype back); the identity where unfitted."""
-        name = _buffer_name(self.layer_index(idx))
+        """`J_ℓ h` for the source layer ℓ of row `idx` (float32 matmul, `h`'s dtype
+        back); the identity where no `J_ℓ` was fitted."""
+        row = self.layer_index(idx)
+        source = row - 1 if self.component == "resid_pre" else row
+        name = _buffer_name(source)
         if name not in self._buffers:
             return h
         matrix: Tensor = self._buffers[name]  # type: ignore[assignment]
@@ -234,8 +254,9 @@ class JacobianLens(Lens):
         component = super()._check_component(component)
         if component != self.component:
             raise LensMismatchError(
-                f"a Jacobian lens reads resid_post (the output of each block), not "
-                f"{component}; pass residual_component=lens.component"
+                f"this Jacobian lens reads {self.component}, not {component}; pass "
+                "residual_component=lens.component, or build the lens with "
+                f"component={component!r}"
             )
         return component
 
@@ -257,6 +278,7 @@ class JacobianLens(Lens):
             "n_prompts": self.n_prompts,
             "source_layers": self.fitted_layers,
             "metadata": self.metadata,
+            "component": self.component,
             "fingerprint": self.adapter.fingerprint.to_dict(),
         }
         return write_lens_dir(
@@ -277,11 +299,18 @@ class JacobianLens(Lens):
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, model: nn.Module | ModelAdapter, *, strict: bool = True
+        cls,
+        path: str | os.PathLike,
+        model: nn.Module | ModelAdapter,
+        *,
+        strict: bool = True,
+        component: str | None = None,
     ) -> JacobianLens:
         """Load a J-lens for `model`: a reference / TransformerLens `.pt` artifact (`J`) or
         fit checkpoint (`jacobian_sum`, `n_done`), read with `weights_only=True`, or a
-        directory saved by `save`.
+        directory saved by `save`. `component` (rows as block inputs, `"resid_pre"`, or
+        outputs, `"resid_post"`; see the module docstring) defaults to what a directory
+        recorded, else `"resid_pre"`.
 
         Refused with `LensMismatchError`: a lens for another model (name, width, layers)
         and a model whose weights TransformerLens processed (published J-lenses are
@@ -291,17 +320,25 @@ class JacobianLens(Lens):
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
         path = Path(path)
         if path.is_dir():
-            return cls._from_dir(path, adapter, strict=strict)
+            return cls._from_dir(path, adapter, strict=strict, component=component)
         if not path.is_file():
             raise FileNotFoundError(f"no Jacobian lens at {path}")
         payload = load_weights_only(path, "a Jacobian lens (.pt artifact or fit checkpoint)")
         jacobians, n_prompts, metadata = _parse_reference(payload, path)
-        lens = cls(Unembed.from_model(adapter), jacobians, n_prompts=n_prompts, metadata=metadata)
+        lens = cls(
+            Unembed.from_model(adapter),
+            jacobians,
+            n_prompts=n_prompts,
+            metadata=metadata,
+            component=component or "resid_pre",
+        )
         lens._check_model(adapter, source=str(path), strict=strict)
         return lens
 
     @classmethod
-    def _from_dir(cls, path: Path, adapter: ModelAdapter, *, strict: bool) -> JacobianLens:
+    def _from_dir(
+        cls, path: Path, adapter: ModelAdapter, *, strict: bool, component: str | None
+    ) -> JacobianLens:
         files = read_lens_dir(path)
         config = files.config
         if config.get("lens_type") != LENS_TYPE:
@@ -321,6 +358,7 @@ class JacobianLens(Lens):
             jacobians,
             n_prompts=int(config.get("n_prompts", 0)),
             metadata=config.get("metadata") or {},
+            component=component or config.get("component", "resid_pre"),
         )
         lens._check_model(adapter, source=str(path), strict=strict)
         return lens

@@ -24,7 +24,9 @@ from hooklens import models, precision
 from hooklens.artifacts import lens_dir_files
 from hooklens.errors import DataError, InputError, LensMismatchError
 from hooklens.files import atomic_write_text
-from hooklens.lenses import Lens, LogitLens, TunedLens
+from hooklens.lenses import JacobianLens, Lens, LogitLens, TunedLens
+from hooklens.lenses.jacobian import LENS_TYPE as JACOBIAN_LENS_TYPE
+from hooklens.lenses.jacobian import REFERENCE_SUFFIX
 from hooklens.model import ModelAdapter, _same_model_name
 from hooklens.plotting.tokens import decode_token
 from hooklens.training.data import batches, check_data_source, load_texts, pack, split_texts
@@ -154,7 +156,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="DIR",
-        help="a tuned lens directory (repeatable); the logit lens is always evaluated",
+        help="a tuned lens directory or a Jacobian lens (.pt or directory; repeatable); "
+        "the logit lens is always evaluated",
     )
     parser.add_argument(
         "--model",
@@ -200,10 +203,42 @@ def check_output_file(output: str | Path, example: str) -> None:
         )
 
 
-def load_lens(directory: str, model: Any) -> TunedLens:
-    """The tuned lens in `directory` for `model`; a lens for another model, or for
-    other weight processing, is refused in one line naming the flag that loads the
-    model it fits (`--model NAME`, `--processing`, `--no-processing`)."""
+def is_jacobian_lens(path: str | Path) -> bool:
+    """Whether `path` holds a Jacobian lens: a `.pt` file (the reference / TransformerLens
+    format) or a directory saved by `JacobianLens.save`."""
+    path = Path(path)
+    if path.suffix == REFERENCE_SUFFIX:
+        return True
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("lens_type") == JACOBIAN_LENS_TYPE
+
+
+def check_lens_path(path: str) -> None:
+    """Refuse, before any model loads, a `--lens` that holds no lens."""
+    if Path(path).suffix == REFERENCE_SUFFIX:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no Jacobian lens at {path}: the file does not exist")
+        return
+    lens_dir_files(path)
+
+
+def load_lens(directory: str, model: Any) -> Lens:
+    """The tuned or Jacobian lens at `directory` for `model`; a lens for another model,
+    or for other weight processing, is refused in one line naming the flag that loads
+    the model it fits (`--model NAME`, `--processing`, `--no-processing`)."""
+    if is_jacobian_lens(directory):
+        try:
+            return JacobianLens.load(directory, model=model)
+        except LensMismatchError as error:
+            if "raw activations" not in str(error):
+                raise
+            raise LensMismatchError(
+                f"{directory}: a Jacobian lens reads raw activations, and the model was "
+                "loaded with TransformerLens's weight processing; pass --no-processing"
+            ) from error
     try:
         return TunedLens.load(directory, model=model)
     except LensMismatchError as error:
@@ -262,7 +297,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_output_file(args.output, "eval.json")
     check_data_source(args.data, args.text_field)
     for directory in args.lens:
-        lens_dir_files(directory)  # a missing lens is said before the model loads
+        check_lens_path(directory)  # a missing lens is said before the model loads
 
 
 def texts_of(args: argparse.Namespace) -> Iterator[str]:
