@@ -274,3 +274,32 @@ def test_hooklens_eval_and_report_take_a_jacobian_lens_file(bridge, tl_lens, tmp
         == 0
     )
     assert "Jacobian lens" in report.read_text()
+
+
+@pytest.mark.slow
+def test_on_the_embedded_model_fit_and_readout_equal_transformer_lens(tmp_path):
+    """SmolLM2 (raw bridge), one source layer, one short prompt: TransformerLens's fit,
+    saved and loaded by us, reads as its readout; and our fit equals its fit."""
+    from transformer_lens.tools.analysis import JacobianLens as TLJacobianLens
+
+    from hooklens import models
+
+    model = models.load("smollm2-135m", model_class="bridge")
+    prompt = "The Eiffel Tower is a wrought-iron lattice tower in Paris, France, and"
+    layer = model.cfg.n_layers // 2
+    settings = dict(source_layers=[layer], max_seq_len=20, skip_first_positions=4)
+    theirs = TLJacobianLens.fit(model, [prompt], corpus="one", show_progress=False, **settings)
+    theirs.save(str(tmp_path / "jlens.pt"), dtype=torch.float32)
+    ours = JacobianLens.load(tmp_path / "jlens.pt", model=model, component="resid_post")
+    ids = model.to_tokens(prompt)
+    readout = theirs.readout(model, ids, layers=[layer], return_full_logits=True)
+    expected = torch.log_softmax(readout.lens_logits[layer].double(), dim=-1)
+    logits, cache = model.run_with_cache(ids)
+    traj = PredictionTrajectory.from_lens_and_cache(
+        ours, ids, cache, logits, residual_component=ours.component
+    )
+    torch.testing.assert_close(traj.layer_log_probs(layer)[0].double(), expected, atol=1e-4, rtol=0)
+    fitted = JacobianLens.fit(model, [prompt], progress=False, **settings)
+    reference = theirs.jacobians[layer].double()
+    gap = (fitted.jacobian(layer).double() - reference).abs().max() / reference.abs().max()
+    assert gap <= 1e-4
