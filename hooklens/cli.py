@@ -16,6 +16,7 @@ from pathlib import Path
 from hooklens import models
 from hooklens.errors import HooklensError, InputError
 from hooklens.training import evaluate as evaluation
+from hooklens.training import jacobian_fit
 from hooklens.training import run as training
 
 # What a user can fix from the command line, printed as one line. OSError covers a
@@ -128,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_arguments(evaluate)
     evaluate.set_defaults(run=evaluation.run)
+    fit_jlens = commands.add_parser(
+        "fit-jlens",
+        help="fit a Jacobian lens (the exact estimator; resumable)",
+        formatter_class=_HelpFormatter,
+    )
+    jacobian_fit.add_arguments(fit_jlens)
+    fit_jlens.set_defaults(run=jacobian_fit.run)
     return parser
 
 

@@ -303,3 +303,67 @@ def test_on_the_embedded_model_fit_and_readout_equal_transformer_lens(tmp_path):
     reference = theirs.jacobians[layer].double()
     gap = (fitted.jacobian(layer).double() - reference).abs().max() / reference.abs().max()
     assert gap <= 1e-4
+
+
+def test_hooklens_fit_jlens_fits_what_the_api_fits(bridge, tmp_path, monkeypatch, capsys):
+    import json
+
+    from hooklens import models
+    from hooklens.cli import main
+    from hooklens.training.data import split_texts
+
+    monkeypatch.setattr(models, "load", lambda name, **kwargs: bridge)
+    corpus = tmp_path / "texts.jsonl"
+    corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PROMPTS * 3))
+    out = tmp_path / "jlens.pt"
+    arguments = ["fit-jlens", "--data", str(corpus), "--output", str(out), "--prompts", "4"]
+    arguments += ["--max-seq-len", "16", "--skip-first", "2", "--no-progress"]
+    assert main(arguments) == 0
+    prompts = list(split_texts(PROMPTS * 3, held_out=False))[:4]
+    expected = JacobianLens.fit(
+        bridge, prompts, max_seq_len=16, skip_first_positions=2, progress=False
+    )
+    got = JacobianLens.load(out, model=bridge)
+    for layer in expected.fitted_layers:
+        torch.testing.assert_close(
+            got.jacobian(layer), expected.jacobian(layer), atol=1e-3, rtol=1e-3
+        )
+    capsys.readouterr()
+    assert main(arguments) == 2  # the lens exists: no silent overwrite
+    assert "pass --resume" in capsys.readouterr().err
+
+
+def test_hooklens_fit_jlens_resumes_an_interrupted_fit(bridge, tmp_path, monkeypatch):
+    import json
+
+    from hooklens import models
+    from hooklens.cli import main
+    from hooklens.training import jacobian_fit
+
+    monkeypatch.setattr(models, "load", lambda name, **kwargs: bridge)
+    corpus = tmp_path / "texts.jsonl"
+    corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in PROMPTS))
+    arguments = ["fit-jlens", "--data", str(corpus), "--prompts", "6", "--max-seq-len", "16"]
+    arguments += ["--skip-first", "2", "--no-progress", "--checkpoint-every", "1"]
+    assert main([*arguments, "--output", str(tmp_path / "whole.pt")]) == 0
+    real, calls = jacobian_fit.prompt_jacobians, []
+
+    def dies_on_the_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jacobian_fit, "prompt_jacobians", dies_on_the_fourth)
+    out = tmp_path / "resumed.pt"
+    with pytest.raises(KeyboardInterrupt):
+        main([*arguments, "--output", str(out)])
+    assert jacobian_fit.checkpoint_path(out).is_file() and not out.exists()
+    monkeypatch.setattr(jacobian_fit, "prompt_jacobians", real)
+    assert main([*arguments, "--output", str(out), "--resume"]) == 0
+    assert not jacobian_fit.checkpoint_path(out).exists()
+    whole, resumed = (
+        JacobianLens.load(tmp_path / n, model=bridge) for n in ("whole.pt", "resumed.pt")
+    )
+    for layer in whole.fitted_layers:
+        torch.testing.assert_close(resumed.jacobian(layer), whole.jacobian(layer))

@@ -184,3 +184,81 @@ def fit_jacobians(
             "skip_first_positions"
         )
     return {layer: total / n_done for layer, total in sums.items()}, n_done
+
+
+# --- `hooklens fit-jlens` ---------------------------------------------------------------
+
+
+def add_arguments(parser: Any) -> None:
+    from hooklens import models
+
+    parser.add_argument("--model", default=models.DEFAULT_MODEL, help="model name")
+    models.add_model_class_argument(parser)
+    parser.add_argument(
+        "--data", default="wikipedia-summaries", help="hub dataset or local file(s) of text"
+    )
+    parser.add_argument("--text-field", default="text", help="the field holding the text")
+    parser.add_argument(
+        "--output", required=True, help="the lens: a .pt file (reference format) or a directory"
+    )
+    parser.add_argument("--prompts", type=int, default=100, help="training texts to fit on")
+    parser.add_argument("--max-seq-len", type=int, default=128, help="tokens per prompt")
+    parser.add_argument(
+        "--skip-first", type=int, default=16, help="leading positions left out of the mean"
+    )
+    parser.add_argument("--dim-batch", type=int, default=8, help="output dimensions per backward")
+    parser.add_argument(
+        "--source-layers", type=int, nargs="+", help="block outputs to fit (default: all)"
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=10, help="prompts between saves")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted fit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def checkpoint_path(output: str | os.PathLike) -> Path:
+    """Where `hooklens fit-jlens --output OUTPUT` keeps its running sums."""
+    output = Path(output)
+    return output.with_name(f"{output.name}.fit-checkpoint.pt")
+
+
+def run(args: Any) -> int:
+    """`hooklens fit-jlens`: fit a Jacobian lens on the first `--prompts` training texts."""
+    import itertools
+
+    from hooklens import models
+    from hooklens.errors import OutputExistsError
+    from hooklens.lenses import JacobianLens
+    from hooklens.training.data import check_data_source, load_texts, split_texts
+
+    for flag in ("prompts", "max_seq_len", "dim_batch", "checkpoint_every"):
+        positive_int(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    if args.skip_first < 0:
+        raise InputError(f"--skip-first must be at least 0, got {args.skip_first}")
+    output, checkpoint = Path(args.output), checkpoint_path(args.output)
+    if args.resume and not checkpoint.is_file():
+        raise FileNotFoundError(f"no fit to resume: {checkpoint} does not exist")
+    if not args.resume and (output.exists() or checkpoint.exists()):
+        raise OutputExistsError(
+            f"{output if output.exists() else checkpoint} exists: pass --resume to continue "
+            "its fit, or choose another --output"
+        )
+    check_data_source(args.data, args.text_field)
+    model = models.load(args.model, model_class=args.model_class, processing=False)
+    texts = (row[args.text_field] for row in load_texts(args.data, streaming=True))
+    prompts = list(itertools.islice(split_texts(texts, held_out=False), args.prompts))
+    lens = JacobianLens.fit(
+        model,
+        prompts,
+        source_layers=args.source_layers,
+        max_seq_len=args.max_seq_len,
+        skip_first_positions=args.skip_first,
+        dim_batch=args.dim_batch,
+        checkpoint=checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        progress=not args.no_progress,
+        metadata={"corpus": str(args.data)},
+    )
+    lens.save(output)
+    checkpoint.unlink(missing_ok=True)
+    print(f"fitted {output}: {lens!r}")
+    return 0
