@@ -160,8 +160,7 @@ class JacobianLens(Lens):
         from hooklens.training.jacobian_fit import fit_jacobians
 
         adapter = ModelAdapter(model)
-        probe = cls.from_model(adapter, metadata={"model_name": adapter.model_name})
-        probe._check_model(adapter, source="JacobianLens.fit")  # raw weights only
+        _require_raw_weights(adapter, source="JacobianLens.fit")
         jacobians, n_prompts = fit_jacobians(
             model,
             prompts,
@@ -202,15 +201,19 @@ class JacobianLens(Lens):
         """The same lens as a `transformer_lens.tools.analysis.JacobianLens`."""
         from transformer_lens.tools.analysis import JacobianLens as TLJacobianLens
 
-        metadata = dict(self.metadata)
-        if self.unembed.adapter is not None:
-            metadata.setdefault("model_name", self.unembed.adapter.model_name)
         return TLJacobianLens(
             {layer: self.jacobian(layer) for layer in self.fitted_layers},
             n_prompts=self.n_prompts,
             d_model=self.unembed.d_model,
-            metadata=metadata,
+            metadata=self._provenance(),
         )
+
+    def _provenance(self) -> dict[str, Any]:
+        """The metadata to hand on, naming the model (what TransformerLens checks)."""
+        metadata = dict(self.metadata)
+        if self.unembed.adapter is not None:
+            metadata.setdefault("model_name", self.unembed.adapter.model_name)
+        return metadata
 
     # --- reading -----------------------------------------------------------------
 
@@ -286,15 +289,12 @@ class JacobianLens(Lens):
         )
 
     def _reference_payload(self, dtype: torch.dtype) -> dict[str, Any]:
-        metadata = dict(self.metadata)
-        if self.unembed.adapter is not None:
-            metadata.setdefault("model_name", self.unembed.adapter.model_name)
         return {
             "J": {layer: self.jacobian(layer).to(dtype) for layer in self.fitted_layers},
             "n_prompts": self.n_prompts,
             "source_layers": self.fitted_layers,
             "d_model": self.unembed.d_model,
-            "metadata": metadata,
+            "metadata": self._provenance(),
         }
 
     @classmethod
@@ -375,19 +375,25 @@ class JacobianLens(Lens):
             if strict:
                 raise LensMismatchError(message)
             warnings.warn(message, stacklevel=3)
-        processing = adapter.processing
-        if processing.fold_ln or processing.center_writing_weights or processing.center_unembed:
-            raise LensMismatchError(
-                f"{source}: this model's weights were processed by TransformerLens "
-                f"({processing}), which changes the residual basis the lens was fitted in. "
-                + _NEEDS_RAW
-            )
+        _require_raw_weights(adapter, source=source)
         target = self.metadata.get("target_layer")
         if target is not None and int(target) != self.n_layers - 1:
             raise LensMismatchError(
                 f"{source} targets layer {target}, but a lens reads into the final block "
                 f"({self.n_layers - 1}); refit it without a custom target layer"
             )
+
+
+def _require_raw_weights(adapter: ModelAdapter, *, source: str) -> None:
+    """Refuse a model whose weights TransformerLens processed: J-lenses live in the raw
+    residual basis."""
+    processing = adapter.processing
+    if processing.fold_ln or processing.center_writing_weights or processing.center_unembed:
+        raise LensMismatchError(
+            f"{source}: this model's weights were processed by TransformerLens "
+            f"({processing}), which changes the residual basis the lens was fitted in. "
+            + _NEEDS_RAW
+        )
 
 
 def _buffer_name(layer: int) -> str:
