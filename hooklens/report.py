@@ -18,6 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
+from hooklens import comparison
 from hooklens.errors import InputError
 from hooklens.files import atomic_write_text
 from hooklens.lenses import Lens, LogitLens
@@ -40,6 +41,8 @@ class ReportSection:
     text: str = ""
     figures: list[go.Figure] = field(default_factory=list)
     widgets: list[Widget] = field(default_factory=list)
+    # Markup we built and escaped ourselves (`comparison.html_table`), shown as is.
+    html: str = ""
 
 
 def render_report(sections: Sequence[ReportSection], title: str = "hooklens report") -> str:
@@ -51,6 +54,8 @@ def render_report(sections: Sequence[ReportSection], title: str = "hooklens repo
         body.append(f"<section><h2>{html.escape(section.title)}</h2>")
         if section.text:
             body.append(f"<p>{html.escape(section.text)}</p>")
+        if section.html:
+            body.append(section.html)
         for figure in section.figures:
             body.append(figure.to_html(full_html=False, include_plotlyjs=False))
         for widget in section.widgets:
@@ -62,7 +67,10 @@ def render_report(sections: Sequence[ReportSection], title: str = "hooklens repo
             '<html lang="en"><head><meta charset="utf-8">',
             f"<title>{html.escape(title)}</title>",
             "<style>body{font-family:system-ui,sans-serif;margin:2em;}"
-            "section{margin-bottom:3em;} .js-plotly-plot{overflow-x:auto;}</style>",
+            "section{margin-bottom:3em;} .js-plotly-plot{overflow-x:auto;}"
+            ".lens-comparison{border-collapse:collapse;font-variant-numeric:tabular-nums;}"
+            ".lens-comparison td,.lens-comparison th{padding:2px 8px;text-align:right;}"
+            ".lens-comparison thead th{border-bottom:1px solid #999;}</style>",
             f'<script type="text/javascript">{get_plotlyjs()}</script>',
             f"<script>{circuitsvis_bundle()}</script>",
             "</head><body>",
@@ -113,7 +121,9 @@ def trajectory_report(
 
     For each lens: one heatmap per statistic (cells show the top prediction, hover the
     top 5) and two circuitsvis views; with more than one lens, the Jensen–Shannon
-    divergence between the logit lens and each other lens.
+    divergence between the logit lens and each other lens, and a per-layer table and
+    figures of KL to the output, cross-entropy and top-1 agreement for every lens
+    (`hooklens.comparison`).
 
     A text longer than `max_tokens` tokens (or than the model's context) is cut to its
     first `max_tokens`: the report's Input section says so, and a `TextCutWarning`
@@ -196,5 +206,24 @@ def trajectory_report(
                 figures=[js.figure(title=f"JS divergence: logit lens vs {name}")],
             )
         )
+    if len(trajectories) > 1:
+        sections.append(_comparison_section(trajectories))
     document = render_report(sections, title or f"hooklens: {adapter.model_name}")
     return atomic_write_text(path, document)
+
+
+def _comparison_section(trajectories: Mapping[str, PredictionTrajectory]) -> ReportSection:
+    """Which lens to trust, per layer, on this text: a table and two figures."""
+    per_layer = {name: comparison.layer_means(t) for name, t in trajectories.items()}
+    n_tokens = next(iter(trajectories.values())).num_tokens
+    return ReportSection(
+        "Which lens to trust, per layer",
+        f"Means over this text's {n_tokens} tokens (cross-entropy over those with a next "
+        "token): KL to the model's output and top-1 agreement say how closely a lens "
+        "reads what the model will predict; `hooklens eval` gives the same table on "
+        "held-out text.",
+        figures=[
+            comparison.figure(per_layer, metric) for metric in ("kl_to_output", "top1_agreement")
+        ],
+        html=comparison.html_table(per_layer),
+    )

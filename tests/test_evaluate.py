@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
-from hooklens import LogitLens, TunedLens
+from hooklens import LogitLens, PredictionTrajectory, TunedLens, next_token_targets
+from hooklens.comparison import SHOWN, html_table, layer_means, layer_sums, markdown_table
 from hooklens.training.evaluate import evaluate_lenses, figure, layer_transfer, transfer_figure
 from tests.conftest import N_LAYERS
 
@@ -61,3 +63,71 @@ def test_layer_transfer_diagonal_is_the_lens_and_columns_are_residuals(model_zoo
     expected = np.array(logit["lenses"]["logit"]["kl_to_output"][:-1])
     np.testing.assert_allclose(identity, np.broadcast_to(expected, identity.shape), rtol=0.02)
     assert len(transfer_figure(matrix, "tuned").data) == 1
+
+
+def _trajectory(model, lens, tokens, attention_mask=None):
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens)
+    return PredictionTrajectory.from_lens_and_cache(
+        lens,
+        tokens,
+        cache,
+        logits,
+        targets=next_token_targets(tokens, attention_mask),
+        attention_mask=attention_mask,
+    )
+
+
+def test_layer_means_are_float64_means_over_the_cells_that_have_a_value(model_zoo):
+    model = model_zoo["bridge-llama"]
+    lens = LogitLens.from_model(model)
+    tokens = torch.randint(4, 10, (2, 7), generator=torch.Generator().manual_seed(2))
+    trajectory = _trajectory(model, lens, tokens)
+    means = layer_means(trajectory)
+    output = trajectory.layer_log_probs(-1).double()
+    for layer in range(N_LAYERS + 1):
+        lens_lp = trajectory.layer_log_probs(layer).double()
+        kl = (output.exp() * (output - lens_lp)).sum(-1)  # [batch, pos]
+        ce = -lens_lp[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]  # no target at the end
+        agree = (lens_lp.argmax(-1) == output.argmax(-1)).double()
+        assert means["kl_to_output"][layer] == pytest.approx(kl.mean().item(), abs=1e-5)
+        assert means["cross_entropy"][layer] == pytest.approx(ce.mean().item(), rel=1e-5)
+        assert means["top1_agreement"][layer] == pytest.approx(agree.mean().item(), abs=1e-9)
+
+
+def test_layer_sums_leave_padding_out_so_batches_add_up(model_zoo):
+    """A right-padded batch sums to what its sequences give read one at a time."""
+    model = model_zoo["bridge-llama"]
+    lens = LogitLens.from_model(model)
+    tokens = torch.randint(4, 10, (2, 6), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(tokens)
+    mask[1, 4:] = 0
+    padded = layer_sums(_trajectory(model, lens, tokens, mask))
+    alone = [
+        layer_sums(_trajectory(model, lens, tokens[:1])),
+        layer_sums(_trajectory(model, lens, tokens[1:, :4])),
+    ]
+    for metric, (total, count) in padded.items():
+        expected_total = alone[0][metric][0] + alone[1][metric][0]
+        expected_count = alone[0][metric][1] + alone[1][metric][1]
+        np.testing.assert_array_equal(count, expected_count)
+        np.testing.assert_allclose(total, expected_total, rtol=1e-4, atol=1e-5)
+    assert padded["top1_agreement"][1][0] == 6 + 4  # padded cells count for nothing
+    assert padded["cross_entropy"][1][0] == 5 + 3  # and the last real token has no target
+
+
+def test_markdown_and_html_tables_have_a_row_per_layer_and_a_column_per_lens():
+    per_layer = {
+        "logit lens": {m: [0.5, 0.25, 0.0] for m in SHOWN},
+        "a <tuned> lens": {m: [0.4, 0.125, 0.0] for m in SHOWN},
+    }
+    rows = markdown_table(per_layer, "kl_to_output").splitlines()
+    assert rows[0] == "| layer | logit lens | a <tuned> lens |"
+    assert rows[2:] == [
+        "| 0 | 0.500 | 0.400 |",
+        "| 1 | 0.250 | 0.125 |",
+        "| output | 0.000 | 0.000 |",
+    ]
+    table = html_table(per_layer)
+    assert table.count("</td></tr>") == 3 and "a &lt;tuned&gt; lens" in table
+    assert table.count("<td>") == 3 * len(SHOWN) * 2

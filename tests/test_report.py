@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from hooklens import TunedLens
+from hooklens import LogitLens, PredictionTrajectory, TunedLens, next_token_targets
 from hooklens.cli import main as cli_main
+from hooklens.comparison import layer_means
 from hooklens.report import trajectory_report
 from tests.browser import open_page
-from tests.conftest import make_bridge
+from tests.conftest import N_LAYERS, make_bridge
 
 WORDS = " ".join(f"w{i}" for i in (5, 17, 33, 5, 60, 71, 17, 9, 88, 42))
 
@@ -43,9 +44,26 @@ def test_report_inlines_its_code_once_and_fetches_nothing(report):
 
     assert text.count(get_plotlyjs()[-300:]) == 1  # each library inlined exactly once
     assert text.count(circuitsvis_bundle()[-300:]) == 1
-    # 4 statistics for each of 2 lenses, plus their JS divergence.
-    assert text.count('class="plotly-graph-div"') == 9
+    # 4 statistics for each of 2 lenses, their JS divergence, and 2 comparison figures.
+    assert text.count('class="plotly-graph-div"') == 11
     assert text.count("CircuitsVis.render(") == 4
+
+
+def test_report_compares_the_lenses_per_layer_in_a_table(report, model):
+    text = report.read_text()
+    assert "Which lens to trust, per layer" in text
+    table = text[text.index('<table class="lens-comparison">') :]
+    table = table[: table.index("</table>")]
+    assert table.count("</td></tr>") == N_LAYERS + 1  # a row per layer and the output
+    tokens = model.to_tokens(WORDS)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens)
+    logit = PredictionTrajectory.from_lens_and_cache(
+        LogitLens.from_model(model), tokens, cache, logits, targets=next_token_targets(tokens)
+    )
+    kl_at_layer_0 = layer_means(logit)["kl_to_output"][0]
+    first_cell = table.split("<td>")[1].split("</td>")[0]  # KL, logit lens, layer 0
+    assert first_cell == f"{kl_at_layer_0:.3f}" and kl_at_layer_0 > 0
 
 
 @pytest.mark.slow
@@ -53,7 +71,7 @@ def test_report_renders_in_headless_chromium_offline(report, tmp_path):
     page = open_page(report, tmp_path)
     assert page.problems == []
     assert page.network == []
-    assert page.dom.count('class="main-svg"') >= 9  # plotly drew every figure
+    assert page.dom.count('class="main-svg"') >= 11  # plotly drew every figure
     widget_divs = page.dom.split('id="hooklens-')[1:]
     assert len(widget_divs) == 4
     assert all(div.split(">", 1)[1].startswith("<div") for div in widget_divs)  # rendered

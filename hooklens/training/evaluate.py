@@ -20,8 +20,9 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
-from hooklens import models, precision
+from hooklens import comparison, models, precision
 from hooklens.artifacts import lens_dir_files
+from hooklens.comparison import layer_sums
 from hooklens.errors import DataError, InputError, LensMismatchError
 from hooklens.files import atomic_write_text
 from hooklens.lenses import JacobianLens, Lens, LogitLens, TunedLens
@@ -32,8 +33,6 @@ from hooklens.plotting.tokens import decode_token
 from hooklens.training.data import batches, check_data_source, load_texts, pack, split_texts
 from hooklens.training.loss import kl_to_target, target_distribution, weight_chunks
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
-
-METRICS = ("kl_to_output", "cross_entropy", "entropy", "top1_agreement")
 
 
 def _bytes_per_token(tokenizer: Any, ids: Tensor) -> int:
@@ -46,40 +45,34 @@ def _bytes_per_token(tokenizer: Any, ids: Tensor) -> int:
 def evaluate_lenses(
     model: Any, lenses: Mapping[str, Lens], token_batches: Iterable[Tensor]
 ) -> dict[str, Any]:
-    """`{"tokens", "bytes", "lenses": {name: {metric: [per layer]}}}`, nats per token."""
-    sums: dict[str, dict[str, np.ndarray]] = {}
-    n_tokens = n_targets = n_bytes = 0
+    """`{"tokens", "bytes", "lenses": {name: {metric: [per layer]}}}`, nats per token.
+
+    Each metric is averaged over the tokens that have it (`hooklens.comparison`):
+    cross-entropy over the tokens with a next token, the others over every token.
+    """
+    sums: dict[str, dict[str, list[np.ndarray]]] = {}
+    n_tokens = n_bytes = 0
     for tokens in token_batches:
         with torch.no_grad():
             logits, cache = model.run_with_cache(tokens)
         targets = next_token_targets(tokens)
         n_tokens += tokens.numel()
-        n_targets += int((targets >= 0).sum())
         n_bytes += _bytes_per_token(model.tokenizer, tokens[..., 1:])
         for name, lens in lenses.items():
             trajectory = PredictionTrajectory.from_lens_and_cache(
                 lens, tokens, cache, logits, targets=targets, residual_component=lens.component
             )
-            top_ids, _ = trajectory.top_predictions()
-            agree = (top_ids[..., 0] == top_ids[..., -1:, :, 0]).float().numpy()
-            values = {
-                "kl_to_output": trajectory.forward_kl().stats,
-                "cross_entropy": trajectory.cross_entropy().stats,
-                "entropy": trajectory.entropy().stats,
-                "top1_agreement": agree,
-            }
-            totals = sums.setdefault(name, {m: 0.0 for m in METRICS})  # type: ignore[misc]
-            for metric, stat in values.items():  # [batch, layer, pos] → sum per layer
-                totals[metric] = totals[metric] + np.nansum(stat, axis=(0, 2))
+            totals = sums.setdefault(name, {})
+            for metric, (total, count) in layer_sums(trajectory).items():
+                previous = totals.get(metric, [0.0, 0])
+                totals[metric] = [previous[0] + total, previous[1] + count]
     results: dict[str, Any] = {"tokens": n_tokens, "bytes": n_bytes, "lenses": {}}
     for name, totals in sums.items():
-        per_token = {
-            m: totals[m] / (n_targets if m == "cross_entropy" else n_tokens) for m in METRICS
-        }
+        per_token = {m: total / np.maximum(count, 1) for m, (total, count) in totals.items()}
         per_token["cross_entropy_bits_per_byte"] = (
-            totals["cross_entropy"] / math.log(2) / n_bytes
+            totals["cross_entropy"][0] / math.log(2) / n_bytes
             if n_bytes
-            else totals["cross_entropy"] * math.nan
+            else per_token["cross_entropy"] * math.nan
         )
         results["lenses"][name] = {
             m: [round(float(v), 6) for v in vs] for m, vs in per_token.items()
@@ -138,15 +131,11 @@ def transfer_figure(matrix: np.ndarray, name: str) -> go.Figure:
 
 def figure(results: Mapping[str, Any], metric: str = "kl_to_output") -> go.Figure:
     """One line per lens: `metric` against the layer (the last point is the output)."""
-    fig = go.Figure()
-    for name, metrics in results["lenses"].items():
-        values = metrics[metric]
-        labels = [*map(str, range(len(values) - 1)), "output"]
-        fig.add_trace(go.Scatter(x=labels, y=values, mode="lines+markers", name=name))
-    return fig.update_layout(
-        title=f"{metric.replace('_', ' ')} per layer ({results['tokens']} held-out tokens)",
-        xaxis_title="layer",
-        yaxis_title=metric,
+    return comparison.figure(
+        results["lenses"],
+        metric,
+        title=f"{comparison.TITLES.get(metric, metric)} per layer "
+        f"({results['tokens']} held-out tokens)",
     )
 
 
@@ -321,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.data}: its held-out split holds no chunk of {args.seq_len} tokens; give "
             "more text or a smaller --seq-len"
         )
-    figures = [figure(results)]
+    figures = [figure(results, metric) for metric in comparison.SHOWN]
     if args.transfer_tokens:
         n_transfer = max(1, args.transfer_tokens // args.seq_len)
         results["transfer"] = {}
@@ -346,13 +335,10 @@ def run(args: argparse.Namespace) -> int:
         + "\n".join(html)
         + "\n</body></html>\n",
     )
-    names = list(results["lenses"])
-    print(f"{results['tokens']} held-out tokens; KL(output ‖ lens) in nats/token")
-    print(f"{'layer':>6} " + " ".join(f"{name[-14:]:>14}" for name in names))
-    n_rows = len(results["lenses"][names[0]]["kl_to_output"])
-    for layer in range(n_rows):
-        label = "output" if layer == n_rows - 1 else str(layer)
-        row = " ".join(f"{results['lenses'][n]['kl_to_output'][layer]:>14.3f}" for n in names)
-        print(f"{label:>6} {row}")
+    print(f"{results['tokens']} held-out tokens, the mean per token of each:")
+    for metric in comparison.SHOWN:
+        print(f"\n{comparison.TITLES[metric]}\n")
+        print(comparison.markdown_table(results["lenses"], metric))
+    print()
     print(f"wrote {output} and {output.with_suffix('.html')}")
     return 0
