@@ -43,6 +43,7 @@ from hooklens.artifacts import (
 )
 from hooklens.errors import InputError, LensFileError, LensMismatchError
 from hooklens.files import atomic_write
+from hooklens.hub import resolve_jacobian_lens
 from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter, ModelFingerprint, _same_model_name, normalize_component
 from hooklens.unembed import Unembed
@@ -300,11 +301,14 @@ class JacobianLens(Lens):
     @classmethod
     def load(
         cls,
-        path: str | os.PathLike,
+        source: str | os.PathLike | None,
         model: nn.Module | ModelAdapter,
         *,
         strict: bool = True,
         component: str | None = None,
+        repo_id: str | None = None,
+        filename: str | None = None,
+        revision: str | None = None,
     ) -> JacobianLens:
         """Load a J-lens for `model`: a reference / TransformerLens `.pt` artifact (`J`) or
         fit checkpoint (`jacobian_sum`, `n_done`), read with `weights_only=True`, or a
@@ -312,13 +316,35 @@ class JacobianLens(Lens):
         outputs, `"resid_post"`; see the module docstring) defaults to what a directory
         recorded, else `"resid_pre"`.
 
-        Refused with `LensMismatchError`: a lens for another model (name, width, layers)
-        and a model whose weights TransformerLens processed (published J-lenses are
-        fitted on raw activations). Refused with `LensFileError`: a truncated file, a
-        pickle that would run code, or a file of neither format.
+        `source` is a local path, a published lens's short name from TransformerLens's
+        registry (`"gpt2-small"`, or a model id such as `"google/gemma-2-2b"`), or a hub
+        file: `repo_id=` and `filename=` (optionally `revision=`), or
+        `"owner/repo/path/in/repo.pt"`. Hub files download through huggingface_hub's
+        cache (`HF_HUB_OFFLINE=1` reads only the cache); `hooklens.hub.jacobian_lens_file`
+        says how the arguments combine.
+
+        Refused with `LensMismatchError`: a lens for another model (the registry's entry,
+        before anything downloads; the file's name, width, layers) and a model whose
+        weights TransformerLens processed (published J-lenses are fitted on raw
+        activations). Refused with `LensFileError`: a truncated file, a pickle that would
+        run code, or a file of neither format. `LensNotFoundError`: no such path, registry
+        name or hub file; `HubUnreachableError`: a hub file not cached while offline.
+
+        Examples:
+            >>> JacobianLens.load("gpt2-small", model)                      # doctest: +SKIP
+            >>> JacobianLens.load(None, model, repo_id="neuronpedia/jacobian-lens",
+            ...     filename="gpt2-small/jlens/Salesforce-wikitext/gpt2_jacobian_lens.pt")
+            ...                                                             # doctest: +SKIP
         """
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
-        path = Path(path)
+        path = resolve_jacobian_lens(
+            source,
+            repo_id=repo_id,
+            filename=filename,
+            revision=revision,
+            model_name=adapter.model_name,
+            strict=strict,
+        )
         if path.is_dir():
             return cls._from_dir(path, adapter, strict=strict, component=component)
         if not path.is_file():
