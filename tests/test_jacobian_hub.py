@@ -225,9 +225,9 @@ def test_a_registry_that_pins_a_revision_downloads_that_commit(
 
 
 def test_the_installed_registry_resolves_every_name_as_transformer_lens_does():
+    raw = installed_registry_or_skip()
     from transformer_lens.tools.analysis import jacobian_lens as tl_jacobian
 
-    raw = installed_registry_or_skip()
     ours = jacobian_lens_registry()
     assert sorted(ours) == sorted(k for k, v in raw.items() if isinstance(v, dict))
     assert "gpt2-small" in ours and ours["gpt2-small"].repo_id == "neuronpedia/jacobian-lens"
@@ -243,9 +243,9 @@ def test_the_installed_registry_resolves_every_name_as_transformer_lens_does():
 def test_a_real_short_name_reads_the_file_transformer_lens_reads(bridge, lens, tmp_path):
     """`gpt2-small` placed in the cache where TransformerLens looks: its `from_pretrained`
     and our resolver land on the same file."""
+    installed_registry_or_skip()
     from transformer_lens.tools.analysis import JacobianLens as TLJacobianLens
 
-    installed_registry_or_skip()
     entry = jacobian_lens_registry()["gpt2-small"]
     install_in_cache(
         Path(constants.HF_HUB_CACHE),
