@@ -109,3 +109,27 @@ def shard_blocks(model: torch.nn.Module, *, cpu_offload: bool = False) -> torch.
         else:
             fully_shard(block, offload_policy=policy)
     return model
+
+
+def all_reduce_cpu_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a CPU `tensor` over ranks in place, on either backend (a no-op for one process).
+
+    NCCL reduces CUDA tensors only, so there the sum goes through this rank's GPU and
+    back; gloo sums the CPU tensor where it is.
+    """
+    if not active():
+        return tensor
+    if dist.get_backend() == "nccl":
+        tensor.copy_(all_reduce_sum_(tensor.cuda()).cpu())
+    else:
+        all_reduce_sum_(tensor)
+    return tensor
+
+
+def same_on_all_ranks(value: str) -> bool:
+    """Whether every rank passed the `value` rank 0 passed; the same answer on every rank
+    (so that all of them raise together, none waiting for the others in a collective)."""
+    if not active():
+        return True
+    differs = torch.tensor([float(broadcast_object(value) != value)])
+    return all_reduce_cpu_sum_(differs).item() == 0

@@ -1,21 +1,35 @@
-"""The exact Jacobian-lens estimator (TransformerLens's and the reference's), resumable.
+"""The exact Jacobian-lens estimator (TransformerLens's and the reference's), resumable
+and data-parallel under torchrun.
 
 For each prompt: one forward pass with the prompt replicated `dim_batch` times, then
 `ceil(d_model / dim_batch)` backward passes, each planting one-hot cotangents for
 `dim_batch` output dimensions at every valid position of the final block's output. By
 causality the gradient at source position t is the sum over targets t' ≥ t. Rows are
 averaged over valid source positions (the first `skip_first_positions` and the last
-position excluded) and prompts count equally.
+position excluded) and prompts count equally:
+
+    J_ℓ = (1 / n_done) Σ_prompts mean_{valid t} Σ_{t' ≥ t} ∂h_final[t'] / ∂h_ℓ[t]
 
 Unlike TransformerLens's `fit`, the forward stops after the last block
 (`stop_at_layer`): the final norm and the `[d_model, d_vocab]` unembedding, which the
 estimator never uses, are not run `dim_batch` times per prompt.
+
+Under torchrun (`torchrun --nproc_per_node N -m hooklens fit-jlens ...`, or the API once
+the caller has initialised the process group) every rank passes the same, whole list of
+prompts; the fit goes through it in rounds of `checkpoint_every` prompts (boundaries at
+multiples of `checkpoint_every`, the same on every rank), each rank taking every N-th
+prompt of a round. After every round the ranks sum their sums and prompt counts, rank 0
+writes the checkpoint, and every rank ends with the same mean: that of one process on
+the same prompts, up to the order of the float32 additions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +39,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hooklens.artifacts import load_weights_only
-from hooklens.errors import InputError, RunStateError
+from hooklens.errors import HooklensError, InputError, RunStateError
 from hooklens.files import atomic_write
-from hooklens.model import ModelAdapter
-from hooklens.validation import positive_int, token_id_tensor
+from hooklens.model import ModelAdapter, _same_model_name, fingerprint_of
+from hooklens.training import distributed
+from hooklens.validation import check_id_range, positive_int, token_id_tensor
+
+# Our own checkpoint entry, beside the reference's keys: what a resume must repeat.
+# TransformerLens's and our `JacobianLens.load` read a checkpoint without it.
+RECORD_KEY = "hooklens_fit"
+_REFERENCE_KEYS = ("jacobian_sum", "n_done", "next_idx", "source_layers", "skip_first")
 
 
 def prompt_tokens(model: Any, prompt: str | Any, max_seq_len: int) -> Int[Tensor, "1 pos"]:
@@ -108,82 +128,332 @@ def fit_jacobians(
     With `checkpoint`, the running sums are written there (atomically, every
     `checkpoint_every` prompts and at the end) in the reference's fit-checkpoint format
     (`jacobian_sum`, `n_done`, `next_idx`, `source_layers`, `target_layer`,
-    `skip_first`), and a checkpoint already there is resumed: it must have been made
-    with the same layers and `skip_first_positions`; its `next_idx` prompts are skipped.
+    `skip_first`, which TransformerLens's and our `JacobianLens.load` read as a lens),
+    with one entry of ours beside them (`hooklens_fit`: the model's name, sizes and
+    unembedding hash, `max_seq_len`, and a hash of the token ids of the `next_idx`
+    prompts gone through). A checkpoint already there is resumed, by any number of
+    processes: it must have been made with the same model, layers,
+    `skip_first_positions` and `max_seq_len`, and `prompts` must begin with the
+    prompts it went through (more may follow), else `RunStateError` says what changed.
+    `dim_batch` may change: it only groups the backward passes (the same matrices up
+    to float32 rounding).
+
+    Under torchrun (the process group initialised, e.g. by
+    `hooklens.training.distributed.init_from_environment()`), every rank passes the
+    same, whole `prompts`: each computes every N-th prompt of each round, the sums are
+    added over ranks after every round, only rank 0 writes the checkpoint and shows the
+    progress bar, and every rank returns the same mean. A rank that fails mid-fit
+    leaves the others waiting in the next reduction: torchrun then stops them all, and
+    the checkpoint holds the rounds completed before.
+
+    Examples:
+        >>> jacobians, n = fit_jacobians(model, texts, checkpoint="fit.pt")  # doctest: +SKIP
+        >>> # interrupted? the same call (any world size, any dim_batch) continues it
     """
     adapter = ModelAdapter(model)
     n_layers, d_model = adapter.n_layers, adapter.d_model
+    layers = _source_layers(source_layers, n_layers)
+    dim_batch = positive_int(dim_batch, "dim_batch", at_most=d_model)
+    positive_int(max_seq_len, "max_seq_len")
+    positive_int(checkpoint_every, "checkpoint_every")
+    # Tokenized up front (cheap beside the backward passes): the prompts are checked
+    # and fingerprinted before any expensive work, the same way on every rank.
+    tokens = [prompt_tokens(model, prompt, max_seq_len).cpu() for prompt in prompts]
+    for index, ids in enumerate(tokens):
+        check_id_range(ids, f"prompts[{index}]", adapter.d_vocab, allow_missing=False)
+    digests = prompt_digests(tokens)
+    _require_the_same_prompts_on_every_rank(digests)
+    record = {"model": _model_record(model), "max_seq_len": max_seq_len}
+    running, next_idx = _RunningSums(layers, d_model), 0
+    path = Path(checkpoint) if checkpoint is not None else None
+    entries, saved_sums = _read_checkpoint(path) if path is not None else (None, None)
+    if entries is not None:
+        _check_resumable(
+            entries, path, layers=layers, skip_first_positions=skip_first_positions,
+            record=record, digests=digests, n_layers=n_layers, d_model=d_model,
+        )  # fmt: skip
+        next_idx = int(entries["next_idx"])
+        if saved_sums is not None:  # rank 0 alone adds the sums it was made with
+            running.resume(saved_sums, int(entries["n_done"]))
+
+    def save() -> None:
+        if path is None:
+            return
+        if distributed.is_primary():  # it holds the whole fit's sums after a reduction
+            state = {
+                "jacobian_sum": running.sums,
+                "n_done": running.n_done,
+                "next_idx": next_idx,
+                "source_layers": layers,
+                "target_layer": n_layers - 1,
+                "skip_first": skip_first_positions,
+                RECORD_KEY: {
+                    **record,
+                    "prompts_digest": _digest_of_first(digests, next_idx),
+                    "world_size": distributed.world_size(),  # informational: any may resume
+                },
+            }
+            atomic_write(path, lambda tmp: torch.save(state, tmp))
+        distributed.barrier()  # no rank reads a half-written checkpoint
+
+    options = {"dim_batch": dim_batch, "skip_first_positions": skip_first_positions}
+    world = distributed.world_size()
+    show = progress and distributed.is_primary()
+    with _frozen(model):
+        bar = tqdm(total=len(tokens), initial=next_idx, desc="fit J-lens", disable=not show)
+        for start, stop in _rounds(next_idx, len(tokens), checkpoint_every):
+            running.start_round()
+            for index in distributed.shard(range(start, stop)):
+                if tokens[index].shape[1] > skip_first_positions + 1:
+                    # The per-prompt estimator: this one line could call another.
+                    per_prompt = prompt_jacobians(model, tokens[index], layers, **options)
+                    running.add(per_prompt)
+                _advance(bar, min(index + world, stop))  # the other ranks go alongside
+            running.reduce_over_ranks()  # every rank reaches it, whatever it skipped
+            next_idx = stop
+            save()
+            _advance(bar, stop)
+        bar.close()
+    if running.n_done == 0:
+        raise InputError(
+            f"no prompt has more than skip_first_positions + 1 = {skip_first_positions + 1} "
+            "tokens, so nothing was fitted: give longer prompts or a smaller "
+            "skip_first_positions"
+        )
+    return running.means(), running.n_done
+
+
+def _source_layers(source_layers: Sequence[int] | None, n_layers: int) -> list[int]:
     layers = sorted(range(n_layers - 1) if source_layers is None else map(int, source_layers))
     if not layers or any(not 0 <= layer < n_layers - 1 for layer in layers):
         raise InputError(
             f"source_layers must lie in 0..{n_layers - 2} (the last block's output is the "
             f"final residual), got {layers}"
         )
-    dim_batch = positive_int(dim_batch, "dim_batch", at_most=d_model)
-    positive_int(max_seq_len, "max_seq_len")
-    sums = {layer: torch.zeros(d_model, d_model) for layer in layers}
-    n_done = next_idx = 0
-    path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and path.is_file():
-        state = load_weights_only(path, "a Jacobian-lens fit checkpoint")
-        if (list(state["source_layers"]), int(state["skip_first"])) != (
-            layers,
-            skip_first_positions,
-        ):
-            raise RunStateError(
-                f"{path} was made for source layers {state['source_layers']} skipping "
-                f"{state['skip_first']} positions; this fit asks for {layers} and "
-                f"{skip_first_positions}: repeat its settings or use another checkpoint"
-            )
-        sums = {int(k): v.float() for k, v in state["jacobian_sum"].items()}
-        n_done, next_idx = int(state["n_done"]), int(state["next_idx"])
+    return layers
 
-    def save() -> None:
-        if path is None:
-            return
-        state = {
-            "jacobian_sum": sums,
-            "n_done": n_done,
-            "next_idx": next_idx,
-            "source_layers": layers,
-            "target_layer": n_layers - 1,
-            "skip_first": skip_first_positions,
-        }
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
 
-    frozen = [(p, p.requires_grad) for p in model.parameters()]
+def _rounds(start: int, stop: int, every: int) -> Iterator[tuple[int, int]]:
+    """`[a, b)` spans of prompt indices from `start` to `stop`, cut at the multiples of
+    `every` (wherever a fit resumed, so the same on every rank and in every run); one
+    empty span where nothing is left, so that a finished checkpoint still reduces."""
+    if start >= stop:
+        yield start, start
+    while start < stop:
+        end = min((start // every + 1) * every, stop)
+        yield start, end
+        start = end
+
+
+def _advance(bar: Any, to: int) -> None:
+    if not bar.disable and to > bar.n:
+        bar.update(to - bar.n)
+
+
+@contextmanager
+def _frozen(model: Any) -> Iterator[None]:
+    """No gradients for the parameters during the fit (the graph starts at the
+    activations); their flags restored after it, even when it fails."""
+    flags = [(param, param.requires_grad) for param in model.parameters()]
     model.requires_grad_(False)
     try:
-        bar = tqdm(total=len(prompts), initial=next_idx, desc="fit J-lens", disable=not progress)
-        for index in range(next_idx, len(prompts)):
-            tokens = prompt_tokens(model, prompts[index], max_seq_len)
-            if tokens.shape[1] > skip_first_positions + 1:
-                per_prompt = prompt_jacobians(
-                    model,
-                    tokens,
-                    layers,
-                    dim_batch=dim_batch,
-                    skip_first_positions=skip_first_positions,
-                )
-                for layer in layers:
-                    sums[layer] += per_prompt[layer]
-                n_done += 1
-            next_idx = index + 1
-            bar.update(1)
-            if next_idx % checkpoint_every == 0:
-                save()
-        bar.close()
+        yield
     finally:
-        for param, requires_grad in frozen:
+        for param, requires_grad in flags:
             param.requires_grad_(requires_grad)
-    save()
-    if n_done == 0:
+
+
+class _RunningSums:
+    """`Σ_prompts J_ℓ` and the number of prompts summed, in float32 on the CPU.
+
+    Under torchrun rank 0 holds the sums of the whole fit (those of a resumed checkpoint
+    included), every other rank only what it added since the last reduction: so each
+    reduction counts every prompt, and the checkpoint's sums, exactly once.
+    """
+
+    def __init__(self, layers: Sequence[int], d_model: int) -> None:
+        self.sums = {layer: torch.zeros(d_model, d_model) for layer in layers}
+        self.n_done = 0
+
+    def resume(self, sums: dict[int, Tensor], n_done: int) -> None:
+        self.sums = {layer: sums[layer].float().clone() for layer in self.sums}
+        self.n_done = n_done
+
+    def add(self, per_prompt: dict[int, Float[Tensor, "d_model d_model"]]) -> None:
+        for layer, total in self.sums.items():
+            total += per_prompt[layer]
+        self.n_done += 1
+
+    def start_round(self) -> None:
+        """Drop, on the ranks but 0, the whole-fit sums the last reduction gave them."""
+        if not distributed.is_primary():
+            for total in self.sums.values():
+                total.zero_()
+            self.n_done = 0
+
+    def reduce_over_ranks(self) -> None:
+        """Every rank then holds the sums of the whole fit (a no-op for one process)."""
+        for total in self.sums.values():
+            distributed.all_reduce_cpu_sum_(total)
+        count = torch.tensor([self.n_done], dtype=torch.int64)
+        self.n_done = int(distributed.all_reduce_cpu_sum_(count).item())
+
+    def means(self) -> dict[int, Tensor]:
+        return {layer: total / self.n_done for layer, total in self.sums.items()}
+
+
+# --- what a resume must repeat ----------------------------------------------------------
+
+
+def prompt_digests(tokens: Sequence[Int[Tensor, "1 pos"]]) -> list[bytes]:
+    """A blake2b digest of each prompt's token ids (its shape included), in order."""
+    digests = []
+    for ids in tokens:
+        ids = ids.to("cpu", torch.int64).contiguous()
+        digest = hashlib.blake2b(repr(tuple(ids.shape)).encode(), digest_size=16)
+        digest.update(ids.numpy().tobytes())
+        digests.append(digest.digest())
+    return digests
+
+
+def _digest_of_first(digests: Sequence[bytes], n: int) -> str:
+    """The fingerprint of the first `n` prompts (those a checkpoint at `next_idx=n` went
+    through), so that a resume may add prompts after them."""
+    return hashlib.blake2b(b"".join(digests[:n]), digest_size=16).hexdigest()
+
+
+def _model_record(model: Any) -> dict[str, Any]:
+    """The model's name and sizes, and a hash of its unembedding (another checkpoint or a
+    fine-tune of the same architecture differs there)."""
+    fingerprint = fingerprint_of(model)
+    keys = ("model_name", "d_model", "n_layers", "d_vocab", "unembedding_hash")
+    return {key: getattr(fingerprint, key) for key in keys}
+
+
+def _require_the_same_prompts_on_every_rank(digests: Sequence[bytes]) -> None:
+    if not distributed.same_on_all_ranks(_digest_of_first(digests, len(digests))):
         raise InputError(
-            f"no prompt has more than skip_first_positions + 1 = {skip_first_positions + 1} "
-            "tokens, so nothing was fitted: give longer prompts or a smaller "
-            "skip_first_positions"
+            "under torchrun every rank must pass the same, whole list of prompts "
+            "(fit_jacobians shards it over the ranks itself), but they differ between "
+            "ranks: pass every rank the same prompts in the same order"
         )
-    return {layer: total / n_done for layer, total in sums.items()}, n_done
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, Any] | None, dict[int, Tensor] | None]:
+    """`(entries, sums)` of the checkpoint at `path`, read by rank 0 alone (the rank that
+    writes it): every rank gets its entries but the sums (`None`: no checkpoint there),
+    rank 0 its sums too (`None` elsewhere); an unreadable file raises on every rank."""
+    entries: dict[str, Any] | None = None
+    sums: dict[int, Tensor] | None = None
+    error: Exception | None = None
+    if distributed.is_primary() and path.is_file():
+        try:
+            entries, sums = _split_checkpoint(
+                load_weights_only(path, "a Jacobian-lens fit checkpoint"), path
+            )
+        except (HooklensError, OSError) as caught:
+            error = caught
+    entries, error = distributed.broadcast_object((entries, error))
+    if error is not None:
+        raise error
+    return entries, sums
+
+
+def _split_checkpoint(state: Any, path: Path) -> tuple[dict[str, Any], dict[int, Tensor]]:
+    if not isinstance(state, dict) or any(key not in state for key in _REFERENCE_KEYS):
+        found = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__
+        raise RunStateError(
+            f"{path} is not a Jacobian-lens fit checkpoint: expected the keys "
+            f"{', '.join(_REFERENCE_KEYS)}, found {found}. Pass the checkpoint of a fit, "
+            "or another checkpoint path to start a new fit"
+        )
+    sums = {int(layer): matrix for layer, matrix in state["jacobian_sum"].items()}
+    entries = {key: value for key, value in state.items() if key != "jacobian_sum"}
+    entries["sum_shapes"] = {layer: tuple(matrix.shape) for layer, matrix in sums.items()}
+    return entries, sums
+
+
+def _check_resumable(
+    entries: dict[str, Any],
+    path: Path | None,
+    *,
+    layers: list[int],
+    skip_first_positions: int,
+    record: dict[str, Any],
+    digests: Sequence[bytes],
+    n_layers: int,
+    d_model: int,
+) -> None:
+    """Refuse (`RunStateError`, on every rank alike) a checkpoint this fit cannot
+    continue to the lens an uninterrupted fit would give."""
+    pairs: list[tuple[str, Any, Any]] = [
+        ("source_layers", [int(layer) for layer in entries["source_layers"]], layers),
+        ("skip_first_positions", int(entries["skip_first"]), skip_first_positions),
+        ("target_layer", int(entries.get("target_layer", n_layers - 1)), n_layers - 1),
+        ("summed layers", sorted(entries["sum_shapes"]), layers),
+        ("matrix shapes", sorted(set(entries["sum_shapes"].values())), [(d_model, d_model)]),
+    ]
+    saved = entries.get(RECORD_KEY)
+    if saved is None:
+        warnings.warn(
+            f"{path} records neither the model, max_seq_len nor the prompts it was made "
+            "with (a reference checkpoint, or an older hooklens): it is resumed without "
+            "checking them",
+            stacklevel=3,
+        )
+    else:
+        pairs.append(("max_seq_len", saved.get("max_seq_len"), record["max_seq_len"]))
+        pairs += [
+            (f"model {key}", saved.get("model", {}).get(key), value)
+            for key, value in record["model"].items()
+        ]
+    changed = [
+        f"{name}: {_shown(then)} then, {_shown(now)} now"
+        for name, then, now in pairs
+        if not _same_setting(name, then, now)
+    ]
+    if changed:
+        raise RunStateError(
+            f"{path} was made by a fit with other settings ({'; '.join(changed)}): resume "
+            "with the model and settings it was made with, or start a new fit with "
+            "another checkpoint (hooklens fit-jlens: another --output)"
+        )
+    _check_resumed_prompts(entries, path, digests)
+
+
+def _check_resumed_prompts(
+    entries: dict[str, Any], path: Path | None, digests: Sequence[bytes]
+) -> None:
+    next_idx = int(entries["next_idx"])
+    if next_idx > len(digests):
+        raise RunStateError(
+            f"{path} has gone through the first {next_idx} prompts, but this fit has "
+            f"only {len(digests)}: pass the prompts it was made with (more may follow; "
+            "hooklens fit-jlens: --prompts of at least that many), or start a new fit "
+            "with another checkpoint"
+        )
+    saved = (entries.get(RECORD_KEY) or {}).get("prompts_digest")
+    now = _digest_of_first(digests, next_idx)
+    if saved is not None and saved != now:
+        raise RunStateError(
+            f"the first {next_idx} prompts are not those {path} went through (their "
+            f"token ids hash to {saved[:12]}… then, {now[:12]}… now), so the sums would "
+            "mix two corpora: pass the same prompts in the same order, cut at the same "
+            "max_seq_len by the same tokenizer (more may follow), or start a new fit with "
+            "another checkpoint"
+        )
+
+
+def _same_setting(name: str, then: Any, now: Any) -> bool:
+    if name == "model model_name":  # "gpt2" and "openai-community/gpt2" are one model
+        return then is not None and _same_model_name(str(then), str(now))
+    return then == now
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str) and len(value) > 16:
+        return repr(f"{value[:12]}…")  # a hash
+    return repr(value)
 
 
 # --- `hooklens fit-jlens` ---------------------------------------------------------------
@@ -211,7 +481,13 @@ def add_arguments(parser: Any) -> None:
         "--source-layers", type=int, nargs="+", help="block outputs to fit (default: all)"
     )
     parser.add_argument("--checkpoint-every", type=int, default=10, help="prompts between saves")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted fit")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted fit: the same --model, --data, --max-seq-len, "
+        "--skip-first and --source-layers (checked), at least as many --prompts; "
+        "--dim-batch and the number of torchrun processes may change",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -222,7 +498,11 @@ def checkpoint_path(output: str | os.PathLike) -> Path:
 
 
 def run(args: Any) -> int:
-    """`hooklens fit-jlens`: fit a Jacobian lens on the first `--prompts` training texts."""
+    """`hooklens fit-jlens`: fit a Jacobian lens on the first `--prompts` training texts.
+
+    Under `torchrun --nproc_per_node N -m hooklens fit-jlens ...` the N processes share
+    the prompts (see `fit_jacobians`); rank 0 writes the checkpoint and the lens.
+    """
     import itertools
 
     from hooklens import models
@@ -234,7 +514,9 @@ def run(args: Any) -> int:
         positive_int(getattr(args, flag), f"--{flag.replace('_', '-')}")
     if args.skip_first < 0:
         raise InputError(f"--skip-first must be at least 0, got {args.skip_first}")
+    distributed.init_from_environment()  # gloo: the fit reduces CPU tensors
     output, checkpoint = Path(args.output), checkpoint_path(args.output)
+    # Every rank checks: none writes before all have reached the fit's first reduction.
     if args.resume and not checkpoint.is_file():
         raise FileNotFoundError(f"no fit to resume: {checkpoint} does not exist")
     if not args.resume and (output.exists() or checkpoint.exists()):
@@ -258,7 +540,10 @@ def run(args: Any) -> int:
         progress=not args.no_progress,
         metadata={"corpus": str(args.data)},
     )
-    lens.save(output)
-    checkpoint.unlink(missing_ok=True)
-    print(f"fitted {output}: {lens!r}")
+    if distributed.is_primary():
+        lens.save(output)
+        checkpoint.unlink(missing_ok=True)
+        processes = f" on {distributed.world_size()} processes" * (distributed.world_size() > 1)
+        print(f"fitted {output}{processes}: {lens!r}")
+    distributed.barrier()  # no rank ends before the lens is whole
     return 0
