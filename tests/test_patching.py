@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hooklens import TunedLens
+from hooklens import JacobianLens, TunedLens
 from hooklens.effects import LayerEffect, answer_log_prob_diff, bootstrap_ci
 from hooklens.interventions import patch
 from hooklens.model import ModelAdapter
@@ -15,23 +15,37 @@ from hooklens.patching import patching_sweep
 from tests.conftest import N_LAYERS
 
 
-def _lens(model):
+def _lens(model, lens_kind: str = "tuned"):
+    generator = torch.Generator().manual_seed(2)
+    if lens_kind == "jacobian":
+        d_model = ModelAdapter(model).d_model
+        return JacobianLens.from_model(
+            model,
+            {
+                layer: torch.eye(d_model)
+                + 0.05 * torch.randn(d_model, d_model, generator=generator)
+                for layer in range(N_LAYERS - 1)
+            },
+        )
     lens = TunedLens.from_model(model)
     with torch.no_grad():
         for param in lens.parameters():
-            param.normal_(0, 0.05, generator=torch.Generator().manual_seed(2))
+            param.normal_(0, 0.05, generator=generator)
     return lens
 
 
-@pytest.mark.parametrize("kind", ["hooked-rms-processed", "bridge-llama"])
-def test_sweep_cells_equal_a_patched_full_forward(model_zoo, kind):
+@pytest.mark.parametrize(
+    ("kind", "lens_kind"),
+    [("hooked-rms-processed", "tuned"), ("bridge-llama", "tuned"), ("bridge-llama", "jacobian")],
+)
+def test_sweep_cells_equal_a_patched_full_forward(model_zoo, kind, lens_kind):
     model = model_zoo[kind]
     generator = torch.Generator().manual_seed(0)
     clean = torch.randint(4, 10, (2, 5), generator=generator)
     corrupted = clean.clone()
     corrupted[:, 1] = torch.tensor([11, 12])  # one token differs, as in a corrupted prompt
     targets, anti = torch.tensor([4, 5]), torch.tensor([[6, 7], [8, -1]])
-    lens = _lens(model)
+    lens = _lens(model, lens_kind)
     sweep = patching_sweep(
         lens, model, clean, corrupted, targets, anti, position_batch=2, progress=False
     )
