@@ -57,7 +57,7 @@ def _report(args: argparse.Namespace) -> int:
         raise InputError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     evaluation.check_output_file(args.output, "report.html")
     for directory in args.lens:
-        evaluation.check_lens_path(directory)  # a missing lens is said before the model loads
+        evaluation.check_lens_path(directory, args.model)  # said before the model loads
     text = _read_text(args)
     start = time.perf_counter()
     with torch.no_grad():
@@ -95,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--lens",
         action="append",
         default=[],
-        metavar="DIR",
-        help="a tuned lens directory or a Jacobian lens (.pt or directory; repeatable); "
-        "the logit lens is always shown",
+        metavar="LENS",
+        help="a tuned lens directory, a Jacobian lens (.pt or directory), or a published "
+        "Jacobian lens (a name in TransformerLens's registry, or owner/repo/path.pt on the "
+        "hub); repeatable; the logit lens is always shown",
     )
     report.add_argument(
         "--model",

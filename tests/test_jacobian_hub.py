@@ -403,3 +403,45 @@ def test_an_unreachable_hub_reads_the_cache_without_retrying(bridge, lens, cache
     with pytest.raises(HubUnreachableError, match="not in the huggingface_hub cache"):
         JacobianLens.load(None, bridge, repo_id=REPO, filename="other.pt")
     assert [call["local_files_only"] for call in calls] == [True, True]
+
+
+def test_hooklens_eval_and_report_read_a_published_lens_by_name(
+    bridge, offline_cache, test_registry, tmp_path, monkeypatch, capsys
+):
+    from hooklens import models
+    from hooklens.cli import main
+
+    lens = fitted_lens(bridge, seed=7)
+    install_in_cache(offline_cache, REPO, {FILE: saved_bytes(lens, tmp_path, "published")})
+    monkeypatch.setattr(models, "load", lambda name, **kwargs: bridge)
+    corpus = tmp_path / "texts.jsonl"
+    rows = [" ".join(f"w{4 + (i * 7 + j) % 6}" for j in range(40)) for i in range(60)]
+    corpus.write_text("".join(json.dumps({"text": row}) + "\n" for row in rows))
+    out = tmp_path / "eval.json"
+    arguments = ["--model", "tiny-llama", "--data", str(corpus), "--seq-len", "16"]
+    assert main(["eval", "--lens", "tiny-llama", *arguments, "--output", str(out)]) == 0
+    results = json.loads(out.read_text())["lenses"]
+    assert set(results) == {"logit lens", "tiny-llama"}
+    assert results["tiny-llama"]["kl_to_output"][1] != results["logit lens"]["kl_to_output"][1]
+    report = tmp_path / "report.html"
+    command = ["report", "--text", "w5 w6 w7 w8", "--lens", f"{REPO}/{FILE}"]
+    assert main([*command, "--model", "tiny-llama", "--output", str(report)]) == 0
+    assert "Jacobian lens" in report.read_text()
+
+
+def test_hooklens_eval_refuses_an_unknown_or_uncached_name_before_the_model_loads(
+    offline_cache, test_registry, monkeypatch, capsys
+):
+    from hooklens import models
+    from hooklens.cli import main
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the lens was checked")
+
+    monkeypatch.setattr(models, "load", must_not_load)
+    assert main(["eval", "--lens", "tiny-lama", "--model", "tiny-llama"]) == 2
+    assert "Did you mean 'tiny-llama'" in capsys.readouterr().err
+    assert main(["eval", "--lens", "tiny-llama", "--model", "tiny-llama"]) == 2  # not cached
+    assert "hf download" in capsys.readouterr().err
+    assert main(["eval", "--lens", "other-model", "--model", "tiny-llama"]) == 2
+    assert "tiny-llama" in capsys.readouterr().err

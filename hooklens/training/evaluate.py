@@ -11,6 +11,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
-from hooklens import comparison, models, precision
-from hooklens.artifacts import lens_dir_files
+from hooklens import comparison, hub, models, precision
+from hooklens.artifacts import LensNotFoundError, lens_dir_files
 from hooklens.comparison import layer_sums
 from hooklens.errors import DataError, InputError, LensMismatchError
 from hooklens.files import atomic_write_text
@@ -144,9 +145,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lens",
         action="append",
         default=[],
-        metavar="DIR",
-        help="a tuned lens directory or a Jacobian lens (.pt or directory; repeatable); "
-        "the logit lens is always evaluated",
+        metavar="LENS",
+        help="a tuned lens directory, a Jacobian lens (.pt or directory), or a published "
+        "Jacobian lens (a name in TransformerLens's registry, or owner/repo/path.pt on the "
+        "hub); repeatable; the logit lens is always evaluated",
     )
     parser.add_argument(
         "--model",
@@ -205,8 +207,25 @@ def is_jacobian_lens(path: str | Path) -> bool:
     return isinstance(config, dict) and config.get("lens_type") == JACOBIAN_LENS_TYPE
 
 
-def check_lens_path(path: str) -> None:
-    """Refuse, before any model loads, a `--lens` that holds no lens."""
+def check_lens_path(path: str, model_name: str | None = None) -> None:
+    """Refuse, before any model loads, a `--lens` that holds no lens.
+
+    A `--lens` that is no local path may name a published Jacobian lens (a short name in
+    TransformerLens's registry, or `owner/repo/path.pt` on the hub): it is resolved and
+    downloaded here, so an unknown name, a registry lens for another model than
+    `model_name`, or an uncached file offline is said before the model loads.
+    """
+    if not Path(path).exists():
+        try:
+            found = hub.jacobian_lens_file(path, model_name=model_name)
+        except LensNotFoundError:
+            if os.sep in path or Path(path).suffix:
+                found = None  # a path, not a name: say what is missing there, below
+            else:
+                raise
+        if isinstance(found, hub.HubFile):
+            hub.download_hub_file(found)
+            return
     if Path(path).suffix == REFERENCE_SUFFIX:
         if not Path(path).is_file():
             raise FileNotFoundError(f"no Jacobian lens at {path}: the file does not exist")
@@ -217,8 +236,9 @@ def check_lens_path(path: str) -> None:
 def load_lens(directory: str, model: Any) -> Lens:
     """The tuned or Jacobian lens at `directory` for `model`; a lens for another model,
     or for other weight processing, is refused in one line naming the flag that loads
-    the model it fits (`--model NAME`, `--processing`, `--no-processing`)."""
-    if is_jacobian_lens(directory):
+    the model it fits (`--model NAME`, `--processing`, `--no-processing`). A `directory`
+    that is no local path is a published Jacobian lens (`check_lens_path`)."""
+    if not Path(directory).exists() or is_jacobian_lens(directory):
         try:
             return JacobianLens.load(directory, model=model)
         except LensMismatchError as error:
@@ -286,7 +306,15 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_output_file(args.output, "eval.json")
     check_data_source(args.data, args.text_field)
     for directory in args.lens:
-        check_lens_path(directory)  # a missing lens is said before the model loads
+        check_lens_path(directory, args.model)  # a missing lens is said before the model loads
+
+
+def lens_label(source: str) -> str:
+    """A short column name: the last two parts of a local path, or the name as given."""
+    if not Path(source).exists():
+        return source  # a published lens's name
+    path = Path(source).resolve()
+    return f"{path.parent.name}/{path.name}"
 
 
 def texts_of(args: argparse.Namespace) -> Iterator[str]:
@@ -298,8 +326,7 @@ def run(args: argparse.Namespace) -> int:
     model = models.load(args.model, model_class=args.model_class, processing=args.processing)
     lenses: dict[str, Lens] = {"logit lens": LogitLens.from_model(model)}
     for directory in args.lens:
-        path = Path(directory).resolve()
-        lenses[f"{path.parent.name}/{path.name}"] = load_lens(directory, model)
+        lenses[lens_label(directory)] = load_lens(directory, model)
     chunks = pack(split_texts(texts_of(args), held_out=True), model.tokenizer, args.seq_len)
     n_chunks = max(1, args.tokens // args.seq_len)
     results = evaluate_lenses(
