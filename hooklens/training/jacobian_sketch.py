@@ -1,0 +1,237 @@
+"""A cheaper, opt-in Jacobian-lens estimator: a few cotangent directions per prompt.
+
+The exact estimator (`hooklens.training.jacobian_fit.prompt_jacobians`) spends
+`ceil(d_model / dim_batch)` backward passes per prompt, one per `dim_batch` rows of `J`.
+Planting the cotangent `q` (a unit vector of the final residual's space) instead of a
+one-hot row at the same valid positions gives `qᵀ J_p` in one backward row (the
+estimand is linear in the cotangent), so `k` directions `Q` cost `ceil(k / dim_batch)`
+backwards and measure `Qᵀ J_p` exactly. What is not measured is filled in from a prior
+`C` (the identity, i.e. the logit lens, or the running mean of the previous prompts):
+
+    Ĵ_p = C + Q diag(w) Qᵀ (J_p − C)
+
+- `w = d / k` with `Q` a seeded uniformly random orthonormal frame (E[QQᵀ] = (k/d) I):
+  unbiased for `J_p` whatever `C` is (C must not depend on this prompt's draw), with a
+  variance of about `(d/k − 1) ‖J_p − C‖²_F` per prompt; `C` is a control variate.
+- `w = 1`: the orthogonal projection update, biased toward `C` by `(1 − k/d)` per prompt
+  in expectation, lower variance.
+- `Q` from `output_basis(model)` (the final residual's directions ordered by how much
+  the unembedding reads them) and `w = 1`: a fixed subspace, exact there, `C` elsewhere.
+- `stratified_directions`: the top `keep` directions of that basis every prompt (weight
+  1) plus a random sample of the rest with inverse-inclusion weights (Horvitz–Thompson):
+  unbiased, with the sampling noise put where the readout is least sensitive to it.
+
+Measured on SmolLM2-135M (benchmarks/jlens_estimators.py): see `sketch_prompt_jacobians`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from hooklens.errors import InputError
+from hooklens.model import ModelAdapter
+from hooklens.validation import positive_int
+
+
+def projected_prompt_jacobians(
+    model: Any,
+    tokens: Int[Tensor, "1 pos"],
+    source_layers: Sequence[int],
+    directions: Float[Tensor, "d_model k"],
+    *,
+    dim_batch: int,
+    skip_first_positions: int,
+) -> dict[int, Float[Tensor, "k d_model"]]:
+    """`{layer: Qᵀ J_p}`: the prompt's Jacobians seen through the columns of `directions`.
+
+    The same forward and the same planting as `prompt_jacobians` (cotangents at every
+    valid position of the last block's output, rows averaged over the valid source
+    positions); each backward carries `dim_batch` columns of `Q` instead of one-hot rows,
+    so it costs one forward and `ceil(k / dim_batch)` backwards. With `Q = I` it is
+    exactly `prompt_jacobians`. The model's parameters must be frozen.
+    """
+    adapter = ModelAdapter(model)
+    d_model, n_layers = adapter.d_model, adapter.n_layers
+    if directions.ndim != 2 or directions.shape[0] != d_model:
+        raise InputError(
+            f"directions must be [d_model={d_model}, k], got {tuple(directions.shape)}"
+        )
+    n_directions = directions.shape[1]
+    target_layer = n_layers - 1
+    root = adapter.hook_name("resid_post", min(source_layers))
+    captured: dict[str, Tensor] = {}
+
+    def capture_as(name: str):
+        # By the name we asked for: a bridge calls its hooks by their canonical names.
+        def capture(activation: Tensor, hook: Any) -> Tensor:
+            if name == root and not activation.requires_grad:
+                activation.requires_grad_(True)  # the graph starts here, not at the weights
+            captured[name] = activation
+            return activation
+
+        return capture
+
+    names = [adapter.hook_name("resid_post", layer) for layer in {*source_layers, target_layer}]
+    replicated = tokens.expand(dim_batch, -1).to(adapter.device)
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(n, capture_as(n)) for n in names]):
+        model(replicated, stop_at_layer=n_layers)  # no final norm, no unembedding
+    target = captured[adapter.hook_name("resid_post", target_layer)]
+    sources = [captured[adapter.hook_name("resid_post", layer)] for layer in source_layers]
+    probes = directions.T.to(device=target.device, dtype=target.dtype)  # [k, d_model]
+    positions = torch.arange(skip_first_positions, tokens.shape[1] - 1, device=target.device)
+    measured = {layer: torch.zeros(n_directions, d_model) for layer in source_layers}
+    cotangent = torch.zeros_like(target)
+    starts = range(0, n_directions, dim_batch)
+    for index, start in enumerate(starts):
+        n_rows = min(dim_batch, n_directions - start)
+        cotangent.zero_()
+        # Row r of the batch carries probe start + r at every valid target position.
+        cotangent[:n_rows, positions] = probes[start : start + n_rows, None, :]
+        grads = torch.autograd.grad(
+            target, sources, grad_outputs=cotangent, retain_graph=index < len(starts) - 1
+        )
+        for layer, grad in zip(source_layers, grads, strict=True):
+            mean = grad[:n_rows, positions.to(grad.device)].float().mean(dim=1)
+            measured[layer][start : start + n_rows] = mean.cpu()
+    return measured
+
+
+def sketch_update(
+    measured: Float[Tensor, "k d_model"],
+    directions: Float[Tensor, "d_model k"],
+    weights: Float[Tensor, " k"],
+    prior: Float[Tensor, "d_model d_model"] | None = None,
+) -> Float[Tensor, "d_model d_model"]:
+    """`C + Q diag(w) (Qᵀ J_p − Qᵀ C)` from the measured `Qᵀ J_p` (`C = I` by default).
+
+    Example:
+        >>> q = torch.eye(4)[:, :2]
+        >>> sketch_update(torch.ones(2, 4), q, torch.ones(2))[0]
+        tensor([1., 1., 1., 1.])
+    """
+    directions = directions.float()
+    d_model = directions.shape[0]
+    prior = torch.eye(d_model) if prior is None else prior.float()
+    innovation = measured.float() - directions.T @ prior  # [k, d_model]
+    return prior + directions @ (weights.float()[:, None] * innovation)
+
+
+def random_directions(
+    d_model: int, probes: int, generator: torch.Generator | None = None
+) -> Float[Tensor, "d_model probes"]:
+    """`probes` orthonormal columns, uniformly random (Haar) from `generator`.
+
+    Example:
+        >>> q = random_directions(8, 3, torch.Generator().manual_seed(0))
+        >>> torch.allclose(q.T @ q, torch.eye(3), atol=1e-6)
+        True
+    """
+    positive_int(probes, "probes", at_most=d_model)
+    gaussian = torch.randn(d_model, probes, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(gaussian)
+    # Sign-fixing makes the frame Haar-distributed, which E[QQᵀ] = (k/d) I relies on.
+    return (q * torch.sign(torch.diagonal(r))).float()
+
+
+def output_basis(model: Any) -> Float[Tensor, "d_model d_model"]:
+    """The final residual's orthonormal directions, most read by the unembedding first.
+
+    Eigenvectors of `G W̃_U W̃_Uᵀ G` (`G` the final norm's gain, `W̃_U` the unembedding
+    centred over the vocabulary, since a shift shared by all logits changes no
+    probability), in decreasing order of eigenvalue: an error of `J h` along column `i`
+    moves the logits by about the square root of eigenvalue `i` per unit.
+    """
+    adapter = ModelAdapter(model)
+    gain, _ = adapter._final_norm_gain_and_bias()
+    with torch.no_grad():
+        w_u = adapter.W_U.detach().double().cpu()
+        w_u = w_u - w_u.mean(dim=1, keepdim=True)
+        if gain is not None:
+            w_u = gain.detach().double().cpu()[:, None] * w_u
+        _, eigenvectors = torch.linalg.eigh(w_u @ w_u.T)
+    return eigenvectors.flip(dims=[1]).float()  # eigh sorts ascending
+
+
+def stratified_directions(
+    basis: Float[Tensor, "d_model d_model"],
+    probes: int,
+    keep: int,
+    generator: torch.Generator | None = None,
+) -> tuple[Float[Tensor, "d_model probes"], Float[Tensor, " probes"]]:
+    """`(Q, w)`: the first `keep` columns of `basis` (weight 1) and `probes − keep` of the
+    others drawn without replacement, weighted by the inverse of their inclusion
+    probability `(d − keep) / (probes − keep)`; E[Q diag(w) Qᵀ] = I."""
+    d_model = basis.shape[1]
+    positive_int(probes, "probes", at_most=d_model)
+    if not 0 <= keep < probes:
+        raise InputError(f"keep must lie in 0..probes-1 = {probes - 1}, got {keep}")
+    rest = keep + torch.randperm(d_model - keep, generator=generator)[: probes - keep]
+    columns = torch.cat([torch.arange(keep), rest])
+    weights = torch.ones(probes)
+    weights[keep:] = (d_model - keep) / (probes - keep)
+    return basis[:, columns], weights
+
+
+def sketch_directions(
+    d_model: int,
+    probes: int,
+    *,
+    keep: int = 0,
+    basis: Float[Tensor, "d_model d_model"] | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Float[Tensor, "d_model probes"], Float[Tensor, " probes"]]:
+    """`(Q, w)` of one prompt: a random frame scaled by d/k (`keep=0`), the stratified
+    draw over `basis` (`0 < keep < probes`), or `basis`'s first `probes` columns with
+    weight 1 (`keep == probes`: the fixed-subspace estimator, biased toward the prior)."""
+    positive_int(probes, "probes", at_most=d_model)
+    if keep == 0:
+        return random_directions(d_model, probes, generator), torch.full(
+            (probes,), d_model / probes
+        )
+    if basis is None:
+        raise InputError("keep > 0 needs a basis: pass basis=output_basis(model)")
+    if keep == probes:
+        return basis[:, :probes], torch.ones(probes)
+    return stratified_directions(basis, probes, keep, generator)
+
+
+def sketch_prompt_jacobians(
+    model: Any,
+    tokens: Int[Tensor, "1 pos"],
+    source_layers: Sequence[int],
+    *,
+    dim_batch: int,
+    skip_first_positions: int,
+    probes: int,
+    keep: int = 0,
+    basis: Float[Tensor, "d_model d_model"] | None = None,
+    generator: torch.Generator | None = None,
+    prior: Mapping[int, Tensor] | None = None,
+) -> dict[int, Float[Tensor, "d_model d_model"]]:
+    """`{layer: Ĵ_p}`: `prompt_jacobians` estimated from `probes` cotangent directions.
+
+    Placeholder docstring: the measured numbers go here.
+    """
+    adapter = ModelAdapter(model)
+    directions, weights = sketch_directions(
+        adapter.d_model, probes, keep=keep, basis=basis, generator=generator
+    )
+    measured = projected_prompt_jacobians(
+        model,
+        tokens,
+        source_layers,
+        directions,
+        dim_batch=dim_batch,
+        skip_first_positions=skip_first_positions,
+    )
+    return {
+        layer: sketch_update(
+            measured[layer], directions, weights, None if prior is None else prior[layer]
+        )
+        for layer in source_layers
+    }
