@@ -253,6 +253,18 @@ def test_a_reference_checkpoint_without_our_record_resumes_with_a_warning(
     _assert_equals_reference(jacobians, reference[len(PROMPTS)])
 
 
+def test_a_finished_checkpoint_resumes_to_its_lens_without_new_work(
+    bridge, checkpoint, reference, monkeypatch
+):
+    def no_more_work(*args, **kwargs):
+        raise AssertionError("a finished fit has no prompt left to compute")
+
+    monkeypatch.setattr(jacobian_fit, "prompt_jacobians", no_more_work)
+    jacobians, n = _resume(bridge, checkpoint, prompts=PROMPTS[:EVERY])
+    assert n == 2
+    _assert_equals_reference(jacobians, reference[EVERY])
+
+
 def test_our_checkpoint_loads_in_transformer_lens_and_hooklens(bridge, checkpoint, reference):
     from transformer_lens.tools.analysis import JacobianLens as TLJacobianLens
 
