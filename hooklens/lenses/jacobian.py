@@ -153,7 +153,9 @@ class JacobianLens(Lens):
         TransformerLens's `JacobianLens.fit` (same signature, same matrices): see
         `hooklens.training.jacobian_fit`. `checkpoint` (a `.pt` path, written every
         `checkpoint_every` prompts in the reference's running-sum format) makes it
-        resumable: the same call continues where it stopped.
+        resumable: the same call continues where it stopped. Under torchrun (the process
+        group initialised, `hooklens.training.distributed.init_from_environment()`) every
+        rank passes the same prompts and the ranks share them; see `fit_jacobians`.
 
         Examples:
             >>> lens = JacobianLens.fit(model, prompts, max_seq_len=64)   # doctest: +SKIP
