@@ -249,6 +249,7 @@ def test_refused_entries_name_the_layers_to_pass(model_zoo):
         ("tuned-pre", True, 1, r"layers=range\(0, 7, 2\).*incl_mid=False"),
         ("tuned-post", True, 3, r"layers=range\(2, 7, 2\)"),
         ("tuned-mid", True, 2, r"layers=\[\*range\(1, 6, 2\), 6\]"),
+        ("jacobian-post", True, 1, r"layers=range\(0, 7, 2\)"),
     ]
     for kind, incl_mid, index, message in cases:
         translator = transformer_lens_translator(LENSES[kind](model), incl_mid=incl_mid)

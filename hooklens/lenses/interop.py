@@ -101,7 +101,9 @@ class TransformerLensTranslator:
             raise InputError(
                 f"logit_lens passed stack entry {index}, but the stack of a {n_layers}-block "
                 f"model with incl_mid={self.incl_mid} has entries 0..{last}: pass the same "
-                "incl_mid to transformer_lens_translator as to logit_lens"
+                "incl_mid to transformer_lens_translator as to logit_lens, and a lens made "
+                "for the model it reads (transformer_lens_translator(lens, model=model) "
+                "checks)"
             )
         if index == last:
             return "final", n_layers
@@ -130,7 +132,8 @@ class TransformerLensTranslator:
             return f"range(1, {n_layers + 1})"  # only resid_post lenses get here
         if component == "resid_mid":
             return f"[*range(1, {2 * n_layers}, 2), {2 * n_layers}]"
-        start = 2 if component == "resid_post" else 0
+        # A resid_post lens has no row for the embeddings (entry 0); a J-lens reads them.
+        start = 2 if component == "resid_post" and not isinstance(self.lens, JacobianLens) else 0
         return f"range({start}, {2 * n_layers + 1}, 2)"
 
 
