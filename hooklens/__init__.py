@@ -17,7 +17,14 @@ from hooklens.errors import (
     UnknownModelError,
 )
 from hooklens.inversion import InversionOutput
-from hooklens.lenses import JacobianLens, Lens, LogitLens, TunedLens, TunedLensConfig
+from hooklens.lenses import (
+    JacobianLens,
+    Lens,
+    LogitLens,
+    TunedLens,
+    TunedLensConfig,
+    transformer_lens_translator,
+)
 from hooklens.model import ModelAdapter, ModelFingerprint, WeightProcessing
 from hooklens.plotting import TokenFormatter, TrajectoryLabels, TrajectoryStatistic
 from hooklens.residuals import get_residual, iter_residuals, residual_stack
@@ -59,4 +66,5 @@ __all__ = [
     "iter_residuals",
     "next_token_targets",
     "residual_stack",
+    "transformer_lens_translator",
 ]
