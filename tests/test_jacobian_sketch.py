@@ -194,3 +194,30 @@ def test_the_stratified_directions_are_orthonormal_and_keep_the_top_ones(frozen)
 def test_bad_probe_counts_are_refused(frozen, probes, keep):
     with pytest.raises(InputError):
         stratified_directions(output_basis(frozen), probes, keep)
+
+
+def test_cyclic_stratified_prompts_measure_each_direction_once_per_cycle(frozen):
+    basis = output_basis(frozen)
+    keep, probes = 4, 11  # the other 28 directions, 7 per prompt: a cycle of 4 prompts
+    seen = []
+    for index in range(4):
+        order = torch.Generator().manual_seed(5)  # one order for the whole fit
+        q, w = stratified_directions(basis, probes, keep, order, prompt_index=index)
+        torch.testing.assert_close(q[:, :keep], basis[:, :keep])
+        sampled = (basis.T @ q[:, keep:]).abs().argmax(dim=0)
+        seen.extend(sampled.tolist())
+        torch.testing.assert_close(w[keep:], torch.full((7,), 4.0))
+    assert sorted(seen) == list(range(keep, D_MODEL))
+
+
+def test_with_a_fixed_prior_a_whole_cycle_averages_each_measured_direction(frozen, exact):
+    """Over one cycle the inverse-inclusion weights and the prior cancel: every row of
+    Bᵀ J is measured once (the kept ones every prompt), so the mean is J exactly."""
+    basis = output_basis(frozen).double()
+    j = exact[0].double()
+    estimates = []
+    for index in range(4):
+        order = torch.Generator().manual_seed(5)
+        q, w = stratified_directions(basis.float(), 11, 4, order, prompt_index=index)
+        estimates.append(sketch_update(q.double().T @ j, q.double(), w).double())
+    assert _relative_gap(sum(estimates) / 4, j) <= 1e-5
