@@ -12,9 +12,16 @@ before the work; mmap makes that run's times meaningless, so they are not shown)
   plus top-k labels in one pass), then `total_variation` against a second trajectory;
 - reference: tuned-lens 0.2's `PredictionTrajectory.from_lens_and_cache` (materialises
   `[31, pos, 49152]` float32 log-probs) and its `entropy()`, if `make bench` installed it
-  into `.venv/reference`; otherwise the same materialising approach written out here.
+  into `.venv/reference`; otherwise the same materialising approach written out here;
+- tuned lens and J-lens (at the `--lens-cases` positions): the same build with a tuned
+  lens and with a Jacobian lens on the raw-weight model (J-lenses refuse processed
+  weights), each translating every layer with a random matrix near the identity (a
+  d_model × d_model matmul per row: what reading costs, whatever the lens was fitted
+  to). Both should stay within the logit lens's peak: a trajectory transforms one row
+  block of one layer at a time, whatever the lens.
 
     python benchmarks/trajectory_memory.py [--positions 512 1024 4096] [--reference 512]
+        [--comparison 512 1024] [--lens-cases 1024]
 """
 
 from __future__ import annotations
@@ -26,9 +33,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from hooklens import Lens
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = ROOT / ".venv" / "reference"
+LENS_CASES = {"tuned": "tuned lens", "jacobian": "J-lens"}  # case: label
 
 
 def _reset_peak() -> None:
@@ -58,13 +72,14 @@ class Measure:
         self.peak_mib = _rss_mib("VmHWM") - self.before
 
 
-def _setup(positions: int):
+def _setup(positions: int, processing: bool | None = None):
     import torch
 
     from hooklens import LogitLens, ModelAdapter, models
 
     torch.set_grad_enabled(False)
-    model = models.load("smollm2-135m")
+    # Any: nn.Module's types do not know TransformerLens's to_tokens and run_with_cache.
+    model: Any = models.load("smollm2-135m", processing=processing)
     paragraph = (
         "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris. "
         "It is named after the engineer Gustave Eiffel, whose company designed and built "
@@ -76,10 +91,38 @@ def _setup(positions: int):
     return model, tokens, logits, cache, LogitLens.from_model(model)
 
 
+def _near_identity(d_model: int, seed: int) -> Tensor:
+    """`I + N(0, 0.02²)`: a matrix like a fitted J_ℓ or tuned translator, cheap to make."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.eye(d_model) + 0.02 * torch.randn(d_model, d_model, generator=generator)
+
+
+def _translating_lens(case: str, model) -> Lens:
+    """A tuned lens or J-lens whose every layer is a random near-identity matrix."""
+    import torch
+
+    from hooklens import JacobianLens, ModelAdapter, TunedLens
+
+    adapter = ModelAdapter(model)
+    d_model, n_layers = adapter.d_model, adapter.n_layers
+    if case == "jacobian":
+        # Source layers 0..n_layers-2: with resid_pre rows, rows 1..n_layers-1 read them.
+        jacobians = {layer: _near_identity(d_model, layer) for layer in range(n_layers - 1)}
+        return JacobianLens.from_model(model, jacobians)
+    lens = TunedLens.from_model(model)
+    with torch.no_grad():
+        for layer in range(n_layers):
+            lens[layer].weight.copy_(_near_identity(d_model, layer) - torch.eye(d_model))
+    return lens
+
+
 def run_case(case: str, positions: int, with_comparison: bool) -> dict:
     import torch
 
-    model, tokens, logits, cache, lens = _setup(positions)
+    raw = case in LENS_CASES  # a J-lens reads raw activations; the tuned lens beside it too
+    model, tokens, logits, cache, lens = _setup(positions, processing=False if raw else None)
     result: dict = {}
     if case == "bound":
         w_u = lens.unembed.W_U
@@ -109,6 +152,16 @@ def run_case(case: str, positions: int, with_comparison: bool) -> dict:
             with Measure() as m:
                 traj.total_variation(other)
             result["total_variation"] = (m.seconds, m.peak_mib)
+    elif case in LENS_CASES:
+        from hooklens.trajectory import PredictionTrajectory, next_token_targets
+
+        lens = _translating_lens(case, model)
+        targets = next_token_targets(tokens)
+        with Measure() as m:
+            PredictionTrajectory.from_lens_and_cache(
+                lens, tokens, cache, logits, targets=targets, residual_component=lens.component
+            )
+        result["build"] = (m.seconds, m.peak_mib)
     elif case == "reference":
         if (REFERENCE_DIR / "tuned_lens").is_dir():
             sys.path.insert(0, str(REFERENCE_DIR))
@@ -169,6 +222,13 @@ def main() -> None:
     parser.add_argument(
         "--comparison", type=int, nargs="*", default=[512, 1024], help="positions for TV"
     )
+    parser.add_argument(
+        "--lens-cases",
+        type=int,
+        nargs="*",
+        default=[1024],
+        help="positions for the tuned lens and J-lens builds",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--with-comparison", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -190,6 +250,15 @@ def main() -> None:
         if "error" in reference:
             print(f"{positions:>9}  {name}: {reference.pop('error')}")
         rows += [(f"{name}: {key}", value) for key, value in reference.items()]
+        lens_builds = {}
+        if positions in args.lens_cases:
+            for case, label in LENS_CASES.items():
+                measured = _measured(case, positions, False)
+                if "error" in measured:
+                    print(f"{positions:>9}  {label}: {measured['error']}")
+                    continue
+                lens_builds[label] = measured["build"]
+                rows.append((f"{label}: build", measured["build"]))
         for label, (seconds, peak) in rows:
             print(
                 f"{positions:>9}  {label:<34}{seconds:>9.1f}{peak:>10.0f}{seconds / bound_s:>9.2f}"
@@ -202,6 +271,13 @@ def main() -> None:
             print(
                 f"{'':>9}  reference / ours: time {ref_total / our_total:.1f}×, "
                 f"peak memory {ref_peak / max(our_peak, 1):.0f}×"
+            )
+        if len(lens_builds) == len(LENS_CASES) and "build" in ours:
+            (tuned_s, tuned_peak), (jlens_s, jlens_peak) = lens_builds.values()
+            print(
+                f"{'':>9}  J-lens / tuned lens: time {jlens_s / tuned_s:.2f}×, peak memory "
+                f"{jlens_peak / max(tuned_peak, 1):.2f}×; J-lens peak / logit-lens peak "
+                f"{jlens_peak / max(ours['build'][1], 1):.2f}×"
             )
         sys.stdout.flush()
 
