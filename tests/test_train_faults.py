@@ -483,11 +483,19 @@ def test_a_resume_where_one_rank_reads_other_data_is_refused_on_every_rank(tmp_p
         _resume_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=False
     )
     deadline = time.monotonic() + 300
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("a rank still waits after 300 s: the ranks disagreed on the refusal")
+    try:
+        while not context.join(timeout=5):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                pytest.fail("a rank still waits after 300 s: the ranks disagreed on the refusal")
+    except mp.ProcessExitedException as exited:
+        # Once in a full CI run gloo aborted a rank in its teardown ("terminate called
+        # without an active exception", SIGABRT) after the rank had written its outcome;
+        # that is not what is tested: a rank that failed before writing it still fails
+        # below, as does any other exit.
+        if exited.signal_name != "SIGABRT":
+            raise
     for rank in range(2):
         first, second = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert first == "resumed"
