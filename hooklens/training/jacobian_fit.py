@@ -61,19 +61,16 @@ def prompt_tokens(model: Any, prompt: str | Any, max_seq_len: int) -> Int[Tensor
     return tokens[:, :max_seq_len]
 
 
-def prompt_jacobians(
-    model: Any,
-    tokens: Int[Tensor, "1 pos"],
-    source_layers: Sequence[int],
-    *,
-    dim_batch: int,
-    skip_first_positions: int,
-) -> dict[int, Float[Tensor, "d_model d_model"]]:
-    """`{layer: J}` of one prompt (the model's parameters must be frozen)."""
+def block_outputs_graph(
+    model: Any, tokens: Int[Tensor, "1 pos"], source_layers: Sequence[int], *, dim_batch: int
+) -> tuple[Float[Tensor, "dim_batch pos d_model"], list[Float[Tensor, "dim_batch pos d_model"]]]:
+    """The last block's output and the `source_layers` blocks' outputs of one forward
+    pass over `tokens` replicated `dim_batch` times, in one autograd graph that starts at
+    the earliest source (the parameters must be frozen): what the backward passes of an
+    estimator differentiate."""
     adapter = ModelAdapter(model)
-    d_model, n_layers = adapter.d_model, adapter.n_layers
+    n_layers = adapter.n_layers
     target_layer = n_layers - 1
-    valid = torch.arange(skip_first_positions, tokens.shape[1] - 1)
     root = adapter.hook_name("resid_post", min(source_layers))
     captured: dict[str, Tensor] = {}
 
@@ -92,7 +89,21 @@ def prompt_jacobians(
     with torch.enable_grad(), model.hooks(fwd_hooks=[(n, capture_as(n)) for n in names]):
         model(replicated, stop_at_layer=n_layers)  # no final norm, no unembedding
     target = captured[adapter.hook_name("resid_post", target_layer)]
-    sources = [captured[adapter.hook_name("resid_post", layer)] for layer in source_layers]
+    return target, [captured[adapter.hook_name("resid_post", layer)] for layer in source_layers]
+
+
+def prompt_jacobians(
+    model: Any,
+    tokens: Int[Tensor, "1 pos"],
+    source_layers: Sequence[int],
+    *,
+    dim_batch: int,
+    skip_first_positions: int,
+) -> dict[int, Float[Tensor, "d_model d_model"]]:
+    """`{layer: J}` of one prompt (the model's parameters must be frozen)."""
+    d_model = ModelAdapter(model).d_model
+    valid = torch.arange(skip_first_positions, tokens.shape[1] - 1)
+    target, sources = block_outputs_graph(model, tokens, source_layers, dim_batch=dim_batch)
     jacobians = {layer: torch.zeros(d_model, d_model) for layer in source_layers}
     cotangent = torch.zeros_like(target)
     rows = torch.arange(dim_batch, device=target.device)

@@ -49,6 +49,7 @@ from torch import Tensor
 
 from hooklens.errors import InputError
 from hooklens.model import ModelAdapter
+from hooklens.training.jacobian_fit import block_outputs_graph
 from hooklens.validation import positive_int
 
 
@@ -70,32 +71,13 @@ def projected_prompt_jacobians(
     exactly `prompt_jacobians`. The model's parameters must be frozen.
     """
     adapter = ModelAdapter(model)
-    d_model, n_layers = adapter.d_model, adapter.n_layers
+    d_model = adapter.d_model
     if directions.ndim != 2 or directions.shape[0] != d_model:
         raise InputError(
             f"directions must be [d_model={d_model}, k], got {tuple(directions.shape)}"
         )
     n_directions = directions.shape[1]
-    target_layer = n_layers - 1
-    root = adapter.hook_name("resid_post", min(source_layers))
-    captured: dict[str, Tensor] = {}
-
-    def capture_as(name: str):
-        # By the name we asked for: a bridge calls its hooks by their canonical names.
-        def capture(activation: Tensor, hook: Any) -> Tensor:
-            if name == root and not activation.requires_grad:
-                activation.requires_grad_(True)  # the graph starts here, not at the weights
-            captured[name] = activation
-            return activation
-
-        return capture
-
-    names = [adapter.hook_name("resid_post", layer) for layer in {*source_layers, target_layer}]
-    replicated = tokens.expand(dim_batch, -1).to(adapter.device)
-    with torch.enable_grad(), model.hooks(fwd_hooks=[(n, capture_as(n)) for n in names]):
-        model(replicated, stop_at_layer=n_layers)  # no final norm, no unembedding
-    target = captured[adapter.hook_name("resid_post", target_layer)]
-    sources = [captured[adapter.hook_name("resid_post", layer)] for layer in source_layers]
+    target, sources = block_outputs_graph(model, tokens, source_layers, dim_batch=dim_batch)
     probes = directions.T.to(device=target.device, dtype=target.dtype)  # [k, d_model]
     positions = torch.arange(skip_first_positions, tokens.shape[1] - 1, device=target.device)
     measured = {layer: torch.zeros(n_directions, d_model) for layer in source_layers}
