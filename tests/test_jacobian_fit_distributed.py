@@ -306,6 +306,7 @@ def _cli_worker(model, corpus: str, out: Path) -> None:
     rc = main([*_cli_arguments(Path(corpus)), "--output", str(out / "two.pt")])
     record = {"world_size": distributed.world_size(), "rc": rc}
     (out / f"rank{distributed.rank()}.json").write_text(json.dumps(record))
+    _leave_the_group()
 
 
 def _worker(argv: list[str]) -> None:
@@ -336,6 +337,17 @@ def _worker(argv: list[str]) -> None:
     except InputError as error:
         result = {"error": str(error)}
     torch.save(result, args.out / f"rank{distributed.rank()}.pt")
+    _leave_the_group()
+
+
+def _leave_the_group() -> None:
+    """Meet, then close the group: a rank that exits with gloo's pairs still open can
+    abort in teardown ("terminate called without an active exception", seen in CI)."""
+    import torch.distributed as dist
+
+    distributed.barrier()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
