@@ -100,26 +100,62 @@ def prompt_jacobians(
     dim_batch: int,
     skip_first_positions: int,
 ) -> dict[int, Float[Tensor, "d_model d_model"]]:
-    """`{layer: J}` of one prompt (the model's parameters must be frozen)."""
-    d_model = ModelAdapter(model).d_model
-    valid = torch.arange(skip_first_positions, tokens.shape[1] - 1)
+    """`{layer: J}` of one prompt (the model's parameters must be frozen): every row,
+    one-hot cotangents for `dim_batch` output dimensions per backward pass."""
+    identity = torch.eye(ModelAdapter(model).d_model)
+    return projected_prompt_jacobians(
+        model,
+        tokens,
+        source_layers,
+        identity,
+        dim_batch=dim_batch,
+        skip_first_positions=skip_first_positions,
+    )
+
+
+def projected_prompt_jacobians(
+    model: Any,
+    tokens: Int[Tensor, "1 pos"],
+    source_layers: Sequence[int],
+    directions: Float[Tensor, "d_model k"],
+    *,
+    dim_batch: int,
+    skip_first_positions: int,
+) -> dict[int, Float[Tensor, "k d_model"]]:
+    """`{layer: Qᵀ J_p}`: the prompt's Jacobians seen through the columns of `directions`.
+
+    One forward (`block_outputs_graph`), then backward passes planting cotangents at
+    every valid position of the last block's output, rows averaged over the valid source
+    positions; each backward carries `dim_batch` columns of `Q`, so it costs one forward
+    and `ceil(k / dim_batch)` backwards. `Q = I` is
+    `prompt_jacobians`; `hooklens.training.jacobian_sketch` uses fewer columns. The
+    model's parameters must be frozen.
+    """
+    adapter = ModelAdapter(model)
+    d_model = adapter.d_model
+    if directions.ndim != 2 or directions.shape[0] != d_model:
+        raise InputError(
+            f"directions must be [d_model={d_model}, k], got {tuple(directions.shape)}"
+        )
+    n_directions = directions.shape[1]
     target, sources = block_outputs_graph(model, tokens, source_layers, dim_batch=dim_batch)
-    jacobians = {layer: torch.zeros(d_model, d_model) for layer in source_layers}
+    probes = directions.T.to(device=target.device, dtype=target.dtype)  # [k, d_model]
+    positions = torch.arange(skip_first_positions, tokens.shape[1] - 1, device=target.device)
+    measured = {layer: torch.zeros(n_directions, d_model) for layer in source_layers}
     cotangent = torch.zeros_like(target)
-    rows = torch.arange(dim_batch, device=target.device)
-    positions = valid.to(target.device)
-    starts = range(0, d_model, dim_batch)
+    starts = range(0, n_directions, dim_batch)
     for index, start in enumerate(starts):
-        n_dims = min(dim_batch, d_model - start)
+        n_rows = min(dim_batch, n_directions - start)
         cotangent.zero_()
-        cotangent[rows[:n_dims, None], positions[None, :], start + rows[:n_dims, None]] = 1.0
+        # Row r of the batch carries probe start + r at every valid target position.
+        cotangent[:n_rows, positions] = probes[start : start + n_rows, None, :]
         grads = torch.autograd.grad(
             target, sources, grad_outputs=cotangent, retain_graph=index < len(starts) - 1
         )
         for layer, grad in zip(source_layers, grads, strict=True):
-            mean = grad[:n_dims, positions.to(grad.device)].float().mean(dim=1)
-            jacobians[layer][start : start + n_dims] = mean.cpu()
-    return jacobians
+            mean = grad[:n_rows, positions.to(grad.device)].float().mean(dim=1)
+            measured[layer][start : start + n_rows] = mean.cpu()
+    return measured
 
 
 def fit_jacobians(

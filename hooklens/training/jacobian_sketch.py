@@ -49,52 +49,8 @@ from torch import Tensor
 
 from hooklens.errors import InputError
 from hooklens.model import ModelAdapter
-from hooklens.training.jacobian_fit import block_outputs_graph
+from hooklens.training.jacobian_fit import projected_prompt_jacobians
 from hooklens.validation import positive_int
-
-
-def projected_prompt_jacobians(
-    model: Any,
-    tokens: Int[Tensor, "1 pos"],
-    source_layers: Sequence[int],
-    directions: Float[Tensor, "d_model k"],
-    *,
-    dim_batch: int,
-    skip_first_positions: int,
-) -> dict[int, Float[Tensor, "k d_model"]]:
-    """`{layer: Qᵀ J_p}`: the prompt's Jacobians seen through the columns of `directions`.
-
-    The same forward and the same planting as `prompt_jacobians` (cotangents at every
-    valid position of the last block's output, rows averaged over the valid source
-    positions); each backward carries `dim_batch` columns of `Q` instead of one-hot rows,
-    so it costs one forward and `ceil(k / dim_batch)` backwards. With `Q = I` it is
-    exactly `prompt_jacobians`. The model's parameters must be frozen.
-    """
-    adapter = ModelAdapter(model)
-    d_model = adapter.d_model
-    if directions.ndim != 2 or directions.shape[0] != d_model:
-        raise InputError(
-            f"directions must be [d_model={d_model}, k], got {tuple(directions.shape)}"
-        )
-    n_directions = directions.shape[1]
-    target, sources = block_outputs_graph(model, tokens, source_layers, dim_batch=dim_batch)
-    probes = directions.T.to(device=target.device, dtype=target.dtype)  # [k, d_model]
-    positions = torch.arange(skip_first_positions, tokens.shape[1] - 1, device=target.device)
-    measured = {layer: torch.zeros(n_directions, d_model) for layer in source_layers}
-    cotangent = torch.zeros_like(target)
-    starts = range(0, n_directions, dim_batch)
-    for index, start in enumerate(starts):
-        n_rows = min(dim_batch, n_directions - start)
-        cotangent.zero_()
-        # Row r of the batch carries probe start + r at every valid target position.
-        cotangent[:n_rows, positions] = probes[start : start + n_rows, None, :]
-        grads = torch.autograd.grad(
-            target, sources, grad_outputs=cotangent, retain_graph=index < len(starts) - 1
-        )
-        for layer, grad in zip(source_layers, grads, strict=True):
-            mean = grad[:n_rows, positions.to(grad.device)].float().mean(dim=1)
-            measured[layer][start : start + n_rows] = mean.cpu()
-    return measured
 
 
 def sketch_update(
