@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from hooklens import LogitLens, ModelAdapter, models
-from hooklens.effects import answer_log_prob_diff
-from hooklens.interventions import patch
-from hooklens.patching import patching_sweep
-from hooklens.tasks import greater_than
+from hooklens.causal.effects import answer_log_prob_diff
+from hooklens.causal.interventions import patch
+from hooklens.causal.patching import patching_sweep
+from hooklens.causal.tasks import greater_than
 
 
 def main() -> None:

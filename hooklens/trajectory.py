@@ -354,7 +354,7 @@ class PredictionTrajectory:
         """Run `model` on `input_ids` (ids, or a string to tokenize) and build a trajectory.
 
         Only the residual hooks the lens reads are cached. `fwd_hooks` (TransformerLens
-        `(name, fn)` pairs, e.g. from `hooklens.interventions`) are active during the run,
+        `(name, fn)` pairs, e.g. from `hooklens.causal.interventions`) are active during the run,
         and so are hooks the caller added with `with model.hooks(...)`; the lens reads
         the residuals as the hooks left them. `attention_mask` (1 = token, 0 = padding)
         is passed to the model and to the trajectory; by default it is the padding

@@ -337,7 +337,7 @@ def test_a_half_precision_lens_reads_a_float32_cache(hooked, ids):
 
 
 def test_patching_from_another_models_cache_is_refused(hooked, ids):
-    from hooklens.interventions import patch
+    from hooklens.causal.interventions import patch
 
     other = make_hooked("RMS", processing=True, seed=7)
     _, source = other.run_with_cache(ids)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from hooklens import JacobianLens, LogitLens, PredictionTrajectory, TunedLens
-from hooklens.effects import answer_log_prob_diff, compare
-from hooklens.interventions import (
+from hooklens.causal.effects import answer_log_prob_diff, compare
+from hooklens.causal.interventions import (
     mean_ablation,
     patch,
     replace_with,

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from hooklens import JacobianLens, TunedLens
-from hooklens.effects import LayerEffect, answer_log_prob_diff, bootstrap_ci
-from hooklens.interventions import patch
+from hooklens.causal.effects import LayerEffect, answer_log_prob_diff, bootstrap_ci
+from hooklens.causal.interventions import patch
+from hooklens.causal.patching import patching_sweep
 from hooklens.model import ModelAdapter
-from hooklens.patching import patching_sweep
 from tests.conftest import N_LAYERS
 
 

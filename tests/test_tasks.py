@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from hooklens import LogitLens, models
-from hooklens.effects import LayerEffect, answer_log_prob_diff
-from hooklens.tasks import greater_than
+from hooklens.causal.effects import LayerEffect, answer_log_prob_diff
+from hooklens.causal.tasks import greater_than
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ intervention to those sequence positions; by default it covers all of them.
 
 Examples:
     >>> from hooklens import LogitLens, PredictionTrajectory, models
-    >>> from hooklens.interventions import zero_ablation
+    >>> from hooklens.causal.interventions import zero_ablation
     >>> model = models.load("smollm2-135m")                          # doctest: +SKIP
     >>> lens = LogitLens.from_model(model)                           # doctest: +SKIP
     >>> ablated = PredictionTrajectory.from_lens_and_model(

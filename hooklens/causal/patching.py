@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooklens.effects import _set_log_prob
+from hooklens.causal.effects import _set_log_prob
 from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter, _is_hooked_transformer
 
