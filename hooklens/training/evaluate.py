@@ -3,6 +3,11 @@
 For each lens and layer: KL(output ‖ lens), cross-entropy of the next token, entropy,
 and top-1 agreement with the model, averaged over tokens; cross-entropy also in bits
 per UTF-8 byte of the text. Every number comes from one `PredictionTrajectory` pass.
+
+With `marginals` (`hooklens eval --record-logit-stats`), also each layer's marginal
+next-token distribution (`hooklens.stats.LogitStats`, as tuned-lens records it) and
+KL(output marginal ‖ lens marginal): how biased a lens is towards some tokens over all
+the text, whatever the context.
 """
 
 from __future__ import annotations
@@ -12,25 +17,30 @@ import itertools
 import json
 import math
 import os
+import sys
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
 
 from hooklens import comparison, hub, models, precision
 from hooklens.artifacts import LensNotFoundError, lens_dir_files
 from hooklens.comparison import layer_sums
 from hooklens.errors import DataError, InputError, LensMismatchError
-from hooklens.files import atomic_write_text
+from hooklens.files import atomic_write, atomic_write_text
 from hooklens.lenses import JacobianLens, Lens, LogitLens, TunedLens
 from hooklens.lenses.jacobian import LENS_TYPE as JACOBIAN_LENS_TYPE
 from hooklens.lenses.jacobian import REFERENCE_SUFFIX
 from hooklens.model import ModelAdapter, _same_model_name
 from hooklens.plotting.tokens import decode_token
+from hooklens.stats import LogitStats, kl_divergence
 from hooklens.training.data import batches, check_data_source, load_texts, pack, split_texts
 from hooklens.training.loss import kl_to_target, target_distribution, weight_chunks
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
@@ -43,13 +53,91 @@ def _bytes_per_token(tokenizer: Any, ids: Tensor) -> int:
     return sum(len(decode_token(token).encode("utf-8", errors="replace")) for token in tokens)
 
 
+class FewerTokensWarning(UserWarning):
+    """The batches held fewer tokens than the evaluation was asked for."""
+
+
+@dataclass
+class LayerMarginals:
+    """The marginal next-token distribution of the model and of every lens row.
+
+    `output` sees the model's logits; `lenses[name][layer]` the lens's reading of each
+    layer (the output row is `output` itself, for every lens).
+
+    Examples:
+        >>> marginals = LayerMarginals()
+        >>> results = evaluate_lenses(model, lenses, batches, marginals=marginals)  # doctest: +SKIP
+        >>> marginals.kl_to_output()["logit lens"]                  # doctest: +SKIP
+    """
+
+    output: LogitStats = field(default_factory=LogitStats)
+    lenses: dict[str, list[LogitStats]] = field(default_factory=dict)
+
+    def kl_to_output(self) -> dict[str, list[float]]:
+        """`{lens: [KL(output marginal ‖ layer marginal) per layer, then 0 for the output]}`."""
+        target = self.output.marginal_probs
+        if target is None:
+            return {}
+        kls = {}
+        for name, layers in self.lenses.items():
+            per_layer = [
+                kl_divergence(target.log(), layer.marginal_probs.log()).item()
+                for layer in layers
+                if layer.marginal_probs is not None
+            ]
+            kls[name] = [*per_layer, 0.0]
+        return kls
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The marginals as float64 `[vocab]` tensors: `output` and `{lens}/{layer}`."""
+        tensors = {}
+        if self.output.marginal_probs is not None:
+            tensors["output"] = self.output.marginal_probs.cpu().contiguous()
+        for name, layers in self.lenses.items():
+            for layer, stats in enumerate(layers):
+                if stats.marginal_probs is not None:
+                    tensors[f"{name}/{layer}"] = stats.marginal_probs.cpu().contiguous()
+        return tensors
+
+    def all_reduce_(self) -> None:
+        """Sum every statistic over the torch.distributed ranks (`LogitStats.all_reduce_`)."""
+        self.output.all_reduce_()
+        for layers in self.lenses.values():
+            for stats in layers:
+                stats.all_reduce_()
+
+
+def _record_marginals(
+    marginals: LayerMarginals, name: str, trajectory: PredictionTrajectory
+) -> None:
+    # One layer's full [tokens, vocab] log-probs at a time: the batch being added. They
+    # are normalised again in float64, so each marginal sums to 1 to float64 rounding.
+    layers = marginals.lenses.setdefault(name, [LogitStats() for _ in range(trajectory.num_layers)])
+    for layer, stats in enumerate(layers):
+        stats.update(trajectory.layer_log_probs(layer))
+
+
 def evaluate_lenses(
-    model: Any, lenses: Mapping[str, Lens], token_batches: Iterable[Tensor]
+    model: Any,
+    lenses: Mapping[str, Lens],
+    token_batches: Iterable[Tensor],
+    *,
+    tokens_requested: int | None = None,
+    marginals: LayerMarginals | None = None,
 ) -> dict[str, Any]:
     """`{"tokens", "bytes", "lenses": {name: {metric: [per layer]}}}`, nats per token.
 
     Each metric is averaged over the tokens that have it (`hooklens.comparison`):
     cross-entropy over the tokens with a next token, the others over every token.
+
+    Args:
+        model: the model the lenses read.
+        lenses: `{name: lens}`, each evaluated on every batch.
+        token_batches: `[batch, pos]` token ids.
+        tokens_requested: how many tokens the batches were meant to hold; recorded as
+            `"tokens_requested"`, and `FewerTokensWarning` says when they held fewer.
+        marginals: filled with each lens row's marginal distribution (`LayerMarginals`);
+            each lens's metrics then include `marginal_kl_to_output`.
     """
     sums: dict[str, dict[str, list[np.ndarray]]] = {}
     n_tokens = n_bytes = 0
@@ -59,6 +147,8 @@ def evaluate_lenses(
         targets = next_token_targets(tokens)
         n_tokens += tokens.numel()
         n_bytes += _bytes_per_token(model.tokenizer, tokens[..., 1:])
+        if marginals is not None:
+            marginals.output.update(logits)
         for name, lens in lenses.items():
             trajectory = PredictionTrajectory.from_lens_and_cache(
                 lens, tokens, cache, logits, targets=targets, residual_component=lens.component
@@ -67,7 +157,21 @@ def evaluate_lenses(
             for metric, (total, count) in layer_sums(trajectory).items():
                 previous = totals.get(metric, [0.0, 0])
                 totals[metric] = [previous[0] + total, previous[1] + count]
-    results: dict[str, Any] = {"tokens": n_tokens, "bytes": n_bytes, "lenses": {}}
+            if marginals is not None:
+                _record_marginals(marginals, name, trajectory)
+    results: dict[str, Any] = {"tokens": n_tokens}
+    if tokens_requested is not None:
+        results["tokens_requested"] = tokens_requested
+        if n_tokens < tokens_requested:
+            warnings.warn(
+                FewerTokensWarning(
+                    f"evaluated {n_tokens} of the {tokens_requested} tokens asked for: "
+                    "the batches held no more"
+                ),
+                stacklevel=2,
+            )
+    results |= {"bytes": n_bytes, "lenses": {}}
+    marginal_kls = marginals.kl_to_output() if marginals is not None else {}
     for name, totals in sums.items():
         per_token = {m: total / np.maximum(count, 1) for m, (total, count) in totals.items()}
         per_token["cross_entropy_bits_per_byte"] = (
@@ -75,6 +179,8 @@ def evaluate_lenses(
             if n_bytes
             else per_token["cross_entropy"] * math.nan
         )
+        if name in marginal_kls:
+            per_token["marginal_kl_to_output"] = np.array(marginal_kls[name])
         results["lenses"][name] = {
             m: [round(float(v), 6) for v in vs] for m, vs in per_token.items()
         }
@@ -164,7 +270,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or wikipedia-summaries",
     )
     parser.add_argument("--text-field", default="text", help="the field of each record to read")
-    parser.add_argument("--tokens", type=int, default=4096, help="held-out tokens to evaluate")
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        default=4096,
+        help="held-out tokens to evaluate, in whole --seq-len chunks (rounded down, at least "
+        "one); fewer when the held-out split runs out, with a warning",
+    )
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per sequence")
     parser.add_argument("--batch-size", type=int, default=2, help="sequences per forward pass")
     parser.add_argument(
@@ -184,6 +296,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="for the transfer matrix; auto: bf16 only where the device runs it fast",
     )
+    parser.add_argument(
+        "--record-logit-stats",
+        action="store_true",
+        help="also record each lens layer's marginal next-token distribution over the "
+        "evaluated tokens (and the model output's): written beside --output as "
+        f"{LOGIT_STATS_SUFFIX} (float64 [vocab] tensors 'output' and 'LENS/LAYER'); the "
+        "JSON gains marginal_kl_to_output, KL(output marginal ‖ lens marginal) per layer",
+    )
+
+
+LOGIT_STATS_SUFFIX = ".logit-stats.safetensors"
+
+
+def logit_stats_file(output: str | Path) -> Path:
+    """Where `--record-logit-stats` writes the marginals: beside the results JSON."""
+    output = Path(output)
+    return output.with_name(output.stem + LOGIT_STATS_SUFFIX)
 
 
 def check_output_file(output: str | Path, example: str) -> None:
@@ -321,21 +450,50 @@ def texts_of(args: argparse.Namespace) -> Iterator[str]:
     return (row[args.text_field] for row in load_texts(args.data, streaming=True))
 
 
+def held_out_token_count(args: argparse.Namespace, tokenizer: Any) -> int:
+    """The tokens `pack` reads from the held-out split (each text's, plus a separator)."""
+    separator = int(tokenizer.eos_token_id is not None)
+    return sum(
+        len(tokenizer(text, add_special_tokens=False)["input_ids"]) + separator
+        for text in split_texts(texts_of(args), held_out=True)
+    )
+
+
+def held_out_chunks(args: argparse.Namespace, tokenizer: Any) -> Iterator[Tensor]:
+    """The held-out `--seq-len` chunks; `DataError`, before any work, if there is none."""
+    chunks = pack(split_texts(texts_of(args), held_out=True), tokenizer, args.seq_len)
+    first = next(chunks, None)
+    if first is None:
+        found = held_out_token_count(args, tokenizer)
+        raise DataError(
+            f"the held-out split of {args.data} has {found} tokens, fewer than one "
+            f"--seq-len chunk of {args.seq_len}; pass a smaller --seq-len or more text"
+        )
+    return itertools.chain([first], chunks)
+
+
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     model = models.load(args.model, model_class=args.model_class, processing=args.processing)
     lenses: dict[str, Lens] = {"logit lens": LogitLens.from_model(model)}
     for directory in args.lens:
         lenses[lens_label(directory)] = load_lens(directory, model)
-    chunks = pack(split_texts(texts_of(args), held_out=True), model.tokenizer, args.seq_len)
+    chunks = held_out_chunks(args, model.tokenizer)
     n_chunks = max(1, args.tokens // args.seq_len)
+    marginals = LayerMarginals() if args.record_logit_stats else None
     results = evaluate_lenses(
-        model, lenses, batches(itertools.islice(chunks, n_chunks), args.batch_size)
+        model,
+        lenses,
+        batches(itertools.islice(chunks, n_chunks), args.batch_size),
+        marginals=marginals,
     )
-    if not results["tokens"]:
-        raise DataError(
-            f"{args.data}: its held-out split holds no chunk of {args.seq_len} tokens; give "
-            "more text or a smaller --seq-len"
+    results = {"tokens": results["tokens"], "tokens_requested": args.tokens, **results}
+    if results["tokens"] < n_chunks * args.seq_len:
+        print(
+            f"hooklens eval: evaluated {results['tokens']} of the {args.tokens} tokens asked "
+            f"for (--tokens): the held-out split of {args.data} holds only "
+            f"{results['tokens'] // args.seq_len} chunks of {args.seq_len} tokens",
+            file=sys.stderr,
         )
     figures = [figure(results, metric) for metric in comparison.SHOWN]
     if args.transfer_tokens:
@@ -354,6 +512,11 @@ def run(args: argparse.Namespace) -> int:
             results["transfer"][name] = np.round(matrix, 6).tolist()
             figures.append(transfer_figure(matrix, name))
     output = Path(args.output)
+    if marginals is not None:
+        stats_file = logit_stats_file(output)
+        metadata = {"tokens": str(marginals.output.n), "results": output.name}
+        atomic_write(stats_file, lambda tmp: save_file(marginals.tensors(), tmp, metadata))
+        results["logit_stats"] = {"file": stats_file.name, "tokens": marginals.output.n}
     atomic_write_text(output, json.dumps(results, indent=1) + "\n")
     html = [f.to_html(full_html=False, include_plotlyjs=i == 0) for i, f in enumerate(figures)]
     atomic_write_text(
@@ -367,5 +530,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{comparison.TITLES[metric]}\n")
         print(comparison.markdown_table(results["lenses"], metric))
     print()
-    print(f"wrote {output} and {output.with_suffix('.html')}")
+    written = [str(output), str(output.with_suffix(".html"))]
+    if marginals is not None:
+        written.append(str(logit_stats_file(output)))
+    print(f"wrote {', '.join(written[:-1])} and {written[-1]}")
     return 0
