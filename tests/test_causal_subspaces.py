@@ -239,10 +239,10 @@ def test_ablate_subspace_removes_its_hook_when_the_block_raises(model):
     tokens = _tokens(2)
     with torch.no_grad():
         clean = model(tokens)
-        with pytest.raises(RuntimeError, match="inside"):
-            with ablate_subspace(model, _random(D_MODEL, seed=14, dtype=torch.float32), 0):
-                assert not torch.equal(model(tokens), clean)
-                raise RuntimeError("inside")
+        basis = _random(D_MODEL, seed=14, dtype=torch.float32)
+        with pytest.raises(RuntimeError, match="inside"), ablate_subspace(model, basis, 0):
+            assert not torch.equal(model(tokens), clean)
+            raise RuntimeError("inside")
         assert torch.equal(model(tokens), clean)
 
 
@@ -289,9 +289,8 @@ def test_bad_subspace_ablations_are_refused(model_zoo):
     with pytest.raises(InputError, match="mode must be one of"):
         subspace_ablation(model, torch.randn(D_MODEL), 0, mode="random")  # type: ignore[arg-type]
     name, hook = subspace_ablation(model, torch.randn(D_MODEL), 0, mode="mean")
-    with pytest.raises(InputError, match="at least 2 vectors"):
-        with torch.no_grad():
-            model.run_with_hooks(_tokens(batch=1, pos=1), fwd_hooks=[(name, hook)])
+    with pytest.raises(InputError, match="at least 2 vectors"), torch.no_grad():
+        model.run_with_hooks(_tokens(batch=1, pos=1), fwd_hooks=[(name, hook)])
 
 
 # --- causal bases ----------------------------------------------------------------------
@@ -311,15 +310,21 @@ def _kl(lens, h, ablated, row):
 
 
 def test_extraction_finds_the_one_direction_a_lens_reads(model_zoo):
-    """Row 1 of this tuned lens reads v with weight 3 and everything else with 0.05."""
+    """Row 1 of this tuned lens reads h only through v · h (its translator is
+    h ↦ (v · h) a + c), on isotropic hidden states: every direction orthogonal to v has
+    zero energy, and v is the most causal one (a small a keeps the readout in the
+    regime where the KL is quadratic in the change, so no tilted direction beats v)."""
     model = model_zoo["bridge-llama"]
     v = torch.nn.functional.normalize(_random(D_MODEL, seed=18, dtype=torch.float32), dim=0)
     lens = TunedLens.from_model(model)
-    planted = 0.05 * (torch.eye(D_MODEL) - torch.outer(v, v)) + 3.0 * torch.outer(v, v)
+    a = 0.1 * _random(D_MODEL, seed=30, dtype=torch.float32)
     with torch.no_grad():
-        lens[1].weight.copy_(planted - torch.eye(D_MODEL))
+        lens[1].weight.copy_(torch.outer(a, v) - torch.eye(D_MODEL))
+        lens[1].bias.copy_(_random(D_MODEL, seed=31, dtype=torch.float32))
+    hiddens = [
+        _random(3, 8, D_MODEL, seed=20 + i, dtype=torch.float32) for i in range(N_LAYERS + 1)
+    ]
     before = {name: p.detach().clone() for name, p in lens.named_parameters()}
-    hiddens = _hiddens(model, _tokens(4, batch=3, pos=8))
     (basis,) = extract_causal_bases(lens, hiddens, 3, layers=[1], max_iter=40, progress=False)
     assert basis.layer == 1 and basis.vectors.shape == (D_MODEL, 3)
     assert abs(float(basis.vectors[:, 0] @ v)) > 0.99
@@ -330,7 +335,7 @@ def test_extraction_finds_the_one_direction_a_lens_reads(model_zoo):
         atol=1e-5,
     )
     assert bool((basis.energies[:-1] >= basis.energies[1:]).all())
-    assert float(basis.energies[0]) > 20 * float(basis.energies[1])
+    assert float(basis.energies[0]) > 1e3 * abs(float(basis.energies[1]))
     # The energy is the KL of removing that direction (mean mode), per the reference.
     h = hiddens[1].reshape(-1, D_MODEL)
     for j in range(3):

@@ -196,12 +196,12 @@ def _remove(
     return (flat + (replacement - coords) @ A.mT).to(u.dtype).reshape(u.shape)
 
 
-def _checked_mode(mode: Any) -> str:
+def _checked_mode(mode: Any) -> AblationMode:
     if mode not in ABLATION_MODES:
         raise InputError(
             f"mode must be one of {', '.join(map(repr, ABLATION_MODES))}; got {mode!r}"
         )
-    return str(mode)
+    return mode  # type: ignore[no-any-return]
 
 
 def _pooled_rows(u: Tensor, mode: str) -> int:
@@ -418,7 +418,7 @@ def extract_causal_bases(
         labels = token_id_tensor(labels, "labels")
         check_id_range(labels, "labels", lens.unembed.d_vocab, allow_missing=True)
         for row in rows:
-            _next_token_rows(labels, hiddens[row], row)
+            _next_token_rows(labels, hiddens[row].shape, row)
     return _extract(lens, hiddens, k, labels, max_iter, mode, rows, progress)
 
 
@@ -445,8 +445,9 @@ def _extract(
         for row in rows:
             hidden = hiddens[row].detach().to(device)
             hidden = hidden.to(torch.promote_types(hidden.dtype, torch.float32))
+            scored = None if labels is None else _next_token_rows(labels, hidden.shape, row)
             hidden = hidden.reshape(-1, hidden.shape[-1])
-            energy = _energy_function(lens, hidden, row, labels, mode, w_chunks)
+            energy = _energy_function(lens, hidden, row, scored, mode, w_chunks)
             start = _initial_directions(lens, row, gram, k).to(hidden.dtype)
             energies = torch.zeros(k, device=device)
             vectors = torch.zeros_like(start)
@@ -506,7 +507,7 @@ def _energy_function(
     lens: Lens,
     hidden: Float[Tensor, "rows d_model"],
     row: int,
-    labels: Tensor | None,
+    labelled: tuple[Tensor, Tensor] | None,
     mode: str,
     w_chunks: list[Tensor],
 ) -> Callable[[Tensor], Tensor]:
@@ -515,10 +516,10 @@ def _energy_function(
     unembed = lens.unembed
     scored: Tensor | None = None
     with torch.no_grad():
-        if labels is None:
+        if labelled is None:
             target_probs, target_neg_entropy = target_distribution(_lens_logits(lens, hidden, row))
         else:
-            scored, targets = _next_token_rows(labels, hidden, row)
+            scored, targets = labelled
             # KL(one-hot ‖ p) = −log p(target): the cross-entropy, through the same
             # chunked loss.
             target_probs = torch.zeros(len(targets), unembed.d_vocab, device=hidden.device)
@@ -543,7 +544,7 @@ def _energy_function(
         )
 
     baseline = 0.0
-    if labels is not None:
+    if labelled is not None:
         with torch.no_grad():
             baseline = float(_mean_over_ranks_(divergence(hidden)))
 
@@ -564,12 +565,12 @@ def _lens_logits(lens: Lens, hidden: Tensor, row: int) -> Float[Tensor, "rows vo
 
 
 def _next_token_rows(
-    labels: Int[Tensor, "... pos"], hidden: Tensor, row: int
+    labels: Int[Tensor, "... pos"], hidden_shape: torch.Size, row: int
 ) -> tuple[Int[Tensor, " scored"], Int[Tensor, " scored"]]:
     """The flattened rows that have a next token, and that token."""
-    if hidden.ndim < 2 or tuple(labels.shape) != tuple(hidden.shape[:-1]):
+    if len(hidden_shape) < 2 or tuple(labels.shape) != tuple(hidden_shape[:-1]):
         raise InputError(
-            f"labels has shape {tuple(labels.shape)}, hiddens[{row}] {tuple(hidden.shape)}: "
+            f"labels has shape {tuple(labels.shape)}, hiddens[{row}] {tuple(hidden_shape)}: "
             "labels must be the token ids the hidden states were computed from, of the "
             "hidden states' leading shape ([batch, pos])"
         )
