@@ -1,0 +1,649 @@
+"""Does the model use what a lens reads? Causal-basis faithfulness of a lens.
+
+Belrose et al., "Eliciting Latent Predictions from Transformers with the Tuned Lens"
+(2023), §4 (causal fidelity). For a lens row ℓ:
+
+1. extract the lens's causal basis v_1 … v_k on fit tokens: the orthonormal residual
+   directions whose removal changes the lens's output most
+   (`hooklens.causal.subspaces.extract_causal_bases`; energies = that change on the
+   fit tokens);
+2. on **held-out** tokens, for every direction v_j, in nats, averaged over tokens t:
+
+       lens effect_j  = mean_t KL( lens(h_t) ‖ lens(h̃_t) )
+       model effect_j = mean_t KL( model(x)_t ‖ model(x with h → h̃ at row ℓ)_t )
+
+   where h̃ = `remove_subspace(h, v_j, mode)`, applied to the residual the lens reads;
+3. Spearman's ρ between the k lens effects and the k model effects: a faithful lens
+   ranks directions by how much they matter to it in the order they matter to the model.
+
+Conventions. Row ℓ < n_layers is `component` (the lens's own, `resid_pre` by default) of
+block ℓ; row n_layers is the final residual (resid_post of the last block), where every
+lens reads exactly what the model does, so there the two effects agree by construction.
+The model's run is ablated with `subspace_ablation` at that same tensor, and the lens
+reads the residual as that hook left it (captured in the same run), so lens and model see
+one ablated tensor for every mode. "mean" and "resample" ablation take their mean (or
+donor tokens) over one forward batch (`batch_size` sequences × positions). Token
+sequences are unpadded rows of equal length (no attention mask). Nothing holds
+`[tokens, vocab]` for more than one batch, nor `[layers, tokens, vocab]` at all: KLs
+stream over vocabulary chunks (`hooklens.streaming.vocab_stats`).
+
+Examples:
+    >>> from hooklens import LogitLens, models
+    >>> from hooklens.causal.faithfulness import lens_faithfulness
+    >>> model = models.load("smollm2-135m")                          # doctest: +SKIP
+    >>> lens = LogitLens.from_model(model)                           # doctest: +SKIP
+    >>> result = lens_faithfulness(model, lens, tokens, layers=[6, 14], k=4)  # doctest: +SKIP
+    >>> print(result.table())                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float, Int
+from numpy.typing import ArrayLike, NDArray
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from hooklens.causal.subspaces import (
+    ABLATION_MODES,
+    AblationMode,
+    CausalBasis,
+    extract_causal_bases,
+    subspace_ablation,
+)
+from hooklens.errors import InputError, InputTypeError
+from hooklens.lenses.base import Lens
+from hooklens.model import ModelAdapter, check_same_model
+from hooklens.residuals import get_residual
+from hooklens.streaming import logsumexp_chunks, vocab_stats
+from hooklens.validation import check_id_range, positive_int, token_id_tensor
+
+CHUNK_SIZE = 8192  # vocabulary tokens per block of logits
+
+
+# --- rank correlation --------------------------------------------------------------------
+
+
+def average_ranks(values: ArrayLike) -> NDArray[np.float64]:
+    """1-based ranks of `values`, ties given the mean of the ranks they span."""
+    data = np.asarray(values, dtype=float).ravel()
+    order = np.argsort(data, kind="mergesort")
+    ranks = np.empty(len(data))
+    start = 0
+    while start < len(data):
+        stop = start
+        while stop + 1 < len(data) and data[order[stop + 1]] == data[order[start]]:
+            stop += 1
+        ranks[order[start : stop + 1]] = 0.5 * (start + stop) + 1.0
+        start = stop + 1
+    return ranks
+
+
+def spearman(x: ArrayLike, y: ArrayLike) -> float:
+    """Spearman's rank correlation ρ of `x` and `y` (ties: average ranks).
+
+    NaN when fewer than two values, or when either side is constant (no ranking).
+
+    Examples:
+        >>> spearman([1, 2, 3], [10, 30, 20])
+        0.5
+    """
+    a, b = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise InputError(f"spearman needs two arrays of one length, got {a.size} and {b.size}")
+    if a.size < 2:
+        return math.nan
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    scale = math.sqrt(float(ra @ ra) * float(rb @ rb))
+    return float(ra @ rb) / scale if scale > 0 else math.nan
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerFaithfulness:
+    """One lens row: each causal direction's effect on the lens and on the model (nats).
+
+    `energies` are the lens's own KLs on the fit tokens (from the basis extraction);
+    `lens_effects` and `model_effects` are measured on the held-out tokens.
+    """
+
+    layer: int
+    energies: NDArray[np.float64]
+    lens_effects: NDArray[np.float64]
+    model_effects: NDArray[np.float64]
+    vectors: Float[Tensor, "d_model k"] | None = field(default=None, repr=False)
+
+    @property
+    def k(self) -> int:
+        return len(self.lens_effects)
+
+    @property
+    def spearman(self) -> float:
+        """Rank correlation of the lens effects with the model effects."""
+        return spearman(self.lens_effects, self.model_effects)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "k": self.k,
+            "spearman": _json_float(self.spearman),
+            "energies": [_json_float(v) for v in self.energies],
+            "lens_effects": [_json_float(v) for v in self.lens_effects],
+            "model_effects": [_json_float(v) for v in self.model_effects],
+        }
+
+
+@dataclass(frozen=True)
+class FaithfulnessResult:
+    """Faithfulness of one lens at several rows; see the module docstring.
+
+    Examples:
+        >>> result = lens_faithfulness(model, lens, tokens, layers=[6, 14])  # doctest: +SKIP
+        >>> result[6].spearman, result.table(), result.figure()           # doctest: +SKIP
+        >>> faithfulness_table(logit_result, tuned_result)                 # doctest: +SKIP
+    """
+
+    lens: str
+    model: str
+    layers: tuple[LayerFaithfulness, ...]
+    mode: str = "mean"
+    component: str = "resid_pre"
+    fit_tokens: int = 0
+    eval_tokens: int = 0
+
+    def __getitem__(self, layer: int) -> LayerFaithfulness:
+        for row in self.layers:
+            if row.layer == layer:
+                return row
+        raise KeyError(f"no layer {layer} here; layers are {[r.layer for r in self.layers]}")
+
+    def __repr__(self) -> str:
+        lines = [
+            f"FaithfulnessResult(lens={self.lens!r}, model={self.model!r}, mode={self.mode!r}, "
+            f"component={self.component!r}, fit_tokens={self.fit_tokens}, "
+            f"eval_tokens={self.eval_tokens},"
+        ]
+        for row in self.layers:
+            lines.append(
+                f"  layer {row.layer:>3}: k={row.k}, ρ={row.spearman:+.2f}, mean lens KL "
+                f"{np.mean(row.lens_effects):.3g}, mean model KL {np.mean(row.model_effects):.3g}"
+            )
+        return "\n".join(lines) + ")"
+
+    def table(self) -> str:
+        """Markdown: layer | lens | k | Spearman ρ | mean lens KL | mean model KL."""
+        return faithfulness_table(self)
+
+    def figure(self, *, log: bool = True) -> go.Figure:
+        """Lens effect against model effect per direction, one trace per layer."""
+        return faithfulness_figure(self, log=log)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain numbers and lists (NaN as None): `json.dumps` takes it as is."""
+        return {
+            "lens": self.lens,
+            "model": self.model,
+            "mode": self.mode,
+            "component": self.component,
+            "fit_tokens": self.fit_tokens,
+            "eval_tokens": self.eval_tokens,
+            "units": "nats",
+            "layers": [row.to_dict() for row in self.layers],
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+def _json_float(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def faithfulness_table(*results: FaithfulnessResult) -> str:
+    """One Markdown table for several lenses' results, rows grouped by layer.
+
+    Examples:
+        >>> print(faithfulness_table(logit_result, tuned_result))          # doctest: +SKIP
+        | layer | lens | k | Spearman ρ | mean lens KL | mean model KL |
+        ...
+    """
+    if not results:
+        raise InputError("faithfulness_table needs at least one FaithfulnessResult")
+    header = "| layer | lens | k | Spearman ρ | mean lens KL | mean model KL |"
+    lines = [header, "|---:|:---|---:|---:|---:|---:|"]
+    rows = [
+        (row.layer, index, result, row)
+        for index, result in enumerate(results)
+        for row in result.layers
+    ]
+    for _, _, result, row in sorted(rows, key=lambda item: (item[0], item[1])):
+        rho = "n/a" if math.isnan(row.spearman) else f"{row.spearman:+.2f}"
+        lines.append(
+            f"| {row.layer} | {result.lens} | {row.k} | {rho} | "
+            f"{np.mean(row.lens_effects):.3g} | {np.mean(row.model_effects):.3g} |"
+        )
+    return "\n".join(lines)
+
+
+def faithfulness_figure(*results: FaithfulnessResult, log: bool = True) -> go.Figure:
+    """Scatter of lens effect (x) against model effect (y), one trace per lens and layer.
+
+    With `log` (default) both axes are logarithmic; effects ≤ 0 are then not drawn.
+    """
+    if not results:
+        raise InputError("faithfulness_figure needs at least one FaithfulnessResult")
+    symbols = ["circle", "diamond", "square", "triangle-up", "x", "cross"]
+    traces = []
+    for index, result in enumerate(results):
+        for row in result.layers:
+            name = f"layer {row.layer} (ρ = {row.spearman:+.2f})"
+            traces.append(
+                go.Scatter(
+                    x=row.lens_effects,
+                    y=row.model_effects,
+                    mode="markers",
+                    name=f"{result.lens}, {name}" if len(results) > 1 else name,
+                    marker={"symbol": symbols[index % len(symbols)], "size": 9},
+                    text=[f"direction {j}" for j in range(row.k)],
+                    hovertemplate="%{text}<br>lens KL %{x:.3g}<br>model KL %{y:.3g}",
+                )
+            )
+    axis = "log" if log else "linear"
+    lenses = ", ".join(result.lens for result in results)
+    return go.Figure(traces).update_layout(
+        title=f"Causal-basis faithfulness ({lenses}; {results[0].mode} ablation)",
+        xaxis={"title": "lens effect: KL(lens ‖ lens ablated), nats", "type": axis},
+        yaxis={"title": "model effect: KL(output ‖ output ablated), nats", "type": axis},
+    )
+
+
+# --- measurement -------------------------------------------------------------------------
+
+
+def lens_faithfulness(
+    model: Any,
+    lens: Lens,
+    tokens: Int[Tensor, "batch pos"],
+    layers: int | Iterable[int],
+    k: int = 8,
+    *,
+    fit_tokens: Int[Tensor, "fit_batch fit_pos"] | None = None,
+    mode: AblationMode = "mean",
+    component: str | None = None,
+    max_iter: int = 100,
+    batch_size: int = 8,
+    label: str | None = None,
+    progress: bool = True,
+) -> FaithfulnessResult:
+    """Extract `k` causal directions of `lens` at each of `layers` and compare their
+    effect on the lens with their effect on the model, on held-out tokens.
+
+    Args:
+        model: the HookedTransformer or TransformerBridge the lens was made for.
+        lens: any hooklens `Lens` (LogitLens, TunedLens, JacobianLens).
+        tokens: `[batch, pos]` token ids. Without `fit_tokens`, the first half of the
+            sequences fits the bases and the second half measures the effects.
+        layers: lens rows (`0..n_layers`, negative from the end).
+        k: directions per layer (at most d_model).
+        fit_tokens: token ids to fit the bases on; then every row of `tokens` is held out.
+        mode: how a direction is removed: "mean" (default), "zero" or "resample".
+        component: the residual the lens reads (default `lens.component`).
+        max_iter: L-BFGS iterations per direction of the basis extraction.
+        batch_size: sequences per forward pass.
+        label: the lens's name in tables and figures (default its class name).
+        progress: show progress bars.
+
+    Examples:
+        >>> logit = lens_faithfulness(model, LogitLens.from_model(model), tokens, [6, 14])
+        ...                                                              # doctest: +SKIP
+        >>> print(faithfulness_table(logit, lens_faithfulness(model, tuned, tokens, [6, 14])))
+        ...                                                              # doctest: +SKIP
+    """
+    adapter = _checked_pair(model, lens)
+    component = lens._check_component(component)
+    rows = _rows(lens, layers)
+    k = positive_int(k, "k")
+    if k > adapter.d_model:
+        raise InputError(
+            f"k={k} directions asked for, but the residual stream has only "
+            f"d_model={adapter.d_model} dimensions: pass k ≤ {adapter.d_model}"
+        )
+    mode = _checked_mode(mode)
+    batch_size = positive_int(batch_size, "batch_size")
+    ids = _token_rows(tokens, "tokens", adapter)
+    if fit_tokens is None:
+        if ids.shape[0] < 2:
+            raise InputError(
+                f"tokens hold {ids.shape[0]} sequence: half of the sequences fit the causal "
+                "bases and the other half measure them, so pass at least 2 sequences "
+                "([batch ≥ 2, pos]), or other text as fit_tokens=... to measure on all of them"
+            )
+        fit, held_out = ids[: ids.shape[0] // 2], ids[ids.shape[0] // 2 :]
+    else:
+        fit, held_out = _token_rows(fit_tokens, "fit_tokens", adapter), ids
+
+    hiddens = _residual_rows(model, adapter, fit, rows, component, batch_size)
+    bases = extract_causal_bases(
+        lens, hiddens, k, mode=mode, layers=rows, max_iter=max_iter, progress=progress
+    )
+    directions = {basis.layer: basis for basis in bases}
+    del hiddens
+    effects = _effects(
+        model,
+        adapter,
+        lens,
+        held_out,
+        {row: directions[row].vectors for row in rows},
+        mode=mode,
+        component=component,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    return FaithfulnessResult(
+        lens=label or type(lens).__name__,
+        model=adapter.model_name,
+        layers=tuple(_layer_result(directions[row], *effects[row]) for row in rows),
+        mode=mode,
+        component=component,
+        fit_tokens=int(fit.numel()),
+        eval_tokens=int(held_out.numel()),
+    )
+
+
+def direction_effects(
+    model: Any,
+    lens: Lens,
+    tokens: Int[Tensor, "batch pos"],
+    layer: int,
+    directions: Float[Tensor, "d_model k"],
+    *,
+    mode: AblationMode = "mean",
+    component: str | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """`(lens_effects, model_effects)`, each `[k]` in nats: the mean KL over `tokens` that
+    removing each column of `directions` (one at a time) at row `layer` causes in the
+    lens's readout and in the model's output. Any directions: a probe's, an SAE
+    feature's, a causal basis's (that is what `lens_faithfulness` passes).
+
+    Examples:
+        >>> lens_kl, model_kl = direction_effects(model, lens, tokens, 6, torch.eye(576)[:, :3])
+        ...                                                              # doctest: +SKIP
+    """
+    adapter = _checked_pair(model, lens)
+    component = lens._check_component(component)
+    (row,) = _rows(lens, [layer])
+    vectors = _checked_directions(directions, adapter.d_model)
+    effects = _effects(
+        model,
+        adapter,
+        lens,
+        _token_rows(tokens, "tokens", adapter),
+        {row: vectors},
+        mode=_checked_mode(mode),
+        component=component,
+        batch_size=positive_int(batch_size, "batch_size"),
+        progress=progress,
+    )
+    return effects[row]
+
+
+def _layer_result(
+    basis: CausalBasis, lens_effects: NDArray[np.float64], model_effects: NDArray[np.float64]
+) -> LayerFaithfulness:
+    return LayerFaithfulness(
+        layer=basis.layer,
+        energies=basis.energies.detach().double().cpu().numpy(),
+        lens_effects=lens_effects,
+        model_effects=model_effects,
+        vectors=basis.vectors.detach().cpu(),
+    )
+
+
+def _effects(
+    model: Any,
+    adapter: ModelAdapter,
+    lens: Lens,
+    tokens: Int[Tensor, "batch pos"],
+    directions: dict[int, Float[Tensor, "d_model k"]],
+    *,
+    mode: AblationMode,
+    component: str,
+    batch_size: int,
+    progress: bool,
+) -> dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]]:
+    """Sum each direction's per-token KLs over all batches, then divide by the count.
+
+    One clean run per batch serves every row; each (row, direction) then costs one
+    ablated run, which also captures the ablated residual for the lens to read.
+    """
+    lens_sums = {row: np.zeros(vectors.shape[1]) for row, vectors in directions.items()}
+    model_sums = {row: np.zeros(vectors.shape[1]) for row, vectors in directions.items()}
+    n_directions = sum(vectors.shape[1] for vectors in directions.values())
+    batches = list(tokens.split(batch_size))
+    bar = tqdm(
+        total=len(batches) * n_directions,
+        desc="ablating directions",
+        unit="run",
+        disable=not progress,
+    )
+    clean_names = {name for row in directions for name in _row_names(adapter, row, component)}
+    with torch.no_grad(), bar:
+        for batch in batches:
+            batch = batch.to(adapter.device)
+            logits, cache = model.run_with_cache(batch, names_filter=clean_names.__contains__)
+            clean_output = _Readout(logits.reshape(-1, logits.shape[-1]))
+            for row, vectors in directions.items():
+                hidden = get_residual(cache, row, component, adapter)
+                clean_lens = _LensReadout(lens, hidden, row)
+                for j in range(vectors.shape[1]):
+                    direction = vectors[:, j : j + 1].to(hidden.device, hidden.dtype)
+                    hook = subspace_ablation(model, direction, row, mode=mode, component=component)
+                    names = {hook[0], *_row_names(adapter, row, component)}
+                    with model.hooks(fwd_hooks=[hook]):
+                        ablated_logits, ablated_cache = model.run_with_cache(
+                            batch, names_filter=names.__contains__
+                        )
+                    ablated = get_residual(ablated_cache, row, component, adapter)
+                    lens_sums[row][j] += clean_lens.kl_to(ablated).double().sum().item()
+                    ablated_logits = ablated_logits.reshape(-1, ablated_logits.shape[-1])
+                    model_sums[row][j] += clean_output.kl_to(ablated_logits).double().sum().item()
+                    bar.update()
+            del logits, cache, clean_output
+    count = tokens.numel()
+    return {row: (lens_sums[row] / count, model_sums[row] / count) for row in directions}
+
+
+class _Readout:
+    """A fixed reference distribution (the model's clean output, as logits `[rows,
+    vocab]`) to measure KL(reference ‖ other) against, streamed over vocabulary chunks."""
+
+    def __init__(self, logits: Float[Tensor, "rows vocab"], chunk_size: int = CHUNK_SIZE):
+        self.logits = logits
+        self.chunk_size = chunk_size
+        self.logsumexp = logsumexp_chunks(
+            logits[:, vocab].float() for vocab in _vocab_slices(logits.shape[-1], chunk_size)
+        )
+
+    def reference(self, vocab: slice) -> Float[Tensor, "rows chunk"]:
+        return self.logits[:, vocab].float() - self.logsumexp[:, None]
+
+    def kl_to(self, other: Float[Tensor, "rows vocab"]) -> Float[Tensor, " rows"]:
+        """KL(self ‖ other) per row; `other`'s logits are shifted in place (discard it)."""
+        chunks = (
+            (vocab, other[:, vocab].float())
+            for vocab in _vocab_slices(other.shape[-1], self.chunk_size)
+        )
+        return _reference_kl(chunks, self.reference)
+
+
+class _LensReadout:
+    """The lens's clean readout of one row's residual, never whole as `[rows, vocab]`:
+    each chunk of its logits is recomputed when a KL needs it."""
+
+    def __init__(self, lens: Lens, hidden: Float[Tensor, "... d_model"], row: int):
+        self.lens, self.row = lens, row
+        self.unembed = lens.unembed
+        self.normed = self.unembed.normalize(self._translated(hidden))
+        self.logsumexp = logsumexp_chunks(
+            self._logits(vocab) for vocab in _vocab_slices(self.unembed.d_vocab, CHUNK_SIZE)
+        )
+
+    def _translated(self, hidden: Tensor) -> Float[Tensor, "rows d_model"]:
+        return self.lens.transform_hidden(hidden.reshape(-1, hidden.shape[-1]), self.row)
+
+    def _logits(self, vocab: slice) -> Float[Tensor, "rows chunk"]:
+        return self.unembed.logits_of_normalized(self.normed, vocab).float()
+
+    def reference(self, vocab: slice) -> Float[Tensor, "rows chunk"]:
+        return self._logits(vocab) - self.logsumexp[:, None]
+
+    def kl_to(self, hidden: Float[Tensor, "... d_model"]) -> Float[Tensor, " rows"]:
+        """KL(clean readout ‖ readout of `hidden`) per token."""
+        translated = self._translated(hidden)
+        chunks = (
+            (vocab, logits.float())
+            for vocab, logits in self.unembed.logit_chunks(translated, CHUNK_SIZE)
+        )
+        return _reference_kl(chunks, self.reference)
+
+
+def _reference_kl(
+    chunks: Iterable[tuple[slice, Float[Tensor, "rows chunk"]]],
+    reference: Callable[[slice], Float[Tensor, "rows chunk"]],
+) -> Float[Tensor, " rows"]:
+    stats = vocab_stats(chunks, k=1, reference=reference)
+    assert stats.reference_kl is not None  # vocab_stats sets it when given a reference
+    return stats.reference_kl
+
+
+def _vocab_slices(vocab: int, chunk_size: int) -> Iterator[slice]:
+    for start in range(0, vocab, chunk_size):
+        yield slice(start, min(start + chunk_size, vocab))
+
+
+def _residual_rows(
+    model: Any,
+    adapter: ModelAdapter,
+    tokens: Int[Tensor, "batch pos"],
+    rows: Sequence[int],
+    component: str,
+    batch_size: int,
+) -> list[Float[Tensor, "batch pos d_model"]]:
+    """One `[batch, pos, d]` tensor per lens row, as `extract_causal_bases` takes them.
+
+    Only `rows` are run and cached; `extract_causal_bases(..., layers=rows)` reads no
+    other row, so every other entry is the first requested row again (no copy), not 31
+    residuals of SmolLM2 when 3 are asked for.
+    """
+    names = {name for row in rows for name in _row_names(adapter, row, component)}
+    # A HookedTransformer can stop after the deepest block needed (no head, no logits).
+    deepest = max(rows)
+    stop = (
+        {"stop_at_layer": deepest + 1}
+        if adapter.kind == "HookedTransformer" and deepest < adapter.n_layers
+        else {}
+    )
+    parts: dict[int, list[Tensor]] = {row: [] for row in rows}
+    with torch.no_grad():
+        for batch in tokens.split(batch_size):
+            _, cache = model.run_with_cache(
+                batch.to(adapter.device), names_filter=names.__contains__, **stop
+            )
+            for row in rows:
+                parts[row].append(get_residual(cache, row, component, adapter))
+    fitted = {row: torch.cat(part) for row, part in parts.items()}
+    return [fitted.get(row, fitted[rows[0]]) for row in range(adapter.n_layers + 1)]
+
+
+def _row_names(adapter: ModelAdapter, row: int, component: str) -> tuple[str, ...]:
+    """Every name a cache may hold lens row `row` under (the final row: the last
+    block's resid_post)."""
+    if row == adapter.n_layers:
+        return adapter.cached_names("resid_post", adapter.n_layers - 1)
+    return adapter.cached_names(component, row)
+
+
+# --- checks ------------------------------------------------------------------------------
+
+
+def _checked_pair(model: Any, lens: Lens) -> ModelAdapter:
+    if not isinstance(lens, Lens):
+        raise InputTypeError(f"lens must be a hooklens Lens, got {type(lens).__name__}")
+    adapter = ModelAdapter(model)
+    if lens.adapter.model is not model:
+        check_same_model(lens.adapter, model, "this model")
+    return adapter
+
+
+def _rows(lens: Lens, layers: int | Iterable[int]) -> list[int]:
+    if isinstance(layers, int) or (isinstance(layers, Tensor) and layers.ndim == 0):
+        layers = [layers]  # type: ignore[list-item]
+    rows = list(dict.fromkeys(lens.layer_index(layer) for layer in layers))
+    if not rows:
+        raise InputError("layers is empty: pass the lens rows to measure, e.g. layers=[6, 14]")
+    return rows
+
+
+def _checked_mode(mode: str) -> AblationMode:
+    if mode not in ABLATION_MODES:
+        raise InputError(f"mode must be one of {', '.join(ABLATION_MODES)}; got {mode!r}")
+    return mode  # type: ignore[return-value]  # checked just above
+
+
+def _checked_directions(directions: Tensor, d_model: int) -> Float[Tensor, "d_model k"]:
+    if not isinstance(directions, Tensor) or not directions.is_floating_point():
+        raise InputTypeError(
+            f"directions must be a floating-point tensor [d_model, k], got "
+            f"{getattr(directions, 'dtype', type(directions).__name__)}"
+        )
+    vectors = directions[:, None] if directions.ndim == 1 else directions
+    if vectors.ndim != 2 or vectors.shape[0] != d_model or vectors.shape[1] == 0:
+        raise InputError(
+            f"directions must be [d_model={d_model}, k ≥ 1] (one direction per column) or "
+            f"[d_model], got {tuple(directions.shape)}"
+        )
+    return vectors
+
+
+def _token_rows(tokens: Any, name: str, adapter: ModelAdapter) -> Int[Tensor, "batch pos"]:
+    ids = token_id_tensor(tokens, name)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.numel() == 0:
+        raise InputError(
+            f"{name} must be [batch, pos] token ids with at least one token, got {tuple(ids.shape)}"
+        )
+    check_id_range(ids, name, int(adapter.cfg.d_vocab), allow_missing=False)
+    n_ctx = getattr(adapter.cfg, "n_ctx", None)
+    if n_ctx and ids.shape[-1] > n_ctx:
+        raise InputError(
+            f"{name} hold {ids.shape[-1]} positions, more than the model's context of "
+            f"n_ctx={n_ctx}: cut them ({name}[:, :{n_ctx}])"
+        )
+    return ids
+
+
+__all__ = [
+    "FaithfulnessResult",
+    "LayerFaithfulness",
+    "average_ranks",
+    "direction_effects",
+    "faithfulness_figure",
+    "faithfulness_table",
+    "lens_faithfulness",
+    "spearman",
+]
