@@ -15,7 +15,8 @@ output, for KL(output ‖ layer)) uses `log p = (z - m_c) - (m - m_c) - log s`, 
 `lse - Σ ρ z - H(ρ)` subtracts numbers near the logits' size and loses ~1e-5 in float32.
 
 Two distributions whose log-sum-exps are known (from their own single pass): one more
-pass gives KL, Jensen–Shannon and total variation, each a sum of per-token terms.
+pass gives KL, Jensen–Shannon and total variation, each a sum of per-token terms, and,
+if asked, the k tokens whose probability changed most (a running top-k of |q − p|).
 """
 
 from __future__ import annotations
@@ -216,26 +217,65 @@ def logsumexp_chunks(chunks: Iterable[Float[Tensor, "rows chunk"]]) -> Float[Ten
 
 @dataclass
 class PairStats:
-    """Per-row divergences between two distributions p (self) and q (other), in nats."""
+    """Per-row divergences between two distributions p (self) and q (other), in nats.
+
+    With `delta_k` > 0, `pair_stats` also keeps the `delta_k` tokens whose probability
+    changed most, largest |q − p| first: their ids and the signed changes q − p.
+    """
 
     kl: Float[Tensor, " rows"]  # KL(p ‖ q)
     js: Float[Tensor, " rows"]  # Jensen–Shannon, in [0, ln 2]
     tv: Float[Tensor, " rows"]  # total variation ½ Σ |p - q|, in [0, 1]
+    delta_ids: Int[Tensor, "rows k"] | None = None
+    deltas: Float[Tensor, "rows k"] | None = None  # q - p at delta_ids
+
+    @property
+    def delta_k(self) -> int:
+        """How many largest changes each row keeps (0: none were asked for)."""
+        return 0 if self.deltas is None else int(self.deltas.shape[-1])
+
+
+class LargestChanges:
+    """Running top-k of |q − p| over vocabulary chunks, keeping the sign of each change.
+
+    Ties are broken by whichever token `torch.topk` returns first.
+    """
+
+    def __init__(self, k: int):
+        self.k = k
+        self.sizes: Tensor | None = None  # |q - p|, largest first
+        self.changes: Tensor  # q - p
+        self.ids: Tensor
+
+    def update(self, vocab: slice, change: Float[Tensor, "rows chunk"]) -> None:
+        sizes, ids = change.abs().topk(min(self.k, change.shape[-1]), dim=-1)
+        changes = change.gather(-1, ids)
+        ids = ids + vocab.start
+        if self.sizes is not None:
+            sizes = torch.cat([self.sizes, sizes], dim=-1)
+            changes = torch.cat([self.changes, changes], dim=-1)
+            ids = torch.cat([self.ids, ids], dim=-1)
+            sizes, order = sizes.topk(min(self.k, sizes.shape[-1]), dim=-1)
+            changes, ids = changes.gather(-1, order), ids.gather(-1, order)
+        self.sizes, self.changes, self.ids = sizes, changes, ids
 
 
 def pair_stats(
     chunks: Iterable[tuple[slice, Float[Tensor, "rows chunk"], Float[Tensor, "rows chunk"]]],
     logsumexp_p: Float[Tensor, " rows"],
     logsumexp_q: Float[Tensor, " rows"],
+    delta_k: int = 0,
 ) -> PairStats:
     """One pass over `(vocab_slice, logits_p, logits_q)` chunks; normalisers known.
 
     With a = log p, b = log q and s = p + q:
     KL = Σ p a - Σ p b;  JS = ½ (Σ p a + Σ q b - Σ s log s) + ln 2 · ½ Σ s;
     TV = ½ Σ |p - q|. Every sum is of entropy size, so float32 keeps ~1e-6.
+    `delta_k` > 0 also keeps each row's `delta_k` largest changes q - p (`PairStats`).
     """
     totals: dict[str, Tensor] = {}
-    for _, logits_p, logits_q in chunks:
+    largest = LargestChanges(delta_k) if delta_k > 0 else None
+    for vocab, logits_p, logits_q in chunks:
         log_p = logits_p.sub_(logsumexp_p[:, None])
         log_q = logits_q.sub_(logsumexp_q[:, None])
         p, q = log_p.exp(), log_q.exp()
@@ -247,8 +287,13 @@ def pair_stats(
             "q_log_q": _rowdot(q, log_q),
             "s_log_s": torch.special.xlogy(both, both).sum(-1),  # 0 log 0 = 0
             "mass": both.sum(-1),
-            "abs_diff": p.sub_(q).abs_().sum(-1),
         }
+        if largest is None:
+            chunk["abs_diff"] = p.sub_(q).abs_().sum(-1)
+        else:
+            change = q.sub_(p)
+            largest.update(vocab, change)
+            chunk["abs_diff"] = change.abs_().sum(-1)
         for name, value in chunk.items():
             totals[name] = value if name not in totals else totals[name] + value
     if not totals:
@@ -256,5 +301,9 @@ def pair_stats(
     kl = totals["p_log_p"] - totals["p_log_q"]
     js = 0.5 * (totals["p_log_p"] + totals["q_log_q"] - totals["s_log_s"] + LN2 * totals["mass"])
     return PairStats(
-        kl=kl.clamp_min(0.0), js=js.clamp(0.0, LN2), tv=(0.5 * totals["abs_diff"]).clamp(0.0, 1.0)
+        kl=kl.clamp_min(0.0),
+        js=js.clamp(0.0, LN2),
+        tv=(0.5 * totals["abs_diff"]).clamp(0.0, 1.0),
+        delta_ids=None if largest is None else largest.ids,
+        deltas=None if largest is None else largest.changes,
     )

@@ -1,16 +1,18 @@
 """PredictionTrajectory: what a lens predicts at every layer and position, cheaply.
 
-A trajectory keeps the residual stream (references into the cache, no copies), the lens,
-and small `[layer, position]` arrays. Its constructor makes ONE pass over layers,
-position blocks and vocabulary chunks — the unembedding matmul is the whole cost — and
-computes every single-trajectory statistic at once: log-sum-exp, entropy, KL from the
-model's output, the top-k tokens, and, given targets, the target's log-prob and rank.
-`[layers, pos, vocab]` log-probabilities are never materialised; peak extra memory is
-a few `[row_block, vocab_chunk]` tiles. Comparisons between two trajectories
-(`kl_divergence`, `js_divergence`, `total_variation`) make one more pass over both.
+A trajectory keeps where its rows of logits come from (`hooklens.trajectory_sources`:
+a lens with references into the cache, no copies, or log-probabilities computed
+elsewhere) and small `[layer, position]` arrays. Its constructor makes ONE pass over
+position blocks, vocabulary chunks and layers — the unembedding matmul is the whole
+cost — and computes every single-trajectory statistic at once: log-sum-exp, entropy,
+KL from the model's output, the top-k tokens, and, given targets, the target's
+log-prob and rank. `[layers, pos, vocab]` log-probabilities are never materialised;
+peak extra memory is a few `[row_block, vocab_chunk]` tiles. Comparisons between two
+trajectories (`kl_divergence`, `js_divergence`, `total_variation`) make one more pass
+over both, which also keeps the k tokens whose probability changed most (the labels).
 
 Rows are the lens's layers `0..n_layers-1` plus a last "output" row: the model's own
-distribution, from the logits passed in.
+distribution, from the logits passed in (or the last layer row of `from_log_probs`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from torch import Tensor
 from hooklens.errors import (
     InputError,
     InputTypeError,
-    LensChangedError,
     LensMismatchError,
     NonFiniteActivationError,
 )
@@ -45,11 +46,11 @@ from hooklens.streaming import (
     ReferenceTile,
     VocabAccumulator,
     VocabStats,
-    finite_floor,
     logsumexp_chunks,
     pair_stats,
 )
-from hooklens.validation import check_id_range, positive_int, token_id_tensor
+from hooklens.trajectory_sources import FLOOR, Block, LensSource, LogProbSource, RowSource
+from hooklens.validation import check_id_range, layer_index, positive_int, token_id_tensor
 
 Units = Literal["nats", "bits"]
 UNITS = ("nats", "bits")
@@ -58,7 +59,9 @@ UNITS = ("nats", "bits")
 # elementwise passes per tile, and are still big enough for an efficient matmul.
 ROW_BLOCK = 256
 VOCAB_CHUNK = 4096
-HOVER_K = 5  # tokens listed when hovering over a heatmap cell
+# Label defaults of tuned-lens: hover lists 10 tokens; a Δp label needs |Δp| > float32 eps.
+LABEL_TOPK = 10
+MIN_PROB_DELTA = float(np.finfo(np.float32).eps)
 
 
 @dataclass
@@ -89,17 +92,6 @@ def _checked_units(units: Any) -> str:
 
 def _as_long(ids: Any, name: str) -> Tensor | None:
     return None if ids is None else token_id_tensor(ids, name)
-
-
-def _lens_state(lens: Lens) -> tuple[tuple[int, int], ...]:
-    """Identity and version counter of every tensor a lens reads with: its parameters
-    and the model's unembedding. Any in-place change (an optimiser step, `copy_`,
-    `load_state_dict`) or replacement moves one of them."""
-    unembed = lens.unembed
-    tensors = [*lens.parameters(), *lens.buffers(), unembed.W_U]
-    tensors += [t for t in (unembed.b_U,) if t is not None]
-    tensors += list(unembed.final_norm.parameters())
-    return tuple((id(t), t._version) for t in tensors)
 
 
 def next_token_targets(
@@ -202,15 +194,27 @@ class PredictionTrajectory:
     """Next-token predictions of a lens at every layer and position of some input.
 
     Build one with `from_lens_and_cache` (after your own `model.run_with_cache`) or
-    `from_lens_and_model`. Statistics come back as `TrajectoryStatistic` objects
-    shaped `[..., layer, pos]` (leading batch axes kept), ready for `.figure()`.
+    `from_lens_and_model`, or from log-probabilities computed elsewhere with
+    `from_log_probs`. Statistics come back as `TrajectoryStatistic` objects shaped
+    `[..., layer, pos]` (leading batch axes kept), ready for `.figure()`.
+
+    Labels (given a tokenizer), as in tuned-lens: each cell of a single-trajectory
+    statistic shows the top-1 token of that layer where its probability is at least
+    `min_prob` (blank elsewhere), and hovering lists the `topk` most likely tokens —
+    at most the `topk` this trajectory kept when it was built (5 by default; build it
+    with `topk=10` to list tuned-lens's ten). Comparisons (`kl_divergence`,
+    `js_divergence`, `total_variation`) label each cell with the token whose
+    probability changed most from self to other, where |Δp| ≥ `min_prob_delta`, and
+    hover lists the `topk` largest changes with their signed Δp. With a batch, a cell
+    shows its label where every sequence agrees (`*` where they differ) and the hover
+    describes the first sequence.
 
     Examples:
         >>> logits, cache = model.run_with_cache(tokens)                 # doctest: +SKIP
         >>> traj = PredictionTrajectory.from_lens_and_cache(
         ...     lens, tokens, cache, logits, targets=next_token_targets(tokens))
         ...                                                              # doctest: +SKIP
-        >>> traj.entropy().figure()                                      # doctest: +SKIP
+        >>> traj.entropy(min_prob=0.1).figure()                          # doctest: +SKIP
     """
 
     def __init__(
@@ -227,41 +231,71 @@ class PredictionTrajectory:
         residual_component: str = "resid_pre",
         topk: int = 5,
         attention_mask: Any = None,
-        _readout: _Readout | None = None,
     ):
         if not isinstance(lens, Lens):
             raise InputTypeError(f"lens must be a hooklens Lens, got {type(lens).__name__}")
-        self.lens = lens
-        self.residual_component = normalize_component(residual_component)
-        self.input_ids = _as_long(input_ids, "input_ids")
+        component = normalize_component(residual_component)
+        ids = _input_ids(input_ids)
+        source = LensSource(lens, residuals, model_logits, tuple(ids.shape), component)
+        self._setup(
+            source,
+            ids,
+            targets=targets,
+            anti_targets=anti_targets,
+            tokenizer=tokenizer,
+            mask_input=mask_input,
+            topk=topk,
+            attention_mask=attention_mask,
+        )
+
+    def _setup(
+        self,
+        source: RowSource,
+        input_ids: Tensor,
+        *,
+        targets: Any,
+        anti_targets: Any,
+        tokenizer: Any,
+        mask_input: bool,
+        topk: int,
+        attention_mask: Any,
+        readout: _Readout | None = None,
+    ) -> None:
+        """Everything a trajectory holds, whatever its source; runs the streaming pass
+        unless `readout` (of the same rows, from `slice_sequence`) is given."""
+        self._source = source
+        self.lens: Lens | None = source.lens if isinstance(source, LensSource) else None
+        self.residual_component: str | None = (
+            source.component if isinstance(source, LensSource) else None
+        )
+        self.input_ids = input_ids
         self.targets = _as_long(targets, "targets")
         self.anti_targets = _as_long(anti_targets, "anti_targets")
         self.tokenizer = tokenizer
         self.mask_input = mask_input
-        self.topk = positive_int(topk, "topk", at_most=lens.unembed.d_vocab)
-        self._residuals = list(residuals)
-        if not isinstance(model_logits, Tensor):
-            raise InputTypeError(
-                "model_logits must be a tensor [..., pos, vocab], got "
-                f"{type(model_logits).__name__}"
-            )
-        self._model_logits = model_logits
+        self.topk = positive_int(topk, "topk", at_most=source.vocab_size)
         self._validate()
-        assert self.input_ids is not None
         # 1 = a real token, 0 = padding (its cells are NaN and left out of every mean).
         self.attention_mask: Tensor | None = (
             None if attention_mask is None else _mask_tensor(attention_mask, self.input_ids.shape)
         )
         self._drop_targets_in_padding()
-        self._lens_at_build = _lens_state(lens)
         self._pairs: weakref.WeakKeyDictionary[PredictionTrajectory, PairStats] = (
             weakref.WeakKeyDictionary()
         )
-        self._labels: TrajectoryLabels | None = None
-        if _readout is None:
+        self._labels: dict[tuple[float, int], TrajectoryLabels] = {}
+        if readout is None:
             with torch.no_grad():
-                _readout = self._read()
-        self._readout = _readout
+                readout = self._read()
+        self._readout = readout
+
+    @classmethod
+    def _from_source(
+        cls, source: RowSource, input_ids: Tensor, **settings: Any
+    ) -> PredictionTrajectory:
+        trajectory = cls.__new__(cls)
+        trajectory._setup(source, input_ids, **settings)
+        return trajectory
 
     # --- constructors ---------------------------------------------------------------
 
@@ -417,35 +451,74 @@ class PredictionTrajectory:
             trajectory.tokenizer = tokenizer
         return trajectory
 
+    @classmethod
+    def from_log_probs(
+        cls,
+        log_probs: Float[Tensor, "... layer_and_output pos vocab"] | np.ndarray,
+        input_ids: Int[Tensor, "... pos"] | Sequence[int],
+        targets: Int[Tensor, "... pos"] | Sequence[int] | None = None,
+        anti_targets: Int[Tensor, "... pos"] | Sequence[int] | None = None,
+        tokenizer: Any = None,
+        *,
+        topk: int = 5,
+        attention_mask: Any = None,
+    ) -> PredictionTrajectory:
+        """A trajectory of distributions computed elsewhere, e.g. tuned-lens's own
+        `PredictionTrajectory.log_probs`, or another library's lens.
+
+        `log_probs` is `[..., layer + 1, pos, vocab]` as in tuned-lens: batch axes
+        first (those of `input_ids`), then one row per layer and a LAST row for the
+        model's output distribution (forward KL is measured from it). Logits work as
+        well as log-probabilities: each row is normalised with a log-softmax, in the
+        same streaming pass as a lens-built trajectory, so every statistic, label,
+        figure, `slice_sequence`, `top_predictions`, `layer_log_probs` and comparison
+        (with any trajectory of the same shape, lens-built or not) works the same way.
+        The tensor is read, never copied whole nor written (change it in place and the
+        trajectory refuses to go on); `-inf` entries are probability 0.
+
+        Args:
+            log_probs: `[..., layer + 1, pos, vocab]` float tensor or numpy array.
+            input_ids: `[..., pos]` the input tokens (labels of the x axis).
+            targets: `[..., pos]` token ids to score, -1 where none.
+            anti_targets: `[..., pos]` token ids to compare targets against.
+            tokenizer: turns ids into labels; without one, figures have no token labels.
+            topk: how many most likely tokens to keep per cell.
+            attention_mask: `[..., pos]` 1 for real tokens, 0 for padding (nothing is
+                inferred: pass it for a padded batch).
+
+        Raises:
+            InputError: a shape that does not fit `input_ids` (with the axis to move if
+                the layer axis comes first), probabilities instead of their logarithm,
+                or ids outside the vocabulary.
+            NonFiniteActivationError: NaN or +inf, or a row with no finite entry.
+
+        Examples:
+            >>> log_probs = torch.randn(4, 3, 10).log_softmax(-1)  # 3 layers + output
+            >>> traj = PredictionTrajectory.from_log_probs(
+            ...     log_probs, input_ids=[1, 2, 3], targets=[2, 3, -1])
+            >>> traj
+            PredictionTrajectory(layers=3, pos=3, source=log_probs[float32], targets=yes)
+            >>> traj.cross_entropy().stats.shape
+            (4, 3)
+        """
+        ids = _input_ids(input_ids)
+        source = LogProbSource(log_probs, tuple(ids.shape))
+        return cls._from_source(
+            source,
+            ids,
+            targets=targets,
+            anti_targets=anti_targets,
+            tokenizer=tokenizer,
+            mask_input=False,
+            topk=topk,
+            attention_mask=attention_mask,
+        )
+
     # --- shape and checks -------------------------------------------------------------
 
     def _validate(self) -> None:
         ids = self.input_ids
-        assert ids is not None
-        if ids.ndim == 0 or ids.shape[-1] == 0:
-            raise InputError(
-                f"input_ids must be [..., pos] with pos ≥ 1, got {tuple(ids.shape)}: "
-                "pass at least one token"
-            )
         check_id_range(ids, "input_ids", self.vocab_size, allow_missing=False)
-        if len(self._residuals) != self.lens.n_layers:
-            raise LensMismatchError(
-                f"{len(self._residuals)} residuals for a lens over {self.lens.n_layers} layers"
-            )
-        expected = (*ids.shape, self.lens.unembed.d_model)
-        for layer, h in enumerate(self._residuals):
-            if not isinstance(h, Tensor) or tuple(h.shape) != expected:
-                shape = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
-                raise InputError(
-                    f"the residual of layer {layer} is {shape}, but input_ids "
-                    f"{tuple(ids.shape)} need {expected}: are they from the same run?"
-                )
-        logits_shape = (*ids.shape, self.lens.unembed.d_vocab)
-        if tuple(self._model_logits.shape) != logits_shape:
-            raise InputError(
-                f"model_logits are {tuple(self._model_logits.shape)}, expected {logits_shape} "
-                "(the logits of the same run, [..., pos, vocab])"
-            )
         for name in ("targets", "anti_targets"):
             value = getattr(self, name)
             if value is None:
@@ -464,7 +537,6 @@ class PredictionTrajectory:
         mask = self.attention_mask
         if mask is None or bool(mask.all()):
             return
-        assert self.input_ids is not None
         next_ids = torch.cat([self.input_ids[..., 1:], self.input_ids[..., -1:]], dim=-1)
         next_real = torch.cat([mask[..., 1:], torch.ones_like(mask[..., -1:])], dim=-1)
         if self.targets is not None:
@@ -474,17 +546,10 @@ class PredictionTrajectory:
             self.anti_targets = self.anti_targets.masked_fill(~mask, -1)
 
     def _check_lens_unchanged(self) -> None:
-        if _lens_state(self.lens) != self._lens_at_build:
-            raise LensChangedError(
-                "the lens (or the model's unembedding) was changed in place after this "
-                f"trajectory was built from it, so its statistics and {self.lens!r}'s new "
-                "readouts no longer agree. Build a new trajectory after changing the lens; "
-                "to compare before and after, keep copy.deepcopy(lens) from before."
-            )
+        self._source.check_unchanged()
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
-        assert self.input_ids is not None
         return tuple(self.input_ids.shape[:-1])
 
     @property
@@ -494,16 +559,19 @@ class PredictionTrajectory:
     @property
     def num_layers(self) -> int:
         """Layers read by the lens, not counting the output row."""
-        return self.lens.n_layers
+        return self._source.n_layers
 
     @property
     def num_tokens(self) -> int:
-        assert self.input_ids is not None
         return int(self.input_ids.shape[-1])
 
     @property
     def vocab_size(self) -> int:
-        return self.lens.unembed.d_vocab
+        return self._source.vocab_size
+
+    def _layer_index(self, layer: int) -> int:
+        """`layer` as a row `0..num_layers` (negative counts from the end: -1 = output)."""
+        return layer_index(layer, self.num_layers)
 
     def __repr__(self) -> str:
         batch = f", batch={self.batch_shape}" if self.batch_shape else ""
@@ -516,30 +584,16 @@ class PredictionTrajectory:
             extras += f", padded_positions={int(padding.sum())}"
         return (
             f"PredictionTrajectory(layers={self.num_layers}, pos={self.num_tokens}{batch}, "
-            f"lens={self.lens!r}, component={self.residual_component!r}{extras})"
+            f"{self._source.describe()}{extras})"
         )
 
     # --- the streaming pass -----------------------------------------------------------
 
     def _rows(self) -> int:
-        assert self.input_ids is not None
         return self.input_ids.numel()
 
-    def _flat_logits(self) -> Tensor:
-        return self._model_logits.reshape(self._rows(), -1)
-
     def _flat_ids(self, ids: Tensor | None) -> Tensor | None:
-        return None if ids is None else ids.reshape(-1).to(self.lens.unembed.W_U.device)
-
-    def _normalized(self, layer: int, rows: slice = slice(None)) -> Tensor:
-        """The lens's input to W_U for `layer`: `[rows, d_model]`."""
-        h = self._residuals[layer].reshape(self._rows(), -1)[rows]
-        if not bool(torch.isfinite(h).all()):
-            raise NonFiniteActivationError(
-                f"the {self.residual_component} residual of layer {layer} holds NaN or "
-                "infinite values; check the model's dtype or the hooks of that run"
-            )
-        return self.lens.unembed.final_norm(self.lens.transform_hidden(h, layer))
+        return None if ids is None else ids.reshape(-1).to(self._source.device)
 
     def _input_mask(self) -> Tensor | None:
         """`[sequence, vocab]`: the tokens of each input sequence, or None (no masking).
@@ -548,7 +602,6 @@ class PredictionTrajectory:
         """
         if not self.mask_input:
             return None
-        assert self.input_ids is not None
         ids = self.input_ids.reshape(-1, self.num_tokens)
         mask = torch.zeros(ids.shape[0], self.vocab_size, dtype=torch.bool)
         return mask.scatter_(1, ids, True)
@@ -567,30 +620,27 @@ class PredictionTrajectory:
         n_rows = self._rows()
         return [slice(r, min(r + ROW_BLOCK, n_rows)) for r in range(0, n_rows, ROW_BLOCK)]
 
-    def _lens_logits(
-        self, block: Tensor, vocab: slice, block_mask: Tensor | None
-    ) -> Float[Tensor, "rows chunk"]:
-        """Float32 lens logits of a normalised row block; masked tokens at the floor."""
-        logits = self.lens.unembed.logits_of_normalized(block, vocab).float()
-        if block_mask is not None:
-            logits.masked_fill_(block_mask[:, vocab].to(logits.device), finite_floor(logits.dtype))
+    def _tile(self, block: Block, vocab: slice, block_mask: Tensor | None) -> Tensor:
+        """Float32 logits of a block (see `RowSource.tile`); with `mask_input`, the
+        input's tokens at the finite floor in every row but the output."""
+        logits = self._source.tile(block, vocab)
+        if block_mask is not None and block.layer < self.num_layers:
+            logits.masked_fill_(block_mask[:, vocab].to(logits.device), FLOOR)
         return logits
 
-    def _output_logits(self, rows: slice, vocab: slice) -> Float[Tensor, "rows chunk"]:
-        """A float32 copy (the accumulators work in place) with -inf at the finite floor."""
-        chunk = self._flat_logits()[rows, vocab].float()
-        return chunk.clamp_min(finite_floor(chunk.dtype))
-
-    def _lens_chunks(
-        self, normed: Tensor, rows: slice, mask: Tensor | None
-    ) -> Iterator[tuple[slice, Tensor]]:
-        block_mask = None if mask is None else self._sequence_mask(mask, rows)
+    def _tiles(self, block: Block, mask: Tensor | None) -> Iterator[tuple[slice, Tensor]]:
+        block_mask = None if mask is None else self._sequence_mask(mask, block.rows)
         for vocab in self._vocab_chunks():
-            yield vocab, self._lens_logits(normed[rows], vocab, block_mask)
+            yield vocab, self._tile(block, vocab, block_mask)
 
-    def _output_chunks(self, rows: slice) -> Iterator[tuple[slice, Tensor]]:
-        for vocab in self._vocab_chunks():
-            yield vocab, self._output_logits(rows, vocab)
+    def _token_logits(self, block: Block, ids: Tensor, block_mask: Tensor | None) -> Tensor:
+        """The logit of `ids` (one per row; negative = none, read as token 0)."""
+        ids = ids.clamp_min(0)
+        logits = self._source.token_logits(block, ids)
+        if block_mask is None or block.layer == self.num_layers:
+            return logits
+        hidden = block_mask.gather(1, ids.cpu()[:, None])[:, 0]
+        return logits.masked_fill(hidden.to(logits.device), FLOOR)
 
     def _read(self) -> _Readout:
         """The construction pass: row blocks × vocabulary chunks × layers.
@@ -599,59 +649,36 @@ class PredictionTrajectory:
         reference of every forward KL) is exponentiated once, not once per layer.
         """
         n_layers = self.num_layers
-        unembed = self.lens.unembed
         targets, anti = self._flat_ids(self.targets), self._flat_ids(self.anti_targets)
         mask = self._input_mask()
-        out_logits = self._flat_logits()
-        floor = finite_floor(torch.float32)
         results: list[list[VocabStats]] = [[] for _ in range(n_layers + 1)]
         target_logits: list[list[Tensor]] = [[] for _ in range(n_layers + 1)]
         anti_logits: list[list[Tensor]] = [[] for _ in range(n_layers + 1)]
-
-        def token_logits(
-            normed: Tensor | None, rows: slice, ids: Tensor, block_mask: Tensor | None
-        ) -> Tensor:
-            if normed is None:  # the output row
-                picked = out_logits[rows].gather(-1, ids.clamp_min(0)[:, None])[:, 0]
-                return picked.float().clamp_min(floor)
-            logits = unembed.token_logits(normed, ids.clamp_min(0)).float()
-            if block_mask is None:
-                return logits
-            hidden = block_mask.gather(1, ids.clamp_min(0).cpu()[:, None])[:, 0]
-            return logits.masked_fill(hidden.to(logits.device), floor)
-
         vocab_chunks = self._vocab_chunks()
         for rows in self._blocks():
             block_mask = None if mask is None else self._sequence_mask(mask, rows)
-            normed: list[Tensor | None] = [
-                self._normalized(layer, rows) for layer in range(n_layers)
-            ]
-            normed.append(None)
+            blocks = [self._source.block(layer, rows) for layer in range(n_layers + 1)]
+            output = blocks[-1]
             row_targets = None if targets is None else targets[rows]
             accumulators = []
-            for layer, hidden in enumerate(normed):
-                zt = (
-                    None
-                    if row_targets is None
-                    else token_logits(hidden, rows, row_targets, block_mask)
-                )
-                if anti is not None:
-                    anti_logits[layer].append(token_logits(hidden, rows, anti[rows], block_mask))
-                if zt is not None:
+            for layer, block in enumerate(blocks):
+                zt = None
+                if row_targets is not None:
+                    zt = self._token_logits(block, row_targets, block_mask)
                     target_logits[layer].append(zt)
+                if anti is not None:
+                    anti_logits[layer].append(self._token_logits(block, anti[rows], block_mask))
                 accumulators.append(VocabAccumulator(self.topk, row_targets, zt))
-            out_lse = logsumexp_chunks(self._output_logits(rows, v) for v in vocab_chunks)
+            out_lse = logsumexp_chunks(self._source.tile(output, v) for v in vocab_chunks)
             if not bool(torch.isfinite(out_lse).all()):
                 raise NonFiniteActivationError(
                     "model_logits hold NaN or +inf, or a position where every logit is -inf"
                 )
             for vocab in vocab_chunks:
-                output = self._output_logits(rows, vocab)
-                reference = ReferenceTile.from_log_probs(output - out_lse[:, None])
-                for layer, hidden in enumerate(normed):
-                    logits = (
-                        output if hidden is None else self._lens_logits(hidden, vocab, block_mask)
-                    )
+                out = self._source.tile(output, vocab)
+                reference = ReferenceTile.from_log_probs(out - out_lse[:, None])
+                for layer, block in enumerate(blocks):
+                    logits = out if block is output else self._tile(block, vocab, block_mask)
                     accumulators[layer].update(vocab, logits, reference)
             for layer, accumulator in enumerate(accumulators):
                 results[layer].append(accumulator.finish())
@@ -703,7 +730,6 @@ class PredictionTrajectory:
             raise InputError(
                 f"slice_sequence needs a positive step (positions stay in order), got {positions}"
             )
-        assert self.input_ids is not None
         index = torch.arange(self._rows()).reshape(self.input_ids.shape)[..., positions]
         if index.numel() == 0:
             raise InputError(f"{positions} selects no positions of {self.num_tokens}")
@@ -711,19 +737,16 @@ class PredictionTrajectory:
         def cut(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[..., positions]
 
-        return PredictionTrajectory(
-            self.lens,
-            [h[..., positions, :] for h in self._residuals],
-            self._model_logits[..., positions, :],
-            cut(self.input_ids),  # type: ignore[arg-type]
+        return self._from_source(
+            self._source.select_positions(positions),
+            self.input_ids[..., positions],
             targets=cut(self.targets),
             anti_targets=cut(self.anti_targets),
             tokenizer=self.tokenizer,
             mask_input=self.mask_input,
-            residual_component=self.residual_component,
             topk=self.topk,
             attention_mask=cut(self.attention_mask),
-            _readout=self._readout.select(index.reshape(-1)),
+            readout=self._readout.select(index.reshape(-1)),
         )
 
     def top_predictions(
@@ -740,18 +763,15 @@ class PredictionTrajectory:
 
     def layer_log_probs(self, layer: int) -> Float[Tensor, "... pos vocab"]:
         """Full log-probabilities of one row (`-1` = output): `[..., pos, vocab]`."""
-        layer = self.lens.layer_index(layer)
+        layer = self._layer_index(layer)
         self._check_lens_unchanged()
         with torch.no_grad():
-            if layer == self.num_layers:
-                logits = self._model_logits.float()
-            else:
-                logits = self.lens.unembed.logits_of_normalized(self._normalized(layer)).float()
-                mask = self._input_mask()
-                if mask is not None:
-                    rows = self._sequence_mask(mask, slice(0, self._rows()))
-                    logits = logits.masked_fill(rows.to(logits.device), -math.inf)
-        log_probs = torch.log_softmax(logits, dim=-1)
+            logits = self._source.full_row(layer)
+            mask = self._input_mask()
+            if mask is not None and layer < self.num_layers:
+                rows = self._sequence_mask(mask, slice(0, self._rows()))
+                logits = logits.masked_fill(rows.to(logits.device), -math.inf)
+            log_probs = torch.log_softmax(logits, dim=-1)
         return log_probs.reshape(*self.batch_shape, self.num_tokens, -1)
 
     # --- statistics -----------------------------------------------------------------------
@@ -776,7 +796,7 @@ class PredictionTrajectory:
         name: str,
         values: Tensor,
         units: str,
-        labels: TrajectoryLabels | Literal["top"] | None = "top",
+        labels: TrajectoryLabels | None,
         **kw: Any,
     ) -> TrajectoryStatistic:
         stats = self._to_stat(values)
@@ -791,7 +811,7 @@ class PredictionTrajectory:
             units=units,
             sequence_labels=self._sequence_labels(),
             sequence_tokens=self._sequence_labels(TokenFormatter(max_string_len=None)),
-            trajectory_labels=self._top_prediction_labels() if labels == "top" else labels,
+            trajectory_labels=labels,
             padding=self._padding(),
             **kw,
         )
@@ -804,59 +824,146 @@ class PredictionTrajectory:
                 "trajectory (next_token_targets(input_ids) scores the next input token)"
             )
 
-    def entropy(self, units: Units = "nats") -> TrajectoryStatistic:
-        """Entropy of each layer's prediction."""
-        return self._statistic("Entropy", self._readout.entropy, _checked_units(units), min=0.0)
+    def entropy(
+        self,
+        units: Units = "nats",
+        *,
+        min_prob: float = 0.0,
+        topk: int = LABEL_TOPK,
+        formatter: TokenFormatter | None = None,
+    ) -> TrajectoryStatistic:
+        """Entropy of each layer's prediction.
 
-    def forward_kl(self, units: Units = "nats") -> TrajectoryStatistic:
-        """KL(output ‖ layer): how far each layer's prediction is from the model's."""
+        Args:
+            units: `"nats"` or `"bits"`.
+            min_prob: a cell shows its top-1 token only where that token's probability
+                is at least this (blank elsewhere).
+            topk: how many of the most likely tokens the hover lists; at most the
+                `topk` the trajectory kept when built (`traj.topk`; build with a larger
+                `topk=` to list more).
+            formatter: how tokens are written (default `TokenFormatter()`).
+
+        The other single-trajectory statistics take the same label options.
+        """
         return self._statistic(
-            "Forward KL", self._readout.forward_kl, _checked_units(units), min=0.0
+            "Entropy",
+            self._readout.entropy,
+            _checked_units(units),
+            self._top_prediction_labels(min_prob, topk, formatter),
+            min=0.0,
         )
 
-    def cross_entropy(self, units: Units = "nats") -> TrajectoryStatistic:
-        """`-log p(target)` at each layer (NaN where a position has no target)."""
+    def forward_kl(
+        self,
+        units: Units = "nats",
+        *,
+        min_prob: float = 0.0,
+        topk: int = LABEL_TOPK,
+        formatter: TokenFormatter | None = None,
+    ) -> TrajectoryStatistic:
+        """KL(output ‖ layer): how far each layer's prediction is from the model's.
+
+        Label options as in `entropy`."""
+        return self._statistic(
+            "Forward KL",
+            self._readout.forward_kl,
+            _checked_units(units),
+            self._top_prediction_labels(min_prob, topk, formatter),
+            min=0.0,
+        )
+
+    def cross_entropy(
+        self,
+        units: Units = "nats",
+        *,
+        min_prob: float = 0.0,
+        topk: int = LABEL_TOPK,
+        formatter: TokenFormatter | None = None,
+    ) -> TrajectoryStatistic:
+        """`-log p(target)` at each layer (NaN where a position has no target).
+
+        Label options as in `entropy`."""
         self._need("targets")
         assert self._readout.target_log_prob is not None
         return self._statistic(
-            "Cross Entropy", -self._readout.target_log_prob, _checked_units(units), min=0.0
+            "Cross Entropy",
+            -self._readout.target_log_prob,
+            _checked_units(units),
+            self._top_prediction_labels(min_prob, topk, formatter),
+            min=0.0,
         )
 
-    def rank(self, show_ranks: bool = False) -> TrajectoryStatistic:
+    def rank(
+        self,
+        show_ranks: bool = False,
+        *,
+        min_prob: float = 0.0,
+        topk: int = LABEL_TOPK,
+        formatter: TokenFormatter | None = None,
+    ) -> TrajectoryStatistic:
         """1-based rank of the target among each layer's predictions (1 = top).
 
-        With `show_ranks`, the cells show the rank instead of the top prediction.
+        With `show_ranks`, the cells show the rank instead of the top prediction (and
+        `min_prob` does not apply); the hover still lists the top tokens. Label options
+        as in `entropy`.
         """
         self._need("targets")
         assert self._readout.target_rank is not None
         ranks = self._readout.target_rank.float()
         ranks[ranks == 0] = math.nan  # positions without a target
-        stat = self._statistic("Rank", ranks, "", min=1.0, max=float(self.vocab_size))
+        labels = self._top_prediction_labels(min_prob, topk, formatter)
+        stat = self._statistic("Rank", ranks, "", labels, min=1.0, max=float(self.vocab_size))
         if show_ranks and stat.trajectory_labels is not None:
             matrix = stat.matrix
             text = np.where(np.isnan(matrix), "", np.char.mod("%d", np.nan_to_num(matrix)))
             stat.trajectory_labels = replace(stat.trajectory_labels, label_strings=text)
         return stat
 
-    def max_probability(self) -> TrajectoryStatistic:
-        """Probability of each layer's most likely token."""
+    def max_probability(
+        self,
+        *,
+        min_prob: float = 0.0,
+        topk: int = LABEL_TOPK,
+        formatter: TokenFormatter | None = None,
+    ) -> TrajectoryStatistic:
+        """Probability of each layer's most likely token. Label options as in `entropy`."""
         top = self._readout.topk_log_probs[..., 0].exp()
-        return self._statistic("Max Probability", top, "probs", min=0.0, max=1.0)
+        return self._statistic(
+            "Max Probability",
+            top,
+            "probs",
+            self._top_prediction_labels(min_prob, topk, formatter),
+            min=0.0,
+            max=1.0,
+        )
 
-    def log_prob_diff(self, delta: bool = False, units: Units = "nats") -> TrajectoryStatistic:
-        """`log p(target) - log p(anti_target)` per layer; `delta`: change from the layer below."""
+    def log_prob_diff(
+        self,
+        delta: bool = False,
+        units: Units = "nats",
+        *,
+        min_prob: float = 0.0,
+        topk: int = LABEL_TOPK,
+        formatter: TokenFormatter | None = None,
+    ) -> TrajectoryStatistic:
+        """`log p(target) - log p(anti_target)` per layer; `delta`: change from the layer below.
+
+        Label options as in `entropy`; the `delta` rows lie between two layers and
+        have no labels."""
         self._need("targets", "anti_targets")
         assert self._readout.target_log_prob is not None
         assert self._readout.anti_target_log_prob is not None
         diff = self._readout.target_log_prob - self._readout.anti_target_log_prob
         if not delta:
-            return self._statistic("Log Prob Difference", diff, _checked_units(units))
+            labels = self._top_prediction_labels(min_prob, topk, formatter)
+            return self._statistic("Log Prob Difference", diff, _checked_units(units), labels)
+        _probability(min_prob, "min_prob"), positive_int(topk, "topk")  # refused all the same
         steps = [f"{i}→{i + 1}" for i in range(self.num_layers - 1)]
         return self._statistic(
             "Δ Log Prob Difference",
             diff[1:] - diff[:-1],
             _checked_units(units),
-            labels=None,
+            None,
             layer_labels=np.array([*steps, f"{self.num_layers - 1}→output"]),
         )
 
@@ -878,100 +985,215 @@ class PredictionTrajectory:
                 f"{self!r} vs {other!r}"
             )
 
-    def _pair(self, other: PredictionTrajectory) -> PairStats:
+    def _pair(self, other: PredictionTrajectory, delta_k: int = 0) -> PairStats:
+        """The pair pass with `other` (cached), keeping at least `delta_k` largest Δp."""
         self._compatible(other)
         self._check_lens_unchanged()
         other._check_lens_unchanged()
-        if other not in self._pairs:
+        delta_k = min(delta_k, self.vocab_size)
+        cached = self._pairs.get(other)
+        if cached is None or cached.delta_k < delta_k:
             with torch.no_grad():
-                self._pairs[other] = self._read_pair(other)
+                self._pairs[other] = self._read_pair(other, delta_k)
         return self._pairs[other]
 
-    def _read_pair(self, other: PredictionTrajectory) -> PairStats:
-        n_rows, n_layers = self._rows(), self.num_layers
-        blocks = [slice(r, min(r + ROW_BLOCK, n_rows)) for r in range(0, n_rows, ROW_BLOCK)]
+    def _read_pair(self, other: PredictionTrajectory, delta_k: int) -> PairStats:
+        """One pass over both trajectories: row blocks × layers × vocabulary chunks."""
+        n_layers = self.num_layers
         mask_a, mask_b = self._input_mask(), other._input_mask()
-        lse_a = self._readout.logsumexp.to(self.lens.unembed.W_U.device)
-        lse_b = other._readout.logsumexp.to(other.lens.unembed.W_U.device)
-        results: list[list[PairStats]] = []
-        for layer in range(n_layers + 1):
-            if layer < n_layers:
-                normed_a, normed_b = self._normalized(layer), other._normalized(layer)
-            row_results = []
-            for rows in blocks:
-                if layer == n_layers:
-                    chunks_a, chunks_b = self._output_chunks(rows), other._output_chunks(rows)
-                else:
-                    chunks_a = self._lens_chunks(normed_a, rows, mask_a)
-                    chunks_b = other._lens_chunks(normed_b, rows, mask_b)
+        device = self._source.device
+        lse_a = self._readout.logsumexp.to(device)
+        lse_b = other._readout.logsumexp.to(device)
+        results: list[list[PairStats]] = [[] for _ in range(n_layers + 1)]
+        for rows in self._blocks():
+            for layer in range(n_layers + 1):
+                tiles_a = self._tiles(self._source.block(layer, rows), mask_a)
+                tiles_b = other._tiles(other._source.block(layer, rows), mask_b)
                 pairs = (
                     (vocab, a, b.to(a.device))
-                    for (vocab, a), (_, b) in zip(chunks_a, chunks_b, strict=True)
+                    for (vocab, a), (_, b) in zip(tiles_a, tiles_b, strict=True)
                 )
-                row_results.append(pair_stats(pairs, lse_a[layer, rows], lse_b[layer, rows]))
-            results.append(row_results)
+                results[layer].append(
+                    pair_stats(pairs, lse_a[layer, rows], lse_b[layer, rows], delta_k)
+                )
 
         def stack(field: str) -> Tensor:
             return torch.stack(
                 [torch.cat([getattr(r, field) for r in row]) for row in results]
             ).cpu()
 
-        return PairStats(kl=stack("kl"), js=stack("js"), tv=stack("tv"))
+        deltas = {"delta_ids": stack("delta_ids"), "deltas": stack("deltas")} if delta_k else {}
+        return PairStats(kl=stack("kl"), js=stack("js"), tv=stack("tv"), **deltas)
+
+    def _comparison(
+        self,
+        name: str,
+        other: PredictionTrajectory,
+        field: str,
+        units: str,
+        min_prob_delta: float,
+        topk: int,
+        formatter: TokenFormatter | None,
+        **kw: Any,
+    ) -> TrajectoryStatistic:
+        min_prob_delta = _probability(min_prob_delta, "min_prob_delta")
+        topk = positive_int(topk, "topk")
+        pair = self._pair(other, delta_k=topk if self.tokenizer is not None else 0)
+        labels = self._delta_labels(pair, min_prob_delta, topk, formatter)
+        return self._statistic(name, getattr(pair, field), units, labels, **kw)
 
     def kl_divergence(
-        self, other: PredictionTrajectory, units: Units = "nats"
+        self,
+        other: PredictionTrajectory,
+        units: Units = "nats",
+        *,
+        min_prob_delta: float = MIN_PROB_DELTA,
+        topk: int = LABEL_TOPK,
+        formatter: TokenFormatter | None = None,
     ) -> TrajectoryStatistic:
-        """KL(self ‖ other) at each layer and position."""
-        return self._statistic(
-            "KL(Self ‖ Other)", self._pair(other).kl, _checked_units(units), min=0.0
+        """KL(self ‖ other) at each layer and position.
+
+        Args:
+            other: a trajectory of the same shape (lens-built or `from_log_probs`).
+            units: `"nats"` or `"bits"`.
+            min_prob_delta: a cell shows the token whose probability changed most
+                (other − self) only where |Δp| is at least this and not zero; the
+                default, float32's epsilon as in tuned-lens, blanks cells that did not
+                change.
+            topk: how many of the largest changes the hover lists, with their signed Δp.
+            formatter: how tokens are written (default `TokenFormatter()`).
+
+        The largest changes come from the same streaming pass as the divergence
+        (`topk` ids and values per cell, never `[layer, pos, vocab]`).
+        """
+        return self._comparison(
+            "KL(Self ‖ Other)",
+            other,
+            "kl",
+            _checked_units(units),
+            min_prob_delta,
+            topk,
+            formatter,
+            min=0.0,
         )
 
     def js_divergence(
-        self, other: PredictionTrajectory, units: Units = "nats"
+        self,
+        other: PredictionTrajectory,
+        units: Units = "nats",
+        *,
+        min_prob_delta: float = MIN_PROB_DELTA,
+        topk: int = LABEL_TOPK,
+        formatter: TokenFormatter | None = None,
     ) -> TrajectoryStatistic:
-        """Jensen–Shannon divergence to `other`: symmetric, in [0, ln 2] nats."""
-        return self._statistic(
-            "JS(Self ‖ Other)", self._pair(other).js, _checked_units(units), min=0.0, max=LN2
+        """Jensen–Shannon divergence to `other`: symmetric, in [0, ln 2] nats.
+
+        Labels as in `kl_divergence`."""
+        return self._comparison(
+            "JS(Self ‖ Other)",
+            other,
+            "js",
+            _checked_units(units),
+            min_prob_delta,
+            topk,
+            formatter,
+            min=0.0,
+            max=LN2,
         )
 
-    def total_variation(self, other: PredictionTrajectory) -> TrajectoryStatistic:
-        """Total variation distance ½‖p − q‖₁ to `other`, in [0, 1]."""
-        return self._statistic("TV(Self ‖ Other)", self._pair(other).tv, "probs", min=0.0, max=1.0)
+    def total_variation(
+        self,
+        other: PredictionTrajectory,
+        *,
+        min_prob_delta: float = MIN_PROB_DELTA,
+        topk: int = LABEL_TOPK,
+        formatter: TokenFormatter | None = None,
+    ) -> TrajectoryStatistic:
+        """Total variation distance ½‖p − q‖₁ to `other`, in [0, 1].
+
+        Labels as in `kl_divergence`."""
+        return self._comparison(
+            "TV(Self ‖ Other)",
+            other,
+            "tv",
+            "probs",
+            min_prob_delta,
+            topk,
+            formatter,
+            min=0.0,
+            max=1.0,
+        )
 
     # --- labels ----------------------------------------------------------------------------
 
     def _sequence_labels(self, formatter: TokenFormatter | None = None) -> np.ndarray | None:
         if self.tokenizer is None:
             return None
-        assert self.input_ids is not None
         formatter = formatter or TokenFormatter()
         tokens = formatter.format_ids(self.tokenizer, self.input_ids.numpy())
         return _consolidate(tokens.reshape(-1, self.num_tokens))
 
-    def _top_prediction_labels(self) -> TrajectoryLabels | None:
-        """Cells show the top-1 prediction; hover the top-5 (first batch item).
+    def _top_prediction_labels(
+        self, min_prob: float, topk: int, formatter: TokenFormatter | None
+    ) -> TrajectoryLabels | None:
+        """Cells: the top-1 token where its probability ≥ `min_prob`; hover: the top
+        `topk` (at most `self.topk`) of the first sequence.
 
-        Built once per trajectory and shared by all its statistics.
+        Built once per setting and shared by all statistics of this trajectory.
         """
+        min_prob = _probability(min_prob, "min_prob")
+        k = min(positive_int(topk, "topk"), self.topk)
         if self.tokenizer is None:
             return None
-        if self._labels is None:
-            formatter = TokenFormatter()
-            n_rows = self.num_layers + 1
-            ids = self._readout.topk_ids.reshape(n_rows, -1, self.num_tokens, self.topk)
-            top1 = formatter.format_ids(self.tokenizer, ids[..., 0].numpy())  # [layer, b, pos]
-            labels = np.stack([_consolidate(layer) for layer in top1])
-            k = min(HOVER_K, self.topk)
-            hover_tokens = TokenFormatter(max_string_len=16).format_ids(
-                self.tokenizer, ids[:, 0, :, :k].numpy()
-            )
-            probs = self._readout.topk_log_probs.reshape(ids.shape)[:, 0, :, :k].exp()
-            hover_probs = np.array([f"{100 * p:.1f}%" for p in probs.reshape(-1).tolist()] + [""])
-            entries = np.stack(
-                [hover_tokens, hover_probs[:-1].astype(object).reshape(hover_tokens.shape)], -1
-            )
-            self._labels = TrajectoryLabels(label_strings=labels, hover_over_entries=entries)
-        return self._labels
+        key = (min_prob, k)
+        if formatter is None and key in self._labels:
+            return self._labels[key]
+        ids = self._readout.topk_ids.reshape(self.num_layers + 1, -1, self.num_tokens, self.topk)
+        probs = self._readout.topk_log_probs.reshape(ids.shape).exp()
+        labels = self._cell_labels(ids[..., 0], probs[..., 0] >= min_prob, formatter)
+        hover_values = [f"{100 * p:.1f}%" for p in probs[:, 0, :, :k].reshape(-1).tolist()]
+        hover = self._hover_entries(ids[:, 0, :, :k], hover_values, formatter)
+        result = TrajectoryLabels(label_strings=labels, hover_over_entries=hover)
+        if formatter is None:
+            self._labels[key] = result
+        return result
+
+    def _delta_labels(
+        self, pair: PairStats, min_prob_delta: float, topk: int, formatter: TokenFormatter | None
+    ) -> TrajectoryLabels | None:
+        """Cells: the token whose probability changed most where |Δp| ≥ `min_prob_delta`
+        (and Δp ≠ 0); hover: the `topk` largest changes of the first sequence."""
+        if self.tokenizer is None or pair.delta_ids is None or pair.deltas is None:
+            return None
+        k = min(topk, pair.delta_k)
+        shape = (self.num_layers + 1, -1, self.num_tokens, pair.delta_k)
+        ids, deltas = pair.delta_ids.reshape(shape), pair.deltas.reshape(shape)
+        largest = deltas[..., 0].abs()
+        labels = self._cell_labels(
+            ids[..., 0], (largest >= min_prob_delta) & (largest > 0), formatter
+        )
+        hover_values = [f"Δ{100 * d:+.2f}%" for d in deltas[:, 0, :, :k].reshape(-1).tolist()]
+        hover = self._hover_entries(ids[:, 0, :, :k], hover_values, formatter)
+        return TrajectoryLabels(label_strings=labels, hover_over_entries=hover)
+
+    def _cell_labels(
+        self, ids: Tensor, shown: Tensor, formatter: TokenFormatter | None
+    ) -> np.ndarray:
+        """`[layer, batch, pos]` ids → `[layer, pos]` strings, blank where not `shown`;
+        a cell where the sequences disagree shows `*`."""
+        tokens = (formatter or TokenFormatter()).format_ids(self.tokenizer, ids.numpy())
+        tokens = np.where(shown.numpy(), tokens, "")
+        return np.stack([_consolidate(layer) for layer in tokens])
+
+    def _hover_entries(
+        self, ids: Tensor, values: list[str], formatter: TokenFormatter | None
+    ) -> np.ndarray:
+        """`[layer, pos, k, 2]` (token, value) rows of the hover table."""
+        tokens = (formatter or TokenFormatter(max_string_len=16)).format_ids(
+            self.tokenizer, ids.numpy()
+        )
+        column = np.array([*values, ""], dtype=object)[:-1].reshape(tokens.shape)
+        return np.stack([tokens, column], -1)
 
     def topk_widget(self, layer: int = -1, batch_index: int = 0):
         """circuitsvis TokenLogProbs view of one layer: colour = log-prob of the target,
@@ -980,8 +1202,7 @@ class PredictionTrajectory:
 
         self._need("targets", "tokenizer")
         assert self._readout.target_rank is not None and self._readout.target_log_prob is not None
-        row = self.lens.layer_index(layer)
-        assert self.input_ids is not None
+        row = self._layer_index(layer)
         ids = self.input_ids.reshape(-1, self.num_tokens)[batch_index]
         per_seq = slice(batch_index * self.num_tokens, (batch_index + 1) * self.num_tokens - 1)
         formatter = TokenFormatter(max_string_len=None)
@@ -1002,3 +1223,23 @@ def _consolidate(tokens: np.ndarray, mixed: str = "*") -> np.ndarray:
     first = tokens[0]
     same = (tokens == first[None]).all(axis=0)
     return np.where(same, first, mixed)
+
+
+def _input_ids(input_ids: Any) -> Tensor:
+    ids = token_id_tensor(input_ids, "input_ids")
+    if ids.ndim == 0 or ids.shape[-1] == 0:
+        raise InputError(
+            f"input_ids must be [..., pos] with pos ≥ 1, got {tuple(ids.shape)}: "
+            "pass at least one token"
+        )
+    return ids
+
+
+def _probability(value: Any, name: str) -> float:
+    """`value` as a float in [0, 1], or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise InputTypeError(f"{name} must be a probability (a float in [0, 1]), got {value!r}")
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise InputError(f"{name} must lie in [0, 1] (a probability), got {number}")
+    return number

@@ -1,0 +1,352 @@
+"""Where a trajectory's rows of logits come from: a lens reading cached residuals, or
+log-probabilities computed elsewhere.
+
+A `PredictionTrajectory` has one row of next-token distributions per layer plus a last
+"output" row (the model's own). It streams its statistics over row blocks × vocabulary
+chunks × rows, and asks its source for one `[rows, chunk]` tile at a time:
+
+- `LensSource`: row `l < n_layers` is the lens's readout of layer `l`'s residual (one
+  unembedding matmul per tile); the output row is the model's logits.
+- `LogProbSource`: rows of a `[..., layer + 1, pos, vocab]` tensor that exists already
+  (log-probabilities, or logits: every row is normalised in the stream), the last layer
+  row being the model's output — the layout of tuned-lens's
+  `PredictionTrajectory.log_probs`. Tiles are gathered copies: the caller's tensor is
+  never written, and never copied whole.
+
+Every tile is a fresh float32 tensor (the accumulators of `hooklens.streaming` work in
+place) whose `-inf` entries are raised to the finite floor.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from hooklens.errors import (
+    InputError,
+    InputTypeError,
+    LensChangedError,
+    LensMismatchError,
+    NonFiniteActivationError,
+)
+from hooklens.lenses.base import Lens
+from hooklens.streaming import finite_floor
+
+FLOOR = finite_floor(torch.float32)
+
+
+@dataclass
+class Block:
+    """One row block of one row, prepared once and read chunk by chunk.
+
+    `hidden` is the lens's normalised input to W_U (lens rows of a `LensSource`);
+    `batch`/`position` index a `LogProbSource`'s grid.
+    """
+
+    layer: int
+    rows: slice
+    hidden: Tensor | None = None
+    batch: Tensor | None = None
+    position: Tensor | None = None
+
+
+class RowSource(ABC):
+    """The logits of every row (layers `0..n_layers-1`, then the output) of a trajectory,
+    over `rows = prod(batch) * pos` flattened positions."""
+
+    n_layers: int
+    vocab_size: int
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """Where tiles are computed; ids passed to `token_logits` must be there."""
+
+    @abstractmethod
+    def block(self, layer: int, rows: slice) -> Block:
+        """Prepare `rows` of row `layer` (`n_layers` = the output) for reading."""
+
+    @abstractmethod
+    def tile(self, block: Block, vocab: slice) -> Float[Tensor, "rows chunk"]:
+        """Fresh float32 logits of the tokens `vocab`, `-inf` at the finite floor."""
+
+    @abstractmethod
+    def token_logits(self, block: Block, ids: Int[Tensor, " rows"]) -> Float[Tensor, " rows"]:
+        """The float32 logit of one token per row (ids ≥ 0), as `tile` would give it."""
+
+    @abstractmethod
+    def full_row(self, layer: int) -> Float[Tensor, "rows vocab"]:
+        """Every logit of row `layer` at once (for `layer_log_probs`; do not modify)."""
+
+    @abstractmethod
+    def select_positions(self, positions: slice) -> RowSource:
+        """The same source restricted to `positions` of the last input axis (no copy)."""
+
+    @abstractmethod
+    def check_unchanged(self) -> None:
+        """Raise `LensChangedError` if what the source reads changed since it was built."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """What the trajectory's repr says about its source."""
+
+
+def lens_state(lens: Lens) -> tuple[tuple[int, int], ...]:
+    """Identity and version counter of every tensor a lens reads with: its parameters
+    and the model's unembedding. Any in-place change (an optimiser step, `copy_`,
+    `load_state_dict`) or replacement moves one of them."""
+    unembed = lens.unembed
+    tensors = [*lens.parameters(), *lens.buffers(), unembed.W_U]
+    tensors += [t for t in (unembed.b_U,) if t is not None]
+    tensors += list(unembed.final_norm.parameters())
+    return tuple((id(t), t._version) for t in tensors)
+
+
+class LensSource(RowSource):
+    """Rows read by `lens` from `residuals` (one per layer, `[..., pos, d_model]`), then
+    the model's `model_logits` (`[..., pos, vocab]`) as the output row."""
+
+    def __init__(
+        self,
+        lens: Lens,
+        residuals: Sequence[Float[Tensor, "... pos d_model"]],
+        model_logits: Float[Tensor, "... pos vocab"],
+        ids_shape: tuple[int, ...],
+        component: str,
+        *,
+        state: tuple[tuple[int, int], ...] | None = None,
+    ):
+        self.lens = lens
+        self.component = component
+        self.residuals = list(residuals)
+        self.model_logits = model_logits
+        self.n_layers = lens.n_layers
+        self.vocab_size = lens.unembed.d_vocab
+        self._ids_shape = ids_shape
+        if state is None:
+            self._validate()
+        self._state = lens_state(lens) if state is None else state
+
+    def _validate(self) -> None:
+        shape = self._ids_shape
+        if len(self.residuals) != self.lens.n_layers:
+            raise LensMismatchError(
+                f"{len(self.residuals)} residuals for a lens over {self.lens.n_layers} layers"
+            )
+        expected = (*shape, self.lens.unembed.d_model)
+        for layer, h in enumerate(self.residuals):
+            if not isinstance(h, Tensor) or tuple(h.shape) != expected:
+                found = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
+                raise InputError(
+                    f"the residual of layer {layer} is {found}, but input_ids "
+                    f"{shape} need {expected}: are they from the same run?"
+                )
+        if not isinstance(self.model_logits, Tensor):
+            raise InputTypeError(
+                "model_logits must be a tensor [..., pos, vocab], got "
+                f"{type(self.model_logits).__name__}"
+            )
+        logits_shape = (*shape, self.vocab_size)
+        if tuple(self.model_logits.shape) != logits_shape:
+            raise InputError(
+                f"model_logits are {tuple(self.model_logits.shape)}, expected {logits_shape} "
+                "(the logits of the same run, [..., pos, vocab])"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return self.lens.unembed.W_U.device
+
+    def _flat_logits(self) -> Tensor:
+        return self.model_logits.reshape(-1, self.vocab_size)
+
+    def block(self, layer: int, rows: slice) -> Block:
+        if layer == self.n_layers:
+            return Block(layer, rows)
+        h = self.residuals[layer].reshape(-1, self.lens.unembed.d_model)[rows]
+        if not bool(torch.isfinite(h).all()):
+            raise NonFiniteActivationError(
+                f"the {self.component} residual of layer {layer} holds NaN or "
+                "infinite values; check the model's dtype or the hooks of that run"
+            )
+        hidden = self.lens.unembed.final_norm(self.lens.transform_hidden(h, layer))
+        return Block(layer, rows, hidden=hidden)
+
+    def tile(self, block: Block, vocab: slice) -> Float[Tensor, "rows chunk"]:
+        if block.hidden is None:  # the output row: a copy, -inf raised to the floor
+            return self._flat_logits()[block.rows, vocab].float().clamp_min(FLOOR)
+        return self.lens.unembed.logits_of_normalized(block.hidden, vocab).float()
+
+    def token_logits(self, block: Block, ids: Int[Tensor, " rows"]) -> Float[Tensor, " rows"]:
+        if block.hidden is None:
+            picked = self._flat_logits()[block.rows].gather(-1, ids[:, None])[:, 0]
+            return picked.float().clamp_min(FLOOR)
+        return self.lens.unembed.token_logits(block.hidden, ids).float()
+
+    def full_row(self, layer: int) -> Float[Tensor, "rows vocab"]:
+        if layer == self.n_layers:
+            return self._flat_logits().float()
+        hidden = self.block(layer, slice(None)).hidden
+        assert hidden is not None
+        return self.lens.unembed.logits_of_normalized(hidden).float()
+
+    def select_positions(self, positions: slice) -> LensSource:
+        ids_shape = tuple(torch.empty(self._ids_shape, device="meta")[..., positions].shape)
+        return LensSource(
+            self.lens,
+            [h[..., positions, :] for h in self.residuals],
+            self.model_logits[..., positions, :],
+            ids_shape,
+            self.component,
+            state=self._state,
+        )
+
+    def check_unchanged(self) -> None:
+        if lens_state(self.lens) != self._state:
+            raise LensChangedError(
+                "the lens (or the model's unembedding) was changed in place after this "
+                f"trajectory was built from it, so its statistics and {self.lens!r}'s new "
+                "readouts no longer agree. Build a new trajectory after changing the lens; "
+                "to compare before and after, keep copy.deepcopy(lens) from before."
+            )
+
+    def describe(self) -> str:
+        return f"lens={self.lens!r}, component={self.component!r}"
+
+
+class LogProbSource(RowSource):
+    """Rows of a `[..., layer + 1, pos, vocab]` tensor of log-probabilities or logits
+    (numpy arrays too), its last layer row the model's output.
+
+    Checked once when built (one max and one min per row, no full-size temporaries):
+    the shape against `ids_shape`, no NaN or +inf, every distribution with some finite
+    entry (`-inf` = probability 0 is fine), and not probabilities by mistake.
+    """
+
+    def __init__(
+        self,
+        log_probs: Any,
+        ids_shape: tuple[int, ...],
+        *,
+        version: int | None = None,
+    ):
+        self.log_probs = _as_float_tensor(log_probs)
+        self._ids_shape = ids_shape
+        if version is None:
+            self._validate()
+        self.n_layers = int(self.log_probs.shape[-3]) - 1
+        self.vocab_size = int(self.log_probs.shape[-1])
+        n_pos = int(self.log_probs.shape[-2])
+        # [batch, layer + 1, pos, vocab]: a view of the caller's tensor when it is
+        # contiguous; tiles gather their rows from it.
+        self._grid = self.log_probs.reshape(-1, self.n_layers + 1, n_pos, self.vocab_size)
+        self._version = self.log_probs._version if version is None else version
+
+    def _validate(self) -> None:
+        lp, shape = self.log_probs, self._ids_shape
+        axes = ", ".join([*map(str, shape[:-1]), "layer + 1", str(shape[-1]), "vocab"])
+        expected = f"[..., layer + 1, pos, vocab] = [{axes}]"
+        if lp.ndim != len(shape) + 2 or (*lp.shape[:-3], lp.shape[-2]) != shape:
+            layer_first = lp.ndim == len(shape) + 2 and tuple(lp.shape[1:-1]) == shape
+            hint = (
+                ": the layer axis comes third from last (log_probs.movedim(0, -3)), as in "
+                "tuned-lens's PredictionTrajectory.log_probs"
+                if layer_first and len(shape) > 1
+                else ": one row per layer and a last row for the model's output, for the "
+                "positions of input_ids"
+            )
+            raise InputError(
+                f"log_probs are {tuple(lp.shape)}, but input_ids {shape} need {expected}{hint}"
+            )
+        if lp.shape[-3] < 2:
+            raise InputError(
+                f"log_probs have {lp.shape[-3]} layer row(s); they need at least one layer "
+                "and a last row for the model's output"
+            )
+        if lp.shape[-1] < 1:
+            raise InputError("log_probs have an empty vocabulary axis")
+        n_layers = lp.shape[-3] - 1
+        lowest, highest = math.inf, -math.inf
+        for layer in range(n_layers + 1):
+            row = lp[..., layer, :, :]
+            top = row.amax(dim=-1)  # NaN and +inf propagate; -inf = no finite entry
+            name = "the output row" if layer == n_layers else f"layer {layer}"
+            if bool(torch.isnan(top).any()):
+                raise NonFiniteActivationError(
+                    f"log_probs hold NaN at {name}: every statistic there would be NaN"
+                )
+            if bool(torch.isposinf(top).any()):
+                raise NonFiniteActivationError(f"log_probs hold +inf at {name}")
+            if bool(torch.isneginf(top).any()):
+                raise NonFiniteActivationError(
+                    f"log_probs at {name} have a position where every entry is -inf: "
+                    "no token has any probability there"
+                )
+            lowest = min(lowest, float(row.amin()))
+            highest = max(highest, float(top.amax()))
+        if lowest >= 0.0 and highest <= 1.0:
+            first = lp.reshape(-1, lp.shape[-1])[0].double().sum().item()
+            if abs(first - 1.0) < 1e-3:
+                raise InputError(
+                    "log_probs look like probabilities (every value in [0, 1], a row sums "
+                    "to 1): pass their logarithm, probs.log()"
+                )
+
+    @property
+    def device(self) -> torch.device:
+        return self.log_probs.device
+
+    def block(self, layer: int, rows: slice) -> Block:
+        flat = torch.arange(rows.start, rows.stop, device=self.device)
+        n_pos = self._grid.shape[-2]
+        return Block(layer, rows, batch=flat // n_pos, position=flat % n_pos)
+
+    def tile(self, block: Block, vocab: slice) -> Float[Tensor, "rows chunk"]:
+        # Advanced indexing gathers a copy, so the in-place clamp never reaches the caller.
+        picked = self._grid[block.batch, block.layer, block.position, vocab]
+        return picked.float().clamp_min_(FLOOR)
+
+    def token_logits(self, block: Block, ids: Int[Tensor, " rows"]) -> Float[Tensor, " rows"]:
+        picked = self._grid[block.batch, block.layer, block.position, ids]
+        return picked.float().clamp_min_(FLOOR)
+
+    def full_row(self, layer: int) -> Float[Tensor, "rows vocab"]:
+        return self._grid[:, layer].reshape(-1, self.vocab_size).float()
+
+    def select_positions(self, positions: slice) -> LogProbSource:
+        ids_shape = tuple(torch.empty(self._ids_shape, device="meta")[..., positions].shape)
+        return LogProbSource(self.log_probs[..., positions, :], ids_shape, version=self._version)
+
+    def check_unchanged(self) -> None:
+        if self.log_probs._version != self._version:
+            raise LensChangedError(
+                "the log_probs tensor was changed in place after this trajectory was built "
+                "from it, so its statistics no longer describe it: build a new one with "
+                "PredictionTrajectory.from_log_probs (or pass log_probs.clone())"
+            )
+
+    def describe(self) -> str:
+        return f"source=log_probs[{str(self.log_probs.dtype).removeprefix('torch.')}]"
+
+
+def _as_float_tensor(log_probs: Any) -> Tensor:
+    if isinstance(log_probs, np.ndarray):
+        log_probs = torch.from_numpy(log_probs)
+    if not isinstance(log_probs, Tensor):
+        raise InputTypeError(
+            "log_probs must be a tensor or numpy array [..., layer + 1, pos, vocab], got "
+            f"{type(log_probs).__name__}"
+        )
+    if not log_probs.is_floating_point():
+        raise InputTypeError(
+            f"log_probs must be floating point (log-probabilities or logits), got {log_probs.dtype}"
+        )
+    return log_probs.detach()
