@@ -28,7 +28,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from hooklens.errors import HooklensError, LensFileError, LensMismatchError, OutputExistsError
+from hooklens.errors import (
+    HooklensError,
+    InputError,
+    InputTypeError,
+    LensFileError,
+    LensMismatchError,
+    OutputExistsError,
+)
 from hooklens.files import StagedWrites
 from hooklens.model import ModelAdapter, ModelFingerprint, fingerprint_differences
 
@@ -45,8 +52,43 @@ _SAVE_AGAIN = "Save the lens again (or download it again) to replace the directo
 FIX_CONFIG = "The file is damaged or was edited by hand: fix it, or save the lens again."
 
 
-class LensNotFoundError(HooklensError, FileNotFoundError):
-    """No lens with that name where we looked; the message lists the ones there are."""
+class LensNotFoundError(HooklensError, FileNotFoundError, ValueError):
+    """No lens with that name where we looked; the message lists the ones there are.
+
+    A `FileNotFoundError`, and also a `ValueError`: tuned-lens raised `ValueError` for
+    a lens it could not find, so ported `except ValueError` code still catches it.
+    """
+
+
+MapLocation = str | torch.device | None
+"""Where parameters are read to: a device name (`"cpu"`, `"cuda:0"`) or `torch.device`."""
+
+
+def parameter_device(map_location: MapLocation) -> torch.device | None:
+    """The device `map_location` names, checked to exist here (None stays None).
+
+    Raises:
+        InputTypeError: not a string or `torch.device` (torch.load's dicts and
+            functions are not taken: safetensors files read onto one device).
+        InputError: no such device, or not on this machine.
+    """
+    if map_location is None:
+        return None
+    if not isinstance(map_location, (str, torch.device)):
+        raise InputTypeError(
+            f"map_location should be a device name ('cpu', 'cuda:0') or a torch.device, "
+            f"found {type(map_location).__name__}; a lens's parameters are read onto one device"
+        )
+    try:
+        device = torch.device(map_location)
+        torch.empty(0, device=device)  # a device that exists only by name fails here
+    except (RuntimeError, AssertionError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unavailable"
+        raise InputError(
+            f"map_location={map_location!r} is not a device this machine has ({reason}); "
+            "pass 'cpu', or a device torch can use here"
+        ) from None
+    return device
 
 
 @dataclass
@@ -85,14 +127,15 @@ def write_lens_dir(
     return directory
 
 
-def read_lens_dir(path: str | os.PathLike) -> LensFiles:
-    """Read a lens directory in our format or the tuned-lens package's.
+def read_lens_dir(path: str | os.PathLike, *, map_location: MapLocation = None) -> LensFiles:
+    """Read a lens directory in our format or the tuned-lens package's; the tensors are
+    read onto `map_location` (default the CPU).
 
     Raises:
         LensNotFoundError: `path` does not exist, is a file, or holds no lens.
         LensFileError: a file is truncated, corrupt, or does not match the other.
     """
-    return read_lens_files(*lens_dir_files(path))
+    return read_lens_files(*lens_dir_files(path), map_location=map_location)
 
 
 def lens_dir_files(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -134,17 +177,25 @@ def lens_dir_files(path: str | os.PathLike) -> tuple[Path, Path]:
     return config_path, params_path
 
 
-def read_lens_files(config_path: str | os.PathLike, params_path: str | os.PathLike) -> LensFiles:
-    """Read a config and a parameter file: safetensors (ours) or a torch state dict
-    (tuned-lens's `params.pt`, read with `weights_only=True`).
+def read_lens_files(
+    config_path: str | os.PathLike,
+    params_path: str | os.PathLike,
+    *,
+    map_location: MapLocation = None,
+) -> LensFiles:
+    """Read a config and a parameter file: safetensors (ours, read with `device=`) or a
+    torch state dict (tuned-lens's `params.pt`, read with `weights_only=True` and
+    `map_location=`), the tensors onto `map_location` (default the CPU).
 
     A config recording `params_sha256` must match the parameter file's bytes.
 
     Raises:
         LensFileError: either file is unreadable, truncated or corrupt, or they do not
             match; the message names the file and says what to do.
+        InputError, InputTypeError: `map_location` is no device of this machine.
     """
     config_path, params_path = Path(config_path), Path(params_path)
+    device = parameter_device(map_location) or torch.device("cpu")
     config = _read_config(config_path)
     recorded = config.pop(PARAMS_HASH_KEY, None)
     if recorded is not None and not (isinstance(recorded, str) and _SHA256.fullmatch(recorded)):
@@ -153,9 +204,9 @@ def read_lens_files(config_path: str | os.PathLike, params_path: str | os.PathLi
             f"SHA-256 of {params_path.name}), found {recorded!r}. {_SAVE_AGAIN}"
         )
     if params_path.name.endswith(".safetensors"):
-        tensors, format = _read_safetensors(params_path), "hooklens"
+        tensors, format = _read_safetensors(params_path, device), "hooklens"
     else:
-        tensors, format = _translator_keys(_read_state_dict(params_path)), "tuned-lens"
+        tensors, format = _translator_keys(_read_state_dict(params_path, device)), "tuned-lens"
     if recorded is not None:
         actual = sha256_file(params_path)
         if actual != recorded.lower():
@@ -290,9 +341,9 @@ def _read_config(config_path: Path) -> dict[str, Any]:
     return config
 
 
-def _read_safetensors(params_path: Path) -> dict[str, Tensor]:
+def _read_safetensors(params_path: Path, device: torch.device) -> dict[str, Tensor]:
     try:
-        return load_file(params_path)
+        return load_file(params_path, device=str(device))
     except OSError:
         raise
     except Exception as error:  # safetensors raises SafetensorError and others
@@ -304,12 +355,13 @@ def _read_safetensors(params_path: Path) -> dict[str, Tensor]:
         ) from None
 
 
-def load_weights_only(path: Path, what: str) -> Any:
-    """`torch.load(path, weights_only=True)` on the CPU: a pickle that would run code, a
-    truncated or empty file, or anything else unreadable is a `LensFileError` naming
-    `path` and `what` it should have been (nothing in it is executed)."""
+def load_weights_only(path: Path, what: str, *, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(path, weights_only=True, map_location=...)`, on the CPU by default: a
+    pickle that would run code, a truncated or empty file, or anything else unreadable
+    is a `LensFileError` naming `path` and `what` it should have been (nothing in it is
+    executed)."""
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        return torch.load(path, weights_only=True, map_location=map_location)
     except OSError:
         raise
     except Exception as error:  # EOFError, UnpicklingError, RuntimeError, ...
@@ -323,9 +375,11 @@ def load_weights_only(path: Path, what: str) -> Any:
         ) from None
 
 
-def _read_state_dict(params_path: Path) -> dict[str, Tensor]:
+def _read_state_dict(params_path: Path, device: torch.device) -> dict[str, Tensor]:
     state = load_weights_only(
-        params_path, "a tuned-lens parameter file (a torch state dict of tensors)"
+        params_path,
+        "a tuned-lens parameter file (a torch state dict of tensors)",
+        map_location=device,
     )
     if not isinstance(state, dict):
         raise LensFileError(

@@ -134,6 +134,12 @@ def available_lens_artifacts(
 
     Offline, only the lenses already in the huggingface_hub cache are listed.
 
+    Raises:
+        LensNotFoundError: online, no such repository, revision or folder (or it is
+            private or gated); the message names them and says what to do.
+        HubUnreachableError: offline, and the revision is not in the cache; the message
+            lists the revisions that are.
+
     Examples:
         >>> from hooklens.hub import available_lens_artifacts
         >>> "gpt2" in available_lens_artifacts()                        # doctest: +SKIP
@@ -147,13 +153,10 @@ def available_lens_artifacts(
         if snapshot is None:
             raise HubUnreachableError(
                 f"cannot list the lenses of {repo_type} {repo_id!r}: the hub cannot be reached "
-                "and nothing of it is in the huggingface_hub cache. Connect once (the cache "
-                "keeps what you download), or pass a local folder as repo_id."
+                f"and {_what_is_cached(repo_id, repo_type, revision, cache_dir)}"
             )
         return _lenses_in_folder(snapshot / subfolder, config_file)
-    from huggingface_hub import HfApi
-
-    files = HfApi().list_repo_files(repo_id, repo_type=repo_type, revision=revision)
+    files = _list_repo_files(repo_id, repo_type, revision)
     prefix, suffix = f"{subfolder}/", f"/{config_file}"
     return sorted(
         f[len(prefix) : -len(suffix)] for f in files if f.startswith(prefix) and f.endswith(suffix)
@@ -242,6 +245,81 @@ def _cached_snapshot(
         return None
 
 
+def _what_is_cached(
+    repo_id: str, repo_type: str, revision: str | None, cache_dir: str | Path | None
+) -> str:
+    """Why the cache cannot serve `revision` of a repository, and what to do: nothing of
+    the repository is cached, or other revisions are (listed)."""
+    from huggingface_hub import constants
+
+    cache = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+    folder = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    refs = sorted(
+        p.relative_to(folder / "refs").as_posix()
+        for p in (folder / "refs").rglob("*")
+        if p.is_file()
+    )
+    snapshots = (folder / "snapshots").iterdir() if (folder / "snapshots").is_dir() else ()
+    commits = sorted(p.name for p in snapshots if p.is_dir())
+    if not refs and not commits:
+        return (
+            f"nothing of it is in the huggingface_hub cache ({cache}). Connect once (the "
+            "cache keeps what you download), or pass a local folder as repo_id."
+        )
+    cached = ", ".join(map(repr, refs)) or "no branch or tag"
+    if commits:
+        cached += f"; commits {', '.join(c[:12] for c in commits)}"
+    return (
+        f"revision {revision or 'main'!r} of it is not in the huggingface_hub cache ({cache}), "
+        f"which holds {cached}. Pass one of those as revision= (none: 'main'), or connect "
+        f"once to download {revision or 'main'!r}."
+    )
+
+
+def _repo_url(repo_id: str, repo_type: str) -> str:
+    kind = {"model": "", "dataset": "datasets/", "space": "spaces/"}.get(repo_type, "")
+    return f"https://huggingface.co/{kind}{repo_id}"
+
+
+def _missing_repository(where: str, repo_id: str, repo_type: str) -> str:
+    return (
+        f"{where} does not exist, or is private or gated (log in with `hf auth login`, or "
+        f"ask for access at {_repo_url(repo_id, repo_type)}); set repo_id= (and repo_type=) "
+        "or $TUNED_LENS_REPO_ID to a repository that holds lenses"
+    )
+
+
+def _missing_revision(where: str, repo_id: str, repo_type: str, revision: str | None) -> str:
+    return (
+        f"{where}: the repository has no branch, tag or commit {revision or 'main'!r}. Pass "
+        f"revision= one of those listed at {_repo_url(repo_id, repo_type)}/tree/main (or "
+        "leave it out for the main branch)"
+    )
+
+
+def _list_repo_files(repo_id: str, repo_type: str, revision: str | None) -> list[str]:
+    """`HfApi.list_repo_files`, with a missing repository or revision a `LensNotFoundError`."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{repo_type} {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    try:
+        return HfApi().list_repo_files(repo_id, repo_type=repo_type, revision=revision)
+    except RepositoryNotFoundError as error:
+        raise LensNotFoundError(_missing_repository(where, repo_id, repo_type)) from error
+    except RevisionNotFoundError as error:
+        raise LensNotFoundError(_missing_revision(where, repo_id, repo_type, revision)) from error
+    except EntryNotFoundError as error:
+        raise LensNotFoundError(
+            f"{where}: the hub found nothing to list ({error}); check repo_id=, repo_type= "
+            f"and revision= at {_repo_url(repo_id, repo_type)}"
+        ) from error
+
+
 class _Downloader:
     """`hf_hub_download` for one lens folder, with errors that say what to do."""
 
@@ -294,15 +372,23 @@ class _Downloader:
                     ) from error
             if missing_ok:
                 return None
+            if snapshot is None:  # say which revisions the cache has, if any
+                advice = _what_is_cached(
+                    self.repo_id, self.repo_type, self.revision, self.cache_dir
+                )
+            else:
+                advice = "Download it once while online, or pass the path of a local lens folder."
             raise HubUnreachableError(
                 f"{self.folder}/{filename} of {where} is not in the huggingface_hub cache and "
-                "the hub cannot be reached (no network, or HF_HUB_OFFLINE=1). Download it once "
-                "while online, or pass the path of a local lens folder."
+                f"the hub cannot be reached (no network, or HF_HUB_OFFLINE=1): {advice}"
             ) from error
-        except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+        except RepositoryNotFoundError as error:
             raise LensNotFoundError(
-                f"{where} does not exist or is private (log in with `hf auth login`); set "
-                "repo_id= or $TUNED_LENS_REPO_ID to a repository that holds lenses"
+                _missing_repository(where, self.repo_id, self.repo_type)
+            ) from error
+        except RevisionNotFoundError as error:
+            raise LensNotFoundError(
+                _missing_revision(where, self.repo_id, self.repo_type, self.revision)
             ) from error
         except EntryNotFoundError as error:
             if missing_ok:

@@ -163,8 +163,8 @@ def test_online_missing_lens_lists_the_repositorys_lenses(hooked, monkeypatch):
 
 
 def test_unknown_keyword_is_refused(hooked, cache):
-    with pytest.raises(TypeError, match="map_location"):
-        TunedLens.from_model_and_pretrained(hooked, cache_dir=cache, map_location="cpu")
+    with pytest.raises(TypeError, match=r"unexpected arguments \['mmap'\]"):
+        TunedLens.from_model_and_pretrained(hooked, cache_dir=cache, mmap=True)
 
 
 def test_hub_names_of_transformer_lens_models():

@@ -15,8 +15,10 @@ from torch import Tensor, nn
 from hooklens.artifacts import (
     FIX_CONFIG,
     LensFiles,
+    MapLocation,
     check_fingerprint,
     check_json_fields,
+    parameter_device,
     read_lens_dir,
     read_lens_files,
     write_lens_dir,
@@ -187,7 +189,12 @@ class TunedLens(Lens):
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, model: nn.Module | ModelAdapter, *, strict: bool = True
+        cls,
+        path: str | os.PathLike,
+        model: nn.Module | ModelAdapter,
+        *,
+        strict: bool = True,
+        map_location: MapLocation = None,
     ) -> TunedLens:
         """Load a lens saved by `save()`, or by the tuned-lens package, for `model`.
 
@@ -197,17 +204,30 @@ class TunedLens(Lens):
         to load the model to match; `strict=False` turns that into a warning, except
         for the sizes (`d_model`, `n_layers`, `d_vocab`), which must always match.
 
+        `map_location` (`"cpu"`, `"cuda:1"`, a `torch.device`) is the device the
+        parameter file is read onto (safetensors' `device=`, or `torch.load`'s
+        `map_location=` for a tuned-lens `params.pt`) and the translators stay on;
+        by default they go where the model's unembedding is.
+
         Raises:
             LensNotFoundError: no lens at `path` (it does not exist, or is a file).
             LensFileError: a file is truncated, corrupt or incomplete, the parameters
                 do not match the config (an interrupted save), or hold NaN / infinity.
             LensMismatchError: the lens was made for another model.
+            InputError: `map_location` is no device of this machine.
         """
-        return cls._from_files(read_lens_dir(path), model, strict=strict)
+        device = parameter_device(map_location)
+        files = read_lens_dir(path, map_location=device)
+        return cls._from_files(files, model, strict=strict, device=device)
 
     @classmethod
     def from_model_and_pretrained(
-        cls, model: nn.Module | ModelAdapter, lens_resource_id: str | None = None, **kwargs: Any
+        cls,
+        model: nn.Module | ModelAdapter,
+        lens_resource_id: str | None = None,
+        *,
+        map_location: MapLocation = None,
+        **kwargs: Any,
     ) -> TunedLens:
         """A published lens for `model`, from the hub (or its cache, or a local folder).
 
@@ -216,6 +236,8 @@ class TunedLens(Lens):
             lens_resource_id: the lens's name; defaults to the model's Hugging Face name
                 (`EleutherAI/pythia-160m-deduped` for TransformerLens's
                 `pythia-160m-deduped`). A local folder holding a lens works too.
+            map_location: the device the parameters are read onto and kept on (see
+                `load`); by default the model's unembedding's.
             **kwargs: `repo_id`, `repo_type`, `revision`, `cache_dir`, `subfolder`,
                 `config_file`, `ckpt_file` (see `hooklens.hub.load_artifacts`) and
                 `strict` (see `load`).
@@ -240,12 +262,17 @@ class TunedLens(Lens):
 
             lens_resource_id = hub_model_name(adapter)
         return cls.from_unembed_and_pretrained(
-            Unembed.from_model(adapter), lens_resource_id, **kwargs
+            Unembed.from_model(adapter), lens_resource_id, map_location=map_location, **kwargs
         )
 
     @classmethod
     def from_unembed_and_pretrained(
-        cls, unembed: Unembed, lens_resource_id: str, **kwargs: Any
+        cls,
+        unembed: Unembed,
+        lens_resource_id: str,
+        *,
+        map_location: MapLocation = None,
+        **kwargs: Any,
     ) -> TunedLens:
         """A published lens, read with `unembed` (which must come from a model).
 
@@ -256,16 +283,26 @@ class TunedLens(Lens):
         strict = kwargs.pop("strict", True)
         allowed = set(inspect.signature(load_artifacts).parameters) - {"resource_id"}
         if unknown := sorted(set(kwargs) - allowed):
-            raise TypeError(f"unexpected arguments {unknown}; expected some of {sorted(allowed)}")
+            raise TypeError(
+                f"unexpected arguments {unknown}; expected some of "
+                f"{sorted(allowed | {'map_location', 'strict'})} (of torch.load's arguments "
+                "only map_location is taken: the parameters are read with weights_only=True)"
+            )
         if unembed.adapter is None:
             raise ValueError("the unembedding must come from a model: Unembed.from_model(model)")
+        device = parameter_device(map_location)  # refused before anything downloads
         config_path, params_path = load_artifacts(lens_resource_id, **kwargs)
-        files = read_lens_files(config_path, params_path)
-        return cls._from_files(files, unembed.adapter, strict=strict)
+        files = read_lens_files(config_path, params_path, map_location=device)
+        return cls._from_files(files, unembed.adapter, strict=strict, device=device)
 
     @classmethod
     def _from_files(
-        cls, files: LensFiles, model: nn.Module | ModelAdapter, *, strict: bool
+        cls,
+        files: LensFiles,
+        model: nn.Module | ModelAdapter,
+        *,
+        strict: bool,
+        device: torch.device | None = None,
     ) -> TunedLens:
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
         config = TunedLensConfig.from_dict(files.config, source=str(files.config_path))
@@ -276,6 +313,8 @@ class TunedLens(Lens):
         else:
             _check_tuned_lens_artifact(config, adapter, strict=strict)
         lens = cls(Unembed.from_model(adapter), config)
+        if device is not None:  # the translators only: the unembedding is the model's
+            lens.layer_translators.to(device)
         lens.load_state_dict(files.tensors)  # keys and shapes checked above
         return lens
 
