@@ -1162,7 +1162,8 @@ class PredictionTrajectory:
         self, pair: PairStats, min_prob_delta: float, topk: int, formatter: TokenFormatter | None
     ) -> TrajectoryLabels | None:
         """Cells: the token whose probability changed most where |Δp| ≥ `min_prob_delta`
-        (and Δp ≠ 0); hover: the `topk` largest changes of the first sequence."""
+        (and Δp ≠ 0); hover: the `topk` largest changes of the first sequence (blank
+        rows for tokens that did not change at all)."""
         if self.tokenizer is None or pair.delta_ids is None or pair.deltas is None:
             return None
         k = min(topk, pair.delta_k)
@@ -1172,8 +1173,11 @@ class PredictionTrajectory:
         labels = self._cell_labels(
             ids[..., 0], (largest >= min_prob_delta) & (largest > 0), formatter
         )
-        hover_values = [f"Δ{100 * d:+.2f}%" for d in deltas[:, 0, :, :k].reshape(-1).tolist()]
+        first = deltas[:, 0, :, :k]
+        hover_values = [f"Δ{100 * d:+.2f}%" for d in first.reshape(-1).tolist()]
         hover = self._hover_entries(ids[:, 0, :, :k], hover_values, formatter)
+        # Tokens whose probability did not change at all are no answer to "what changed".
+        hover[(first == 0).numpy()] = ""
         return TrajectoryLabels(label_strings=labels, hover_over_entries=hover)
 
     def _cell_labels(

@@ -17,6 +17,7 @@ from hooklens import (
     NonFiniteActivationError,
     TunedLens,
 )
+from hooklens import trajectory as trajectory_module
 from hooklens.streaming import pair_stats
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
 from tests.conftest import N_LAYERS, VOCAB
@@ -40,6 +41,15 @@ def batch():
     ids = torch.randint(4, VOCAB, (2, 7), generator=generator)
     anti = torch.randint(4, VOCAB, (2, 7), generator=generator)
     return ids, next_token_targets(ids), anti
+
+
+@pytest.fixture(params=["one tile", "small tiles"])
+def tiles(request, monkeypatch):
+    """The tiny vocabulary fits one tile; small tiles make the stream cross vocabulary
+    chunks (40 tokens, the last one shorter) and row blocks (5 of the 14 rows)."""
+    if request.param == "small tiles":
+        monkeypatch.setattr(trajectory_module, "VOCAB_CHUNK", 40)
+        monkeypatch.setattr(trajectory_module, "ROW_BLOCK", 5)
 
 
 def _log_probs64(lens, cache, logits) -> torch.Tensor:
@@ -134,7 +144,7 @@ def test_without_a_tokenizer_there_are_no_labels(model_zoo, batch):
 
 
 @pytest.mark.parametrize("kind", MODELS)
-def test_delta_prob_labels_equal_a_brute_force_float64_computation(model_zoo, kind, batch):
+def test_delta_prob_labels_equal_a_brute_force_float64_computation(model_zoo, kind, batch, tiles):
     model = model_zoo[kind]
     ids = batch[0].clone()
     ids[1, :4] = ids[0, :4]  # the sequences agree on their first 4 positions (causal model)
@@ -152,11 +162,13 @@ def test_delta_prob_labels_equal_a_brute_force_float64_computation(model_zoo, ki
         a.total_variation(b, min_prob_delta=min_prob_delta, topk=k),
     ):
         labels = stat.trajectory_labels
-        entries = labels.hover_over_entries  # first sequence: [layer + 1, pos, k, 2]
+        # Hover: the first sequence's k largest changes (the output row did not change:
+        # both lenses end in the same model logits, and it is checked below).
+        entries = labels.hover_over_entries[:-1]  # [layer, pos, k, (token, Δp)]
         got = np.vectorize(lambda s: float(s[1:-1]) / 100)(entries[..., 1])
-        np.testing.assert_allclose(got, expected[0, ..., :k].numpy(), atol=6e-5)  # 2 decimals
+        np.testing.assert_allclose(got, expected[0, :-1, :, :k].numpy(), atol=6e-5)  # 2 decimals
         hover_ids = torch.as_tensor(np.vectorize(lambda t: int(t[1:]))(entries[..., 0]))
-        _same_ranking(hover_ids, order.indices[0, ..., :k], delta[0].abs())
+        _same_ranking(hover_ids, order.indices[0, :-1, :, :k], delta[0, :-1].abs())
         # Cells: the largest change where |Δp| ≥ min_prob_delta; `*` where sequences differ.
         largest = expected[..., 0].abs()
         cell = np.vectorize(lambda i: f"w{i}")(order.indices[..., 0].numpy())
@@ -167,8 +179,10 @@ def test_delta_prob_labels_equal_a_brute_force_float64_computation(model_zoo, ki
         assert {"", "*"} < set(consolidated[~ambiguous].tolist())  # blanks, `*` and tokens
     # Both lenses end in the same model logits: the output row did not change, so it
     # is blank even with min_prob_delta=0.
-    output_row = a.kl_divergence(b, min_prob_delta=0.0).trajectory_labels.label_strings[-1]
-    assert (output_row == "").all()
+    unchanged = a.kl_divergence(b, min_prob_delta=0.0).trajectory_labels
+    assert (unchanged.label_strings[-1] == "").all()
+    assert (unchanged.hover_over_entries[-1] == "").all()
+    assert (unchanged.hover_over_entries[:-1] != "").all()
 
 
 def test_delta_prob_labels_come_from_the_streamed_pair_pass(model_zoo, batch):
@@ -244,7 +258,7 @@ def _compare_all(got: PredictionTrajectory, lens_built: PredictionTrajectory, lo
 
 
 @pytest.mark.parametrize("kind", MODELS)
-def test_from_log_probs_equals_the_lens_built_trajectory(model_zoo, kind, batch):
+def test_from_log_probs_equals_the_lens_built_trajectory(model_zoo, kind, batch, tiles):
     model = model_zoo[kind]
     ids, targets, anti = batch
     tokenizer = model_zoo.tokenizer
@@ -274,7 +288,7 @@ def test_from_log_probs_accepts_logits_and_an_unbatched_input(model_zoo, batch):
 
 
 @pytest.mark.parametrize("kind", MODELS)
-def test_comparisons_between_log_prob_and_lens_trajectories(model_zoo, kind, batch):
+def test_comparisons_between_log_prob_and_lens_trajectories(model_zoo, kind, batch, tiles):
     model = model_zoo[kind]
     ids, _, _ = batch
     tokenizer = model_zoo.tokenizer
