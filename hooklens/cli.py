@@ -13,10 +13,12 @@ import time
 import warnings
 from pathlib import Path
 
+import torch.distributed
+
 from hooklens import models
 from hooklens.errors import HooklensError, InputError
+from hooklens.training import distributed, jacobian_fit
 from hooklens.training import evaluate as evaluation
-from hooklens.training import jacobian_fit
 from hooklens.training import run as training
 
 # What a user can fix from the command line, printed as one line. OSError covers a
@@ -152,12 +154,21 @@ def one_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Under torchrun, `train` and `fit-jlens` join the process group themselves; the
+    # command closes it again, unless the caller had joined it before.
+    group_was_open = torch.distributed.is_available() and torch.distributed.is_initialized()
+    finished = False
     try:
-        return args.run(args)
+        status = args.run(args)
+        finished = True
+        return status
     except USER_ERRORS as error:
         # Bad input, not a bug: say what is wrong without a traceback.
         print(f"hooklens {args.command}: {one_line(error)}", file=sys.stderr)
         return 2
+    finally:
+        if not group_was_open:
+            distributed.leave(meet=finished)
 
 
 if __name__ == "__main__":

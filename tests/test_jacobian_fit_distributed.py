@@ -158,7 +158,8 @@ def test_ranks_given_different_prompts_are_refused(tokenizer_dir, tmp_path):
 def test_hooklens_fit_jlens_under_torchrun_equals_one_process(
     bridge, tokenizer_dir, tmp_path, monkeypatch
 ):
-    """`torchrun -m hooklens fit-jlens` (its `run` joins the process group itself)."""
+    """`torchrun -m hooklens fit-jlens` (its `run` joins the process group itself, and
+    the command closes it on every rank before it returns)."""
     from hooklens import models
     from hooklens.cli import main
 
@@ -167,8 +168,8 @@ def test_hooklens_fit_jlens_under_torchrun_equals_one_process(
     arguments = _cli_arguments(corpus)
     _torchrun(tmp_path, tokenizer_dir, "--cli", str(corpus))
     assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)] == [
-        {"world_size": 2, "rc": 0}
-    ] * 2
+        {"world_size": 2, "rank": r, "rc": 0, "group_closed": True} for r in (0, 1)
+    ]
     monkeypatch.setattr(models, "load", lambda name, **kwargs: bridge)
     assert main([*arguments, "--output", str(tmp_path / "one.pt")]) == 0
     one, two = (JacobianLens.load(tmp_path / n, model=bridge) for n in ("one.pt", "two.pt"))
@@ -299,14 +300,23 @@ def _kill_on(model, prompt: str) -> None:
 
 def _cli_worker(model, corpus: str, out: Path) -> None:
     """`hooklens fit-jlens` on this rank, the tiny bridge standing in for the hub's."""
+    import torch.distributed as dist
+
     from hooklens import models
     from hooklens.cli import main
 
     models.load = lambda name, **kwargs: model
+    seen: dict = {}
+    leave = distributed.leave
+
+    def leave_and_record(**kwargs) -> None:  # the group as the command leaves it
+        seen.update(world_size=distributed.world_size(), rank=distributed.rank())
+        leave(**kwargs)
+
+    distributed.leave = leave_and_record
     rc = main([*_cli_arguments(Path(corpus)), "--output", str(out / "two.pt")])
-    record = {"world_size": distributed.world_size(), "rc": rc}
-    (out / f"rank{distributed.rank()}.json").write_text(json.dumps(record))
-    _leave_the_group()
+    record = {**seen, "rc": rc, "group_closed": not dist.is_initialized()}
+    (out / f"rank{seen['rank']}.json").write_text(json.dumps(record))
 
 
 def _worker(argv: list[str]) -> None:

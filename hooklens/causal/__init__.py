@@ -4,12 +4,21 @@ comparisons, the patching sweep, prompt tasks, and causal experiments on lenses.
     >>> from hooklens.causal import zero_ablation, compare, patching_sweep
 """
 
+from hooklens.causal.derangement import derange, sample_derangement
 from hooklens.causal.effects import (
     LayerEffect,
     TrajectoryComparison,
     answer_log_prob_diff,
     bootstrap_ci,
     compare,
+)
+from hooklens.causal.faithfulness import (
+    FaithfulnessResult,
+    LayerFaithfulness,
+    direction_effects,
+    faithfulness_figure,
+    faithfulness_table,
+    lens_faithfulness,
 )
 from hooklens.causal.interventions import (
     Hook,
@@ -21,23 +30,45 @@ from hooklens.causal.interventions import (
     zero_ablation,
 )
 from hooklens.causal.patching import PatchingSweep, patching_sweep
+from hooklens.causal.subspaces import (
+    CausalBasis,
+    ablate_subspace,
+    extract_causal_bases,
+    remove_subspace,
+    residual_hook_name,
+    subspace_ablation,
+)
 from hooklens.causal.tasks import Task, greater_than
 
 __all__ = [
+    "CausalBasis",
+    "FaithfulnessResult",
     "Hook",
     "LayerEffect",
+    "LayerFaithfulness",
     "PatchingSweep",
     "Positions",
     "Task",
     "TrajectoryComparison",
+    "ablate_subspace",
     "answer_log_prob_diff",
     "bootstrap_ci",
     "compare",
+    "derange",
+    "direction_effects",
+    "extract_causal_bases",
+    "faithfulness_figure",
+    "faithfulness_table",
     "greater_than",
+    "lens_faithfulness",
     "mean_ablation",
     "patch",
     "patching_sweep",
+    "remove_subspace",
     "replace_with",
     "resample_ablation",
+    "residual_hook_name",
+    "sample_derangement",
+    "subspace_ablation",
     "zero_ablation",
 ]

@@ -86,6 +86,21 @@ def barrier() -> None:
         dist.barrier()
 
 
+def leave(*, meet: bool = True) -> None:
+    """Close the process group this process joined (a no-op when there is none).
+
+    A rank that exits with gloo's connections open can abort in teardown ("terminate
+    called without an active exception", exit -6) after its work is done, so a
+    command ends by meeting the other ranks and closing the group. After an error pass
+    `meet=False`: the other ranks may never arrive at the barrier.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if meet and dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def shard_blocks(model: torch.nn.Module, *, cpu_offload: bool = False) -> torch.nn.Module:
     """Shard each transformer block's weights over the ranks with PyTorch's FSDP2.
 
