@@ -55,17 +55,24 @@ def check_cache(adapter: ModelAdapter, cache: Any) -> None:
         )
 
 
+def row_hook_names(
+    adapter: ModelAdapter, layer: int, component: str = "resid_pre"
+) -> tuple[str, ...]:
+    """Every name a cache may hold lens row `layer` under, its hook's name first:
+    `component` of block `layer`, or for row `n_layers` (the final residual) the last
+    block's `resid_post`."""
+    row = layer_index(layer, adapter.n_layers)
+    if row == adapter.n_layers:
+        return adapter.cached_names("resid_post", adapter.n_layers - 1)
+    return adapter.cached_names(component, row)
+
+
 def get_residual(
     cache: Any, layer: int, component: str = "resid_pre", model: Any = None
 ) -> Float[Tensor, "... pos d_model"]:
     """One row of the residual stream from `cache` (row `n_layers` = final residual)."""
     adapter = _adapter_for(cache, model)
-    row = layer_index(layer, adapter.n_layers)
-    names = (
-        adapter.cached_names("resid_post", adapter.n_layers - 1)  # the final residual
-        if row == adapter.n_layers
-        else adapter.cached_names(component, row)
-    )
+    names = row_hook_names(adapter, layer, component)
     name = names[0]
     cached = getattr(cache, "cache_dict", cache)
     found = next((n for n in names if n in cached), None)

@@ -62,7 +62,7 @@ from hooklens.causal.subspaces import (
 from hooklens.errors import InputError, InputTypeError
 from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter, check_same_model
-from hooklens.residuals import get_residual
+from hooklens.residuals import get_residual, row_hook_names
 from hooklens.streaming import logsumexp_chunks, vocab_stats
 from hooklens.validation import check_id_range, positive_int, token_id_tensor
 
@@ -440,7 +440,7 @@ def _effects(
         unit="run",
         disable=not progress,
     )
-    clean_names = {name for row in directions for name in _row_names(adapter, row, component)}
+    clean_names = {name for row in directions for name in row_hook_names(adapter, row, component)}
     with torch.no_grad(), bar:
         for batch in batches:
             batch = batch.to(adapter.device)
@@ -452,7 +452,7 @@ def _effects(
                 for j in range(vectors.shape[1]):
                     direction = vectors[:, j : j + 1].to(hidden.device, hidden.dtype)
                     hook = subspace_ablation(model, direction, row, mode=mode, component=component)
-                    names = {hook[0], *_row_names(adapter, row, component)}
+                    names = {hook[0], *row_hook_names(adapter, row, component)}
                     with model.hooks(fwd_hooks=[hook]):
                         ablated_logits, ablated_cache = model.run_with_cache(
                             batch, names_filter=names.__contains__
@@ -549,7 +549,7 @@ def _residual_rows(
     other row, so every other entry is the first requested row again (no copy), not 31
     residuals of SmolLM2 when 3 are asked for.
     """
-    names = {name for row in rows for name in _row_names(adapter, row, component)}
+    names = {name for row in rows for name in row_hook_names(adapter, row, component)}
     # A HookedTransformer can stop after the deepest block needed (no head, no logits).
     deepest = max(rows)
     stop = (
@@ -567,14 +567,6 @@ def _residual_rows(
                 parts[row].append(get_residual(cache, row, component, adapter))
     fitted = {row: torch.cat(part) for row, part in parts.items()}
     return [fitted.get(row, fitted[rows[0]]) for row in range(adapter.n_layers + 1)]
-
-
-def _row_names(adapter: ModelAdapter, row: int, component: str) -> tuple[str, ...]:
-    """Every name a cache may hold lens row `row` under (the final row: the last
-    block's resid_post)."""
-    if row == adapter.n_layers:
-        return adapter.cached_names("resid_post", adapter.n_layers - 1)
-    return adapter.cached_names(component, row)
 
 
 # --- checks ------------------------------------------------------------------------------

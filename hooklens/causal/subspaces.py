@@ -57,6 +57,7 @@ from hooklens.causal.interventions import Hook
 from hooklens.errors import InputError, InputTypeError, LensMismatchError, NonFiniteActivationError
 from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter, normalize_component
+from hooklens.residuals import row_hook_names
 from hooklens.training import distributed
 from hooklens.training.loss import (
     kl_to_target,
@@ -66,7 +67,6 @@ from hooklens.training.loss import (
 )
 from hooklens.validation import (
     check_id_range,
-    layer_index,
     positive_int,
     token_id_tensor,
     validate_hidden,
@@ -269,11 +269,7 @@ def residual_hook_name(model: Any, layer: int, component: str = "resid_pre") -> 
     counts from the end): `component` of block `layer`, or the last block's `resid_post`
     for the final row."""
     adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
-    component = normalize_component(component)
-    row = layer_index(layer, adapter.n_layers)
-    if row == adapter.n_layers:
-        return adapter.final_hook_name
-    return adapter.hook_name(component, row)
+    return row_hook_names(adapter, layer, normalize_component(component))[0]
 
 
 def subspace_ablation(
