@@ -1,5 +1,6 @@
 """hooklens: logit and tuned lenses over TransformerLens activation caches."""
 
+from hooklens.artifacts import LensNotFoundError
 from hooklens.errors import (
     DataError,
     HooklensError,
@@ -28,6 +29,7 @@ from hooklens.lenses import (
 from hooklens.model import ModelAdapter, ModelFingerprint, WeightProcessing
 from hooklens.plotting import TokenFormatter, TrajectoryLabels, TrajectoryStatistic
 from hooklens.residuals import get_residual, iter_residuals, residual_stack
+from hooklens.stats import LogitStats, js_distance
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
 from hooklens.unembed import Unembed
 
@@ -45,7 +47,9 @@ __all__ = [
     "LensChangedError",
     "LensFileError",
     "LensMismatchError",
+    "LensNotFoundError",
     "LogitLens",
+    "LogitStats",
     "MissingHookError",
     "ModelAdapter",
     "ModelClassUnavailableError",
@@ -64,6 +68,7 @@ __all__ = [
     "WeightProcessing",
     "get_residual",
     "iter_residuals",
+    "js_distance",
     "next_token_targets",
     "residual_stack",
     "transformer_lens_translator",

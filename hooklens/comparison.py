@@ -28,6 +28,7 @@ TITLES = {
     "entropy": "entropy, nats",
     "top1_agreement": "top-1 agreement with the model",
     "cross_entropy_bits_per_byte": "cross-entropy, bits per byte",
+    "marginal_kl_to_output": "KL(output marginal ‖ lens marginal), nats",
 }
 # What the README and the report show: how close to the model, how good a predictor.
 SHOWN = ("kl_to_output", "cross_entropy", "top1_agreement")

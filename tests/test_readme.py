@@ -73,3 +73,39 @@ def test_readme_inversion_and_generation_block_runs(capsys):
     assert namespace["out"].kl < 1e-3
     assert namespace["ids"].shape[0] == 2
     assert len(namespace["model"].to_string(namespace["ids"][:, -8:])) == 2
+
+
+def _block_with(blocks: list[str], marker: str) -> str:
+    (block,) = [b for b in blocks if marker in b]
+    return block
+
+
+@pytest.mark.slow
+def test_readme_labels_causal_and_stats_blocks_run(tmp_path, monkeypatch):
+    """The label options, causal-basis and `LogitStats` examples, pasted after the
+    quickstart and the tuned-lens block (which define model, tokens, cache, lens, tuned)."""
+    monkeypatch.chdir(tmp_path)
+    blocks = _python_blocks()
+    namespace: dict = {}
+    for block in blocks[:2]:
+        exec(compile(block, str(README), "exec"), namespace)
+    exec(compile(_block_with(blocks, "min_prob_delta"), str(README), "exec"), namespace)
+
+    exec(compile(_block_with(blocks, "extract_causal_bases"), str(README), "exec"), namespace)
+    basis = namespace["basis"]
+    assert (basis.layer, basis.k, basis.d_model) == (20, 4, 576)
+    gram = basis.vectors.double().T @ basis.vectors.double()
+    assert torch.allclose(gram, torch.eye(4, dtype=torch.float64), atol=1e-4)
+    assert (basis.energies[:-1] >= basis.energies[1:]).all()
+    # the ablation changed the model's run, and the hook was removed afterwards
+    assert not torch.allclose(namespace["ablated_logits"], namespace["logits"], atol=1e-3)
+    assert torch.allclose(namespace["model"](namespace["tokens"]), namespace["logits"], atol=1e-4)
+    assert namespace["ablated"].forward_kl().stats.shape == (1, 31, 5)
+
+    namespace["token_batches"] = [namespace["tokens"]]
+    exec(compile(_block_with(blocks, "LogitStats()"), str(README), "exec"), namespace)
+    stats = namespace["stats"]
+    assert stats.n == namespace["tokens"].numel()
+    assert abs(stats.marginal_probs.sum().item() - 1) < 1e-9
+    expected = namespace["logits"].double().softmax(-1).reshape(-1, 49152).mean(0)
+    assert torch.allclose(stats.marginal_probs, expected, atol=1e-6)

@@ -1,5 +1,6 @@
-"""Training and evaluating tuned lenses (work in progress: data and the closed-form fit)."""
+"""Training and evaluating tuned lenses: data, the closed-form fit, the loop, evaluation."""
 
+from hooklens.training.data import chunk_and_tokenize
 from hooklens.training.fast_fit import LeastSquaresMoments, fit_tuned_lens
 
-__all__ = ["LeastSquaresMoments", "fit_tuned_lens"]
+__all__ = ["LeastSquaresMoments", "chunk_and_tokenize", "fit_tuned_lens"]
