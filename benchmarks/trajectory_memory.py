@@ -158,9 +158,7 @@ def run_case(case: str, positions: int, with_comparison: bool) -> dict:
         lens = _translating_lens(case, model)
         targets = next_token_targets(tokens)
         with Measure() as m:
-            PredictionTrajectory.from_lens_and_cache(
-                lens, tokens, cache, logits, targets=targets, residual_component=lens.component
-            )
+            PredictionTrajectory.from_lens_and_cache(lens, tokens, cache, logits, targets=targets)
         result["build"] = (m.seconds, m.peak_mib)
     elif case == "reference":
         if (REFERENCE_DIR / "tuned_lens").is_dir():

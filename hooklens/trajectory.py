@@ -228,13 +228,13 @@ class PredictionTrajectory:
         anti_targets: Int[Tensor, "... pos"] | None = None,
         tokenizer: Any = None,
         mask_input: bool = False,
-        residual_component: str = "resid_pre",
+        residual_component: str | None = None,
         topk: int = 5,
         attention_mask: Any = None,
     ):
         if not isinstance(lens, Lens):
             raise InputTypeError(f"lens must be a hooklens Lens, got {type(lens).__name__}")
-        component = normalize_component(residual_component)
+        component = _lens_component(lens, residual_component)
         ids = _input_ids(input_ids)
         source = LensSource(lens, residuals, model_logits, tuple(ids.shape), component)
         self._setup(
@@ -308,7 +308,7 @@ class PredictionTrajectory:
         model_logits: Float[Tensor, "... pos vocab"],
         targets: Int[Tensor, "... pos"] | None = None,
         anti_targets: Int[Tensor, "... pos"] | None = None,
-        residual_component: str = "resid_pre",
+        residual_component: str | None = None,
         mask_input: bool = False,
         topk: int = 5,
         attention_mask: Any = None,
@@ -325,7 +325,9 @@ class PredictionTrajectory:
                 difference); -1 marks a position without a target.
                 `next_token_targets(input_ids)` scores the next input token.
             anti_targets: `[..., pos]` token ids to compare targets against.
-            residual_component: `"resid_pre"` (default), `"resid_mid"` or `"resid_post"`.
+            residual_component: `"resid_pre"`, `"resid_mid"` or `"resid_post"`; default
+                the lens's own `component` (`"resid_pre"` unless the lens was made for
+                another, like a `resid_post` Jacobian lens).
             mask_input: give every token of each input sequence probability 0 at the
                 lens rows (not the output row), to see what else the lens predicts.
             topk: how many most likely tokens to keep per cell, for labels and hover.
@@ -342,7 +344,7 @@ class PredictionTrajectory:
             LensMismatchError: the cache or the logits come from another model than the
                 lens's (sizes, weights of the unembedding, or an extra block).
         """
-        component = normalize_component(residual_component)
+        component = _lens_component(lens, residual_component)
         adapter = lens.adapter
         check_cache(adapter, cache)
         ids = _as_long(input_ids, "input_ids")
@@ -380,7 +382,7 @@ class PredictionTrajectory:
         targets: Int[Tensor, "... pos"] | Sequence[int] | None = None,
         anti_targets: Int[Tensor, "... pos"] | Sequence[int] | None = None,
         mask_input: bool = False,
-        residual_component: str = "resid_pre",
+        residual_component: str | None = None,
         topk: int = 5,
         fwd_hooks: Sequence[tuple[Any, Any]] = (),
         attention_mask: Any = None,
@@ -420,7 +422,7 @@ class PredictionTrajectory:
                 f"of n_ctx={n_ctx} tokens: cut them (input_ids[..., :{n_ctx}]) or split "
                 "the text"
             )
-        component = normalize_component(residual_component)
+        component = _lens_component(lens, residual_component)
         names = adapter.residual_hook_names(component)
         hooks = model.hooks(fwd_hooks=list(fwd_hooks)) if fwd_hooks else contextlib.nullcontext()
         run_ids = ids if ids.ndim > 1 else ids[None]
@@ -1227,6 +1229,14 @@ def _consolidate(tokens: np.ndarray, mixed: str = "*") -> np.ndarray:
     first = tokens[0]
     same = (tokens == first[None]).all(axis=0)
     return np.where(same, first, mixed)
+
+
+def _lens_component(lens: Any, residual_component: str | None) -> str:
+    """The residual a trajectory reads: the one asked for, else the lens's own. A lens
+    bound to one residual (a Jacobian lens) refuses another (`LensMismatchError`)."""
+    if isinstance(lens, Lens):
+        return lens._check_component(residual_component)
+    return normalize_component(residual_component or "resid_pre")
 
 
 def _input_ids(input_ids: Any) -> Tensor:

@@ -180,6 +180,24 @@ def test_a_trajectory_refuses_another_residual_component(bridge):
     assert JacobianLens.from_model(bridge).log_probs(cache, 1).shape[-1] == VOCAB
 
 
+def test_a_trajectory_reads_the_lens_own_component_by_default(bridge, tl_lens):
+    """A resid_post J-lens needs no residual_component=: it reads its own residual."""
+    lens = JacobianLens.from_transformer_lens(tl_lens, bridge, component="resid_post")
+    ids = bridge.to_tokens(PROMPTS[:2])
+    logits, cache = bridge.run_with_cache(ids)
+    default = PredictionTrajectory.from_lens_and_cache(lens, ids, cache, logits)
+    assert default.residual_component == "resid_post"
+    explicit = _trajectory(lens, bridge, ids)
+    np.testing.assert_array_equal(default.entropy().stats, explicit.entropy().stats)
+    from_model = PredictionTrajectory.from_lens_and_model(lens, bridge, ids)
+    assert from_model.residual_component == "resid_post"
+    np.testing.assert_allclose(from_model.entropy().stats, default.entropy().stats, atol=1e-5)
+    with pytest.raises(LensMismatchError, match="reads resid_post, not resid_pre"):
+        PredictionTrajectory.from_lens_and_cache(
+            lens, ids, cache, logits, residual_component="resid_pre"
+        )
+
+
 def test_block_inputs_and_outputs_index_the_same_readout_one_row_apart(bridge, tl_lens):
     ids = bridge.to_tokens(PROMPTS[:2])
     pre = _trajectory(JacobianLens.from_transformer_lens(tl_lens, bridge), bridge, ids)

@@ -260,8 +260,8 @@ class JacobianLens(Lens):
         component = super()._check_component(component)
         if component != self.component:
             raise LensMismatchError(
-                f"this Jacobian lens reads {self.component}, not {component}; pass "
-                "residual_component=lens.component, or build the lens with "
+                f"this Jacobian lens reads {self.component}, not {component}: leave the "
+                "component out (the lens's own is the default), or build the lens with "
                 f"component={component!r}"
             )
         return component
