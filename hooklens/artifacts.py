@@ -30,7 +30,6 @@ from torch import Tensor
 
 from hooklens.errors import (
     HooklensError,
-    InputError,
     InputTypeError,
     LensFileError,
     LensMismatchError,
@@ -38,6 +37,7 @@ from hooklens.errors import (
 )
 from hooklens.files import StagedWrites
 from hooklens.model import ModelAdapter, ModelFingerprint, fingerprint_differences
+from hooklens.validation import available_device
 
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"
@@ -79,16 +79,7 @@ def parameter_device(map_location: MapLocation) -> torch.device | None:
             f"map_location should be a device name ('cpu', 'cuda:0') or a torch.device, "
             f"found {type(map_location).__name__}; a lens's parameters are read onto one device"
         )
-    try:
-        device = torch.device(map_location)
-        torch.empty(0, device=device)  # a device that exists only by name fails here
-    except (RuntimeError, AssertionError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unavailable"
-        raise InputError(
-            f"map_location={map_location!r} is not a device this machine has ({reason}); "
-            "pass 'cpu', or a device torch can use here"
-        ) from None
-    return device
+    return available_device(map_location, f"map_location={map_location!r}")
 
 
 @dataclass

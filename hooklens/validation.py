@@ -135,3 +135,22 @@ def positive_int(value: Any, name: str, *, at_most: int | None = None) -> int:
         bound = f" and at most {at_most}" if at_most is not None else ""
         raise InputError(f"{name} must be at least 1{bound}, got {number}")
     return number
+
+
+def available_device(device: str | torch.device, what: str) -> torch.device:
+    """`device` as a `torch.device` this machine can allocate on, or an `InputError`
+    that starts with `what` (e.g. `"--device cuda:3"`) and says why.
+
+    A name torch parses but this machine lacks (`cuda` without a GPU, `cuda:7` on a
+    machine with two) fails here, before anything loads, not in the middle of a run.
+    """
+    try:
+        checked = torch.device(device)
+        torch.empty(0, device=checked)
+    except (RuntimeError, AssertionError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unavailable"
+        raise InputError(
+            f"{what} is not a device this machine has ({reason}); pass 'cpu', or a device "
+            "torch can use here"
+        ) from None
+    return checked

@@ -324,3 +324,36 @@ def test_a_missing_lens_is_said_before_the_model_loads(capsys, must_not_load, co
     arguments = ["--text", WORDS] if command == "report" else ["--data", str(corpus)]
     assert main([command, *arguments, "--lens", str(corpus.parent / "no-lens")]) == 2
     assert "no lens at" in one_line_error(capsys)
+
+
+# --- devices ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["train", "fit-jlens"])
+@pytest.mark.parametrize("device", ["cuda:7", "gpu"])
+def test_a_device_this_machine_lacks_is_refused_before_loading(
+    command, device, capsys, must_not_load, corpus, tmp_path
+):
+    """`--device cuda:7` without that GPU, or a name torch does not know, is one line
+    and exit 2 before the model loads, and nothing is written."""
+    output = tmp_path / ("run" if command == "train" else "jlens.pt")
+    arguments = [command, "--data", str(corpus), "--output", str(output), "--device", device]
+    assert main(arguments) == 2
+    assert f"--device {device} is not a device this machine has" in one_line_error(capsys)
+    assert not output.exists() and list(tmp_path.iterdir()) == [corpus]
+
+
+def test_fit_jlens_loads_the_model_onto_device(capsys, monkeypatch, model, corpus, tmp_path):
+    asked = []
+
+    def load(name, **kwargs):
+        asked.append(kwargs)
+        return model
+
+    monkeypatch.setattr(models, "load", load)
+    output = tmp_path / "jlens.pt"
+    arguments = ["fit-jlens", "--data", str(corpus), "--output", str(output), "--device", "cpu"]
+    assert main([*arguments, "--prompts", "2", "--max-seq-len", "8", "--skip-first", "1"]) == 0
+    assert [kwargs["device"] for kwargs in asked] == ["cpu"]
+    assert [kwargs["processing"] for kwargs in asked] == [False]
+    assert output.is_file()

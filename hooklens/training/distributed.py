@@ -34,6 +34,13 @@ def init_from_environment(device: torch.device | str | None = None) -> bool:
     return True
 
 
+def rank_device(device: str) -> str:
+    """Under torchrun each rank takes the GPU of its local rank (`cuda` → `cuda:LOCAL_RANK`)."""
+    if device == "cuda" and world_size() > 1:
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -43,7 +43,12 @@ from hooklens.errors import HooklensError, InputError, RunStateError
 from hooklens.files import atomic_write
 from hooklens.model import ModelAdapter, _same_model_name, fingerprint_of
 from hooklens.training import distributed
-from hooklens.validation import check_id_range, positive_int, token_id_tensor
+from hooklens.validation import (
+    available_device,
+    check_id_range,
+    positive_int,
+    token_id_tensor,
+)
 
 # Our own checkpoint entry, beside the reference's keys: what a resume must repeat.
 # TransformerLens's and our `JacobianLens.load` read a checkpoint without it.
@@ -535,6 +540,9 @@ def add_arguments(parser: Any) -> None:
         "--skip-first and --source-layers (checked), at least as many --prompts; "
         "--dim-batch and the number of torchrun processes may change",
     )
+    parser.add_argument(
+        "--device", help="unset: cuda (one GPU per torchrun rank) if present, else cpu"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -561,6 +569,8 @@ def run(args: Any) -> int:
         positive_int(getattr(args, flag), f"--{flag.replace('_', '-')}")
     if args.skip_first < 0:
         raise InputError(f"--skip-first must be at least 0, got {args.skip_first}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    available_device(device, f"--device {device}")
     distributed.init_from_environment()  # gloo: the fit reduces CPU tensors
     output, checkpoint = Path(args.output), checkpoint_path(args.output)
     # Every rank checks: none writes before all have reached the fit's first reduction.
@@ -572,7 +582,12 @@ def run(args: Any) -> int:
             "its fit, or choose another --output"
         )
     check_data_source(args.data, args.text_field)
-    model = models.load(args.model, model_class=args.model_class, processing=False)
+    model = models.load(
+        args.model,
+        model_class=args.model_class,
+        processing=False,
+        device=distributed.rank_device(device),
+    )
     texts = (row[args.text_field] for row in load_texts(args.data, streaming=True))
     prompts = list(itertools.islice(split_texts(texts, held_out=False), args.prompts))
     lens = JacobianLens.fit(

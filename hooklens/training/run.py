@@ -11,7 +11,6 @@ import argparse
 import importlib.util
 import itertools
 import json
-import os
 import shutil
 import sys
 import time
@@ -37,6 +36,7 @@ from hooklens.training.data import (
 )
 from hooklens.training.fast_fit import fit_tuned_lens
 from hooklens.training.loop import CHECKPOINT_FILE, TrainConfig, train_lens
+from hooklens.validation import available_device
 
 RUN_FILE = "run.json"  # written once the run has started: the settings a --resume repeats
 RUN_OUTPUTS = (RUN_FILE, "checkpoint", "lens", "history.json")  # what --overwrite removes
@@ -285,13 +285,6 @@ def _wandb_logger(project: str | None, args: argparse.Namespace):
     return lambda record: run.log(record, step=record["step"])
 
 
-def _rank_device(device: str) -> str:
-    """Under torchrun each rank takes the GPU of its local rank."""
-    if device == "cuda" and distributed.world_size() > 1:
-        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    return device
-
-
 def run(args: argparse.Namespace) -> int:
     """Check everything cheap (arguments, data, output) before the model loads, and
     write run.json only once the model and the first chunk of data are in hand."""
@@ -300,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
     check_data_source(args.data, args.text_field)
     args.model_class = models.resolve_model_class(args.model_class)  # recorded in run.json
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    available_device(device, f"--device {device}")
     distributed.init_from_environment(device)
     world = distributed.world_size()
     if args.batch_size % world:
@@ -314,9 +308,11 @@ def run(args: argparse.Namespace) -> int:
         if args.resume and args.matmul_dtype == "auto":
             print("matmul dtype: the one auto chose when the run began (its checkpoint says)")
         else:
-            print(describe(args.matmul_dtype, _rank_device(device)))
+            print(describe(args.matmul_dtype, distributed.rank_device(device)))
     start = time.perf_counter()
-    model = models.load(args.model, model_class=args.model_class, device=_rank_device(device))
+    model = models.load(
+        args.model, model_class=args.model_class, device=distributed.rank_device(device)
+    )
     if args.fsdp:
         distributed.shard_blocks(model, cpu_offload=args.cpu_offload)
     stream = _token_stream(args, model.tokenizer)
