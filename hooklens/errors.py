@@ -65,6 +65,10 @@ class DataError(HooklensError, ValueError):
     """Training or evaluation text that cannot be read (format, field, empty, changed)."""
 
 
+class MissingFileError(HooklensError, FileNotFoundError):
+    """A file or directory the call needs is not there (data files, a checkpoint to resume)."""
+
+
 class OutputExistsError(HooklensError, FileExistsError):
     """Writing would replace something that exists; pass overwrite (or resume) to allow."""
 

@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from hooklens.errors import InputError
 from hooklens.model import ModelAdapter
 
 if TYPE_CHECKING:
@@ -36,14 +37,14 @@ def left_padded(
         if attention_mask is None:
             attention_mask = torch.ones_like(tokens)
         if attention_mask.shape != tokens.shape:
-            raise ValueError(
+            raise InputError(
                 f"attention_mask {tuple(attention_mask.shape)} must match the tokens "
                 f"{tuple(tokens.shape)}"
             )
         _check_left_padding(attention_mask)
         return tokens, attention_mask.long()
     if attention_mask is not None:
-        raise ValueError("attention_mask goes with a tensor of token ids, not with text")
+        raise InputError("attention_mask goes with a tensor of token ids, not with text")
     if isinstance(prompts, str):
         prompts = [prompts]
     rows = [
@@ -51,7 +52,7 @@ def left_padded(
         for p in prompts
     ]
     if not rows or min(map(len, rows)) == 0:
-        raise ValueError("every prompt needs at least one token")
+        raise InputError("every prompt needs at least one token")
     width = max(map(len, rows))
     pad = _pad_id(model)
     tokens = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
@@ -63,7 +64,7 @@ def _check_left_padding(mask: Tensor) -> None:
     # Padding must sit before the tokens: once a row has started, it stays real.
     started = mask.cumsum(-1) > 0
     if not torch.equal(mask.bool(), started) or not bool(mask[:, -1].all()):
-        raise ValueError("attention_mask must pad on the left (zeros, then ones, in each row)")
+        raise InputError("attention_mask must pad on the left (zeros, then ones, in each row)")
 
 
 def _pad_id(model: Any) -> int:
@@ -122,17 +123,17 @@ def generate(
     """
     adapter = ModelAdapter(model)
     if adapter.model is not lens.adapter.model and adapter.fingerprint != lens.adapter.fingerprint:
-        raise ValueError("the lens was made for another model; build it from this one")
+        raise InputError("the lens was made for another model; build it from this one")
     row = lens.layer_index(layer)
     if row < lens.n_layers and lens.component != "resid_pre":
-        raise ValueError(
+        raise InputError(
             f"generate reads the residual stream before block {row} (resid_pre); this lens "
             f"reads {lens.component}"
         )
     if do_sample and not temp > 0:
-        raise ValueError(f"temp must be positive when sampling, got {temp}")
+        raise InputError(f"temp must be positive when sampling, got {temp}")
     if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be at least 0, got {max_new_tokens}")
+        raise InputError(f"max_new_tokens must be at least 0, got {max_new_tokens}")
     tokens, mask = left_padded(input_ids, model, attention_mask)
     tokens, mask = tokens.to(adapter.device), mask.to(adapter.device)
     hooked = adapter.kind == "HookedTransformer"

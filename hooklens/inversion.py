@@ -17,6 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hooklens.errors import InputError
+
 if TYPE_CHECKING:
     from hooklens.unembed import Unembed
 
@@ -50,7 +52,7 @@ def optimizer_name(optimizer: str | Enum) -> str:
     """`"lbfgs"` or `"sgd"` from a string in any case or an Enum member."""
     name = str(optimizer.value if isinstance(optimizer, Enum) else optimizer).lower()
     if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        raise InputError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     return name
 
 
@@ -120,17 +122,17 @@ def invert_unembed(
     """
     name = optimizer_name(optimizer)
     if logits.shape[-1] != unembed.d_vocab:
-        raise ValueError(
+        raise InputError(
             f"logits must end in the vocabulary ({unembed.d_vocab}), "
             f"got shape {tuple(logits.shape)}"
         )
     if prior_weight and prior is None:
-        raise ValueError("prior_weight > 0 needs a prior (a torch.distributions.Distribution)")
+        raise InputError("prior_weight > 0 needs a prior (a torch.distributions.Distribution)")
     if max_iter < 1:
-        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
+        raise InputError(f"max_iter must be at least 1, got {max_iter}")
     target_logits = logits.detach().float()
     if not torch.isfinite(target_logits).all():
-        raise ValueError("the target logits hold NaN or infinite values")
+        raise InputError("the target logits hold NaN or infinite values")
     log_p = target_logits.log_softmax(-1)
     p = log_p.exp() if weight is None else log_p.exp() * weight
 
@@ -139,7 +141,7 @@ def invert_unembed(
         h0 = least_squares_start(unembed, target_logits)
     elif tuple(h0.shape) != shape:
         # Broadcasting would silently invert something else.
-        raise ValueError(f"h0 must have shape {shape}, got {tuple(h0.shape)}")
+        raise InputError(f"h0 must have shape {shape}, got {tuple(h0.shape)}")
     h = torch.nn.Parameter(h0.detach().float().clone())
 
     def objective() -> tuple[Tensor, Tensor]:

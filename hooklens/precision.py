@@ -33,6 +33,8 @@ import warnings
 
 import torch
 
+from hooklens.errors import InputError
+
 MATMUL_DTYPES = ("auto", "float32", "bfloat16")
 # "Clearly faster": native bf16 is 2–10× float32 at these shapes; emulated bf16 is 0.01×.
 BF16_MIN_SPEEDUP = 1.5
@@ -105,7 +107,7 @@ def matmul_dtype(requested: str | torch.dtype = "auto", device=None) -> torch.dt
     if isinstance(requested, torch.dtype):
         requested = {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(requested, "")
     if requested not in MATMUL_DTYPES:
-        raise ValueError(
+        raise InputError(
             f"matmul dtype must be one of {', '.join(MATMUL_DTYPES)}, got {requested!r}"
         )
     kind = torch.device(device).type if device is not None else "cpu"

@@ -29,6 +29,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hooklens.errors import InputError
+
 LN2 = math.log(2.0)
 
 
@@ -95,7 +97,7 @@ class VocabAccumulator:
         target_logits: Float[Tensor, " rows"] | None = None,
     ):
         if (targets is None) != (target_logits is None):
-            raise ValueError("pass targets and target_logits together")
+            raise InputError("pass targets and target_logits together")
         self.k = k
         self.targets = targets
         self.target_logits = target_logits
@@ -168,7 +170,7 @@ class VocabAccumulator:
 
     def finish(self) -> VocabStats:
         if not self._started:
-            raise ValueError("no logits: the vocabulary is empty")
+            raise InputError("no logits: the vocabulary is empty")
         log_sum = torch.log(self.sum)
         stats = VocabStats(
             logsumexp=self.max + log_sum,
@@ -211,7 +213,7 @@ def logsumexp_chunks(chunks: Iterable[Float[Tensor, "rows chunk"]]) -> Float[Ten
         value = torch.logsumexp(chunk, dim=-1)
         running = value if running is None else torch.logaddexp(running, value)
     if running is None:
-        raise ValueError("no logits: the vocabulary is empty")
+        raise InputError("no logits: the vocabulary is empty")
     return running
 
 
@@ -297,7 +299,7 @@ def pair_stats(
         for name, value in chunk.items():
             totals[name] = value if name not in totals else totals[name] + value
     if not totals:
-        raise ValueError("no logits: the vocabulary is empty")
+        raise InputError("no logits: the vocabulary is empty")
     kl = totals["p_log_p"] - totals["p_log_q"]
     js = 0.5 * (totals["p_log_p"] + totals["q_log_q"] - totals["s_log_s"] + LN2 * totals["mass"])
     return PairStats(

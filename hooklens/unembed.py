@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from hooklens.errors import InputError
 from hooklens.inversion import invert_unembed
 from hooklens.model import ModelAdapter
 from hooklens.streaming import logsumexp_chunks
@@ -44,9 +45,9 @@ class Unembed:
         adapter: ModelAdapter | None = None,
     ):
         if W_U.ndim != 2:
-            raise ValueError(f"W_U must be [d_model, d_vocab], got shape {tuple(W_U.shape)}")
+            raise InputError(f"W_U must be [d_model, d_vocab], got shape {tuple(W_U.shape)}")
         if b_U is not None and b_U.shape != (W_U.shape[1],):
-            raise ValueError(f"b_U must be [d_vocab={W_U.shape[1]}], got {tuple(b_U.shape)}")
+            raise InputError(f"b_U must be [d_vocab={W_U.shape[1]}], got {tuple(b_U.shape)}")
         self.final_norm = final_norm
         self.W_U = W_U
         # Most models have an all-zero b_U; skipping it saves addmm a copy per chunk.
@@ -91,7 +92,7 @@ class Unembed:
     def unembedding_hash(self) -> str:
         """Hash of the whole unembedding (see `ModelAdapter.unembedding_hash`)."""
         if self.adapter is None:
-            raise ValueError("this Unembed was built from tensors; build it with from_model()")
+            raise InputError("this Unembed was built from tensors; build it with from_model()")
         return self.adapter.fingerprint.unembedding_hash
 
     # --- full logits for one hidden state ----------------------------------------------
@@ -170,5 +171,5 @@ class Unembed:
 
 def _check_chunk_size(chunk_size: int) -> int:
     if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        raise InputError(f"chunk_size must be a positive int, got {chunk_size!r}")
     return chunk_size

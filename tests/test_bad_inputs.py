@@ -346,3 +346,23 @@ def test_patching_from_another_models_cache_is_refused(hooked, ids):
     _, own = copy.deepcopy(hooked).run_with_cache(ids)
     name, _ = patch(hooked, "resid_pre", 1, own)  # a copy of the same model is fine
     assert name == "blocks.1.hook_resid_pre"
+
+
+def test_every_error_the_package_raises_by_name_is_a_hooklens_error():
+    """The README's promise, kept by the source: a `raise` of a built-in error class
+    anywhere in hooklens would escape `except HooklensError`. (KeyError stays for
+    mappings, which callers catch as such; re-raising a caught error is not counted.)"""
+    import ast
+    from pathlib import Path
+
+    import hooklens
+
+    builtin = {"ValueError", "TypeError", "IndexError", "RuntimeError", "FileNotFoundError"}
+    found = []
+    for path in sorted(Path(hooklens.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                name = getattr(node.exc.func, "id", None)
+                if name in builtin:
+                    found.append(f"{path.name}:{node.lineno} raises {name}")
+    assert found == []

@@ -23,6 +23,7 @@ from jaxtyping import Int
 from numpy.typing import NDArray
 from torch import Tensor
 
+from hooklens.errors import InputError
 from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter
 from hooklens.plotting.statistic import TrajectoryStatistic
@@ -91,9 +92,9 @@ def bootstrap_ci(
     """
     data = np.asarray(values, dtype=float)
     if data.shape[0] < 2:
-        raise ValueError(f"need at least 2 values to bootstrap, got {data.shape[0]}")
+        raise InputError(f"need at least 2 values to bootstrap, got {data.shape[0]}")
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise InputError(f"confidence must be in (0, 1), got {confidence}")
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, data.shape[0], size=(n_resamples, data.shape[0]))
     means = np.nanmean(data[draws], axis=1)  # [resample, ...]
@@ -118,7 +119,7 @@ class LayerEffect:
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=float)
         if self.values.ndim != 2:
-            raise ValueError(f"values must be [prompt, layer], got {self.values.shape}")
+            raise InputError(f"values must be [prompt, layer], got {self.values.shape}")
         self.mean, self.low, self.high = bootstrap_ci(self.values, confidence=self.confidence)
         if self.layer_labels is None:
             n = self.values.shape[1]

@@ -34,6 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hooklens.causal.effects import _set_log_prob
+from hooklens.errors import InputError
 from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter, _is_hooked_transformer
 
@@ -167,7 +168,7 @@ def patching_sweep(
     −1 padding). The lens must read `resid_pre`.
     """
     if lens.component != "resid_pre":
-        raise ValueError(
+        raise InputError(
             f"the sweep patches resid_pre; pass a lens that reads it, not {lens.component}"
         )
     adapter = ModelAdapter(model)
@@ -176,7 +177,7 @@ def patching_sweep(
         for t in (clean_tokens, corrupted_tokens)
     )
     if clean_tokens.shape != corrupted_tokens.shape:
-        raise ValueError(
+        raise InputError(
             f"clean {tuple(clean_tokens.shape)} and corrupted {tuple(corrupted_tokens.shape)} "
             "tokens must have the same shape (patching copies position by position)"
         )
@@ -271,7 +272,7 @@ def _id_sets(ids: Any, n_prompts: int) -> Tensor:
     if t.ndim == 1:
         t = t[:, None]
     if t.shape[0] != n_prompts:
-        raise ValueError(f"{t.shape[0]} target sets for {n_prompts} prompts")
+        raise InputError(f"{t.shape[0]} target sets for {n_prompts} prompts")
     return t[:, None, :]
 
 

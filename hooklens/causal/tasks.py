@@ -19,6 +19,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hooklens.errors import InputError
+
 GREATER_THAN_TEMPLATE = "The {noun} lasted from the year 17{yy} to the year 17"
 NOUNS = ("war", "expedition", "drought", "reign", "siege", "famine", "voyage", "dynasty")
 
@@ -61,7 +63,7 @@ class Task:
 def _single_token_id(tokenizer: Any, text: str) -> int:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
-        raise ValueError(f"{text!r} is {len(ids)} tokens for this tokenizer; the task needs 1")
+        raise InputError(f"{text!r} is {len(ids)} tokens for this tokenizer; the task needs 1")
     return int(ids[0])
 
 
@@ -93,7 +95,7 @@ def greater_than(tokenizer: Any, n_prompts: int = 64, seed: int = 0) -> Task:
     clean_ids = _tokenize_same_length(tokenizer, prompts)
     corrupted_ids = _tokenize_same_length(tokenizer, corrupted)
     if clean_ids.shape != corrupted_ids.shape:
-        raise ValueError("clean and corrupted prompts tokenise to different lengths")
+        raise InputError("clean and corrupted prompts tokenise to different lengths")
     return Task(
         name="greater-than",
         prompts=prompts,
@@ -109,7 +111,7 @@ def _tokenize_same_length(tokenizer: Any, texts: list[str]) -> Tensor:
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     lengths = {len(i) for i in ids}
     if len(lengths) != 1:
-        raise ValueError(
+        raise InputError(
             f"the prompts tokenise to {sorted(lengths)} tokens; this task needs one length "
             "(a tokenizer that writes each digit as a token)"
         )

@@ -36,6 +36,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from hooklens.artifacts import (
+    LensNotFoundError,
     check_fingerprint,
     load_weights_only,
     read_lens_dir,
@@ -84,7 +85,7 @@ class JacobianLens(Lens):
     ):
         if n_layers is None:
             if unembed.adapter is None:
-                raise ValueError("pass n_layers, or build the lens with JacobianLens.from_model")
+                raise InputError("pass n_layers, or build the lens with JacobianLens.from_model")
             n_layers = unembed.adapter.n_layers
         super().__init__(unembed, n_layers)
         self.component = normalize_component(component)
@@ -350,7 +351,7 @@ class JacobianLens(Lens):
         if path.is_dir():
             return cls._from_dir(path, adapter, strict=strict, component=component)
         if not path.is_file():
-            raise FileNotFoundError(f"no Jacobian lens at {path}")
+            raise LensNotFoundError(f"no Jacobian lens at {path}")
         payload = load_weights_only(path, "a Jacobian lens (.pt artifact or fit checkpoint)")
         jacobians, n_prompts, metadata = _parse_reference(payload, path)
         lens = cls(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from hooklens.errors import InputError
 from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter
 from hooklens.unembed import Unembed
@@ -24,7 +25,7 @@ class LogitLens(Lens):
     def __init__(self, unembed: Unembed, n_layers: int | None = None):
         if n_layers is None:
             if unembed.adapter is None:
-                raise ValueError("pass n_layers, or build the lens with LogitLens.from_model")
+                raise InputError("pass n_layers, or build the lens with LogitLens.from_model")
             n_layers = unembed.adapter.n_layers
         super().__init__(unembed, n_layers)
 

@@ -283,13 +283,13 @@ class TunedLens(Lens):
         strict = kwargs.pop("strict", True)
         allowed = set(inspect.signature(load_artifacts).parameters) - {"resource_id"}
         if unknown := sorted(set(kwargs) - allowed):
-            raise TypeError(
+            raise InputTypeError(
                 f"unexpected arguments {unknown}; expected some of "
                 f"{sorted(allowed | {'map_location', 'strict'})} (of torch.load's arguments "
                 "only map_location is taken: the parameters are read with weights_only=True)"
             )
         if unembed.adapter is None:
-            raise ValueError("the unembedding must come from a model: Unembed.from_model(model)")
+            raise InputError("the unembedding must come from a model: Unembed.from_model(model)")
         device = parameter_device(map_location)  # refused before anything downloads
         config_path, params_path = load_artifacts(lens_resource_id, **kwargs)
         files = read_lens_files(config_path, params_path, map_location=device)

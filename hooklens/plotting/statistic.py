@@ -10,10 +10,12 @@ import numpy as np
 import plotly.graph_objects as go
 from numpy.typing import NDArray
 
+from hooklens.errors import InputError
+
 
 def _stride_keep_last(x: NDArray, stride: int, axis: int = 0) -> NDArray:
     if not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride must be a positive int, got {stride!r}")
+        raise InputError(f"stride must be a positive int, got {stride!r}")
     x = np.moveaxis(np.asarray(x), axis, 0)
     kept = np.concatenate([x[:-1:stride], x[-1:]])
     return np.moveaxis(kept, 0, axis)
@@ -88,12 +90,12 @@ class TrajectoryStatistic:
     def __post_init__(self) -> None:
         self.stats = np.asarray(self.stats)
         if self.stats.ndim < 2:
-            raise ValueError(f"stats must be [..., layer, pos], got shape {self.stats.shape}")
+            raise InputError(f"stats must be [..., layer, pos], got shape {self.stats.shape}")
         n_layers, n_pos = self.stats.shape[-2:]
         if self.trajectory_labels is not None and (
             self.trajectory_labels.label_strings.shape != (n_layers, n_pos)
         ):
-            raise ValueError(
+            raise InputError(
                 f"labels are {self.trajectory_labels.label_strings.shape}, "
                 f"stats are [layer, pos] = {(n_layers, n_pos)}"
             )
@@ -101,9 +103,9 @@ class TrajectoryStatistic:
             self.padding = np.asarray(self.padding, dtype=bool)
             expected = (*self.stats.shape[:-2], n_pos)
             if self.padding.shape != expected:
-                raise ValueError(f"padding is {self.padding.shape}, stats need {expected}")
+                raise InputError(f"padding is {self.padding.shape}, stats need {expected}")
         if self.sequence_labels is not None and len(self.sequence_labels) != n_pos:
-            raise ValueError(f"{len(self.sequence_labels)} sequence labels for {n_pos} positions")
+            raise InputError(f"{len(self.sequence_labels)} sequence labels for {n_pos} positions")
         if self.layer_labels is None:
             names = [str(i) for i in range(n_layers - self.includes_output)]
             self.layer_labels = np.array(names + ["output"] * self.includes_output)
@@ -128,7 +130,7 @@ class TrajectoryStatistic:
     def clip(self, min: float, max: float) -> TrajectoryStatistic:
         """Clip values to `[min, max]` (and fix the colour scale there)."""
         if not min < max:
-            raise ValueError(f"min must be less than max, got {min} >= {max}")
+            raise InputError(f"min must be less than max, got {min} >= {max}")
         return replace(self, stats=np.clip(self.stats, min, max), min=min, max=max)
 
     def stride(self, stride: int) -> TrajectoryStatistic:
@@ -159,7 +161,7 @@ class TrajectoryStatistic:
         colorbar: dict[str, Any] = {"title": {"text": title, "side": "right"}}
         if log_scale:
             if zmin <= 0:
-                raise ValueError("log_scale needs positive values; clip() them first")
+                raise InputError("log_scale needs positive values; clip() them first")
             z, zmin, zmax = np.log10(z), np.log10(zmin), np.log10(zmax)
             ticks = np.arange(np.ceil(zmin), np.floor(zmax) + 1)
             colorbar.update(tickmode="array", tickvals=ticks, ticktext=[f"1e{t:g}" for t in ticks])

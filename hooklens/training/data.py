@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from hooklens.errors import DataError, InputError, InputTypeError
+from hooklens.errors import DataError, InputError, InputTypeError, MissingFileError
 from hooklens.files import atomic_write_text
 from hooklens.models import cache_dir
 
@@ -105,10 +105,10 @@ def check_data_source(source: str, text_field: str = "text") -> None:
                 "lines=True) writes a .jsonl of one object per row)"
             )
         if _looks_like_path(source) and not Path(source).exists() and not files:
-            raise FileNotFoundError(f"no data file or directory at {source}")
+            raise MissingFileError(f"no data file or directory at {source}")
         return  # a hub name (or a local dataset directory, which datasets reads)
     if not files:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no data file at {source}: check the path (a glob like notes/*.txt works too)"
         )
     found = [(file, _first_record(file, suffix)) for file in files]
@@ -235,7 +235,7 @@ def load_texts(source: str, *, streaming: bool = False, split: str = "train") ->
     if builder is not None:
         files = sorted(glob.glob(source))
         if not files:
-            raise FileNotFoundError(f"no data file at {source}")
+            raise MissingFileError(f"no data file at {source}")
         if all(Path(file).stat().st_size == 0 for file in files):
             raise DataError(f"{source} is empty: give a file with some text")
         return datasets.load_dataset(builder, data_files=source, split="train", streaming=streaming)
@@ -262,7 +262,7 @@ def pack(
     text but the last incomplete chunk). `separator` (default: the tokenizer's EOS)
     goes between texts."""
     if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+        raise InputError(f"seq_len must be at least 2, got {seq_len}")
     if separator is None:
         separator = tokenizer.eos_token_id
     buffer: list[int] = []

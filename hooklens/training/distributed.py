@@ -18,6 +18,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from hooklens.errors import InputError
+
 T = TypeVar("T")
 
 
@@ -121,9 +123,9 @@ def shard_blocks(model: torch.nn.Module, *, cpu_offload: bool = False) -> torch.
 
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, torch.nn.ModuleList):
-        raise ValueError(f"{type(model).__name__} has no `blocks` list to shard")
+        raise InputError(f"{type(model).__name__} has no `blocks` list to shard")
     if not active():
-        raise ValueError("sharding needs several processes: start with torchrun")
+        raise InputError("sharding needs several processes: start with torchrun")
     policy = CPUOffloadPolicy() if cpu_offload else None
     for block in blocks:
         if policy is None:

@@ -357,7 +357,7 @@ def check_lens_path(path: str, model_name: str | None = None) -> None:
             return
     if Path(path).suffix == REFERENCE_SUFFIX:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"no Jacobian lens at {path}: the file does not exist")
+            raise LensNotFoundError(f"no Jacobian lens at {path}: the file does not exist")
         return
     lens_dir_files(path)
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hooklens.allocator import retain_freed_memory
+from hooklens.errors import InputError
 from hooklens.lenses.tuned import TunedLens
 from hooklens.model import ModelAdapter
 from hooklens.training import distributed
@@ -67,7 +68,7 @@ class LeastSquaresMoments:
         """`(M, b)` minimising the ridge objective for `layer` (float64); `b = 0` without
         an intercept."""
         if self.count == 0:
-            raise ValueError("no data: call update() with at least one batch first")
+            raise InputError("no data: call update() with at least one batch first")
         d = self.xx.shape[-1]
         n = float(self.count)
         sum_x = self.x[layer]

@@ -39,7 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hooklens.artifacts import load_weights_only
-from hooklens.errors import HooklensError, InputError, RunStateError
+from hooklens.errors import HooklensError, InputError, MissingFileError, RunStateError
 from hooklens.files import atomic_write
 from hooklens.model import ModelAdapter, _same_model_name, fingerprint_of
 from hooklens.training import distributed
@@ -575,7 +575,7 @@ def run(args: Any) -> int:
     output, checkpoint = Path(args.output), checkpoint_path(args.output)
     # Every rank checks: none writes before all have reached the fit's first reduction.
     if args.resume and not checkpoint.is_file():
-        raise FileNotFoundError(f"no fit to resume: {checkpoint} does not exist")
+        raise MissingFileError(f"no fit to resume: {checkpoint} does not exist")
     if not args.resume and (output.exists() or checkpoint.exists()):
         raise OutputExistsError(
             f"{output if output.exists() else checkpoint} exists: pass --resume to continue "

@@ -28,6 +28,7 @@ from hooklens.errors import (
     DataError,
     InputError,
     LensMismatchError,
+    MissingFileError,
     OutputExistsError,
     RunStateError,
 )
@@ -238,7 +239,7 @@ def _load_checkpoint(directory: Path | None, config: TrainConfig) -> dict[str, A
     """The checkpoint to resume, refused unless it was made with `config` by as many
     processes as this run has."""
     if directory is None or not (directory / CHECKPOINT_FILE).is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no {CHECKPOINT_FILE} to resume from in {directory}: train without "
             "resume=True to start the run"
         )

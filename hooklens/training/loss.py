@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hooklens.errors import InputError
 from hooklens.unembed import Unembed
 
 
@@ -108,7 +109,7 @@ class ChunkedKL(torch.autograd.Function):
         if needs_grad:
             if target_term is None:
                 if target_projection is None:
-                    raise ValueError("pass target_projection (q W_Uᵀ) when there is no softcap")
+                    raise InputError("pass target_projection (q W_Uᵀ) when there is no softcap")
                 target_term = target_projection
             grad = (model_term / running_sum[:, None] - target_term) / rows
             ctx.save_for_backward(grad.to(normed.dtype))

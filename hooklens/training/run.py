@@ -21,7 +21,13 @@ from pathlib import Path
 import torch
 
 from hooklens import models
-from hooklens.errors import DataError, InputError, OutputExistsError, RunStateError
+from hooklens.errors import (
+    DataError,
+    InputError,
+    MissingFileError,
+    OutputExistsError,
+    RunStateError,
+)
 from hooklens.files import atomic_write_text
 from hooklens.lenses.tuned import TunedLens
 from hooklens.precision import MATMUL_DTYPES, describe
@@ -214,7 +220,7 @@ def _check_output(args: argparse.Namespace, output: Path, settings: dict) -> Non
             if (output / RUN_FILE).is_file() and _holds_no_run(output)
             else ""
         )
-        raise FileNotFoundError(f"no checkpoint to resume in {output / 'checkpoint'}{stopped}")
+        raise MissingFileError(f"no checkpoint to resume in {output / 'checkpoint'}{stopped}")
     if not (output / RUN_FILE).is_file():
         raise RunStateError(
             f"{output} has a checkpoint but no {RUN_FILE}, so its settings are unknown: "
