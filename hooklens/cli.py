@@ -58,8 +58,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.max_tokens < 1:
         raise InputError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     evaluation.check_output_file(args.output, "report.html")
-    for directory in args.lens:
-        evaluation.check_lens_path(directory, args.model)  # said before the model loads
+    evaluation.check_lens_paths(args.lens, args.model)  # said before the model loads
     text = _read_text(args)
     start = time.perf_counter()
     with torch.no_grad():

@@ -357,3 +357,30 @@ def test_fit_jlens_loads_the_model_onto_device(capsys, monkeypatch, model, corpu
     assert [kwargs["device"] for kwargs in asked] == ["cpu"]
     assert [kwargs["processing"] for kwargs in asked] == [False]
     assert output.is_file()
+
+
+@pytest.mark.parametrize("command", ["eval", "report"])
+def test_a_jacobian_lens_beside_a_processed_tuned_lens_is_refused_before_loading(
+    command, capsys, must_not_load, model, corpus, word_tokenizer, tmp_path
+):
+    """Each would be refused with the other's flag (--processing / --no-processing):
+    say once, before the model loads, that no one load reads both, and what to do."""
+    from hooklens import JacobianLens
+
+    processed = tmp_path / "processed-lens"
+    TunedLens.from_model(make_bridge(word_tokenizer, "llama", processing=True)).save(processed)
+    jacobian = tmp_path / "jlens.pt"
+    JacobianLens.from_model(model).save(jacobian)
+    lenses = ["--lens", str(processed), "--lens", str(jacobian)]
+    extra = ["--data", str(corpus)] if command == "eval" else ["--text", WORDS]
+    output = tmp_path / ("eval.json" if command == "eval" else "report.html")
+    assert main([command, *lenses, *extra, "--output", str(output)]) == 2
+    error = one_line_error(capsys)
+    assert "no one model load reads both" in error and "--model-class bridge" in error
+    assert not output.exists()
+    # the raw tuned lens beside the same Jacobian lens is fine (checked, not refused)
+    raw = tmp_path / "raw-lens"
+    TunedLens.from_model(model).save(raw)
+    from hooklens.training.evaluate import check_lens_paths
+
+    check_lens_paths([str(raw), str(jacobian)])

@@ -336,6 +336,10 @@ def is_jacobian_lens(path: str | Path) -> bool:
     return isinstance(config, dict) and config.get("lens_type") == JACOBIAN_LENS_TYPE
 
 
+PROCESSING_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed")
+"""The fingerprint entries that record TransformerLens weight processing."""
+
+
 def check_lens_path(path: str, model_name: str | None = None) -> None:
     """Refuse, before any model loads, a `--lens` that holds no lens.
 
@@ -360,6 +364,33 @@ def check_lens_path(path: str, model_name: str | None = None) -> None:
             raise LensNotFoundError(f"no Jacobian lens at {path}: the file does not exist")
         return
     lens_dir_files(path)
+
+
+def check_lens_paths(sources: list[str], model_name: str | None = None) -> None:
+    """`check_lens_path` for each `--lens`, then refuse a set of lenses no one model
+    load can read: a Jacobian lens reads raw activations, so it cannot sit beside a
+    tuned lens trained on TransformerLens-processed weights (each would be refused with
+    the other's flag)."""
+    for source in sources:
+        check_lens_path(source, model_name)
+    jacobian = [s for s in sources if not Path(s).exists() or is_jacobian_lens(s)]
+    processed = [s for s in sources if s not in jacobian and _trained_on_processed(Path(s))]
+    if jacobian and processed:
+        raise InputError(
+            f"--lens {processed[0]} was trained on TransformerLens-processed weights and the "
+            f"Jacobian lens {jacobian[0]} reads raw activations, so no one model load reads "
+            "both: evaluate them apart, or train the tuned lens on raw weights (a bridge: "
+            "python demos/demo.py --model-class bridge) and pass --model-class bridge"
+        )
+
+
+def _trained_on_processed(directory: Path) -> bool:
+    """Whether the tuned lens saved in `directory` records TransformerLens weight processing."""
+    try:
+        saved = json.loads((directory / "config.json").read_text()).get("fingerprint") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any(saved.get(flag) for flag in PROCESSING_FLAGS)
 
 
 def load_lens(directory: str, model: Any) -> Lens:
@@ -402,7 +433,7 @@ def _mismatch_advice(directory: Path, adapter: ModelAdapter) -> str | None:
             f"this lens was trained for {name!r}, the model is {adapter.model_name!r}; "
             f"pass --model {models.loadable_name(name)}"
         )
-    flags = ("fold_ln", "center_writing_weights", "center_unembed")
+    flags = PROCESSING_FLAGS
     actual = adapter.processing
     if saved and any(saved.get(flag) != getattr(actual, flag) for flag in flags):
         was = "processed" if any(saved.get(flag) for flag in flags) else "unprocessed"
@@ -434,8 +465,7 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise InputError(f"--{flag.replace('_', '-')} must be at least {minimum}, got {value}")
     check_output_file(args.output, "eval.json")
     check_data_source(args.data, args.text_field)
-    for directory in args.lens:
-        check_lens_path(directory, args.model)  # a missing lens is said before the model loads
+    check_lens_paths(args.lens, args.model)  # a missing lens is said before the model loads
 
 
 def lens_label(source: str) -> str:
