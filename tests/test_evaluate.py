@@ -43,6 +43,41 @@ def test_evaluation_reports_every_layer_for_every_lens(model_zoo):
     assert len(figure(results).data) == 2
 
 
+def test_evaluation_caches_only_the_residuals_its_lenses_read(model_zoo, monkeypatch):
+    """A whole cache is ~2.8 GB per 1,024 SmolLM2 tokens; `hooklens eval --tokens 4096`
+    with three lenses once ran out of 24 GB holding it. Only residual hooks, for every
+    lens's component, may be cached, and each batch's cache is gone before the next."""
+    import weakref
+
+    from hooklens import JacobianLens
+    from hooklens.model import ModelAdapter
+
+    model = model_zoo["bridge-llama"]
+    adapter = ModelAdapter(model)
+    lenses = {
+        "logit": LogitLens.from_model(model),
+        "jacobian": JacobianLens.from_model(model, component="resid_post"),
+    }
+    cached, alive = [], []
+    real = model.run_with_cache
+
+    def recording(*args, **kwargs):
+        logits, cache = real(*args, **kwargs)
+        alive.append(sum(ref() is not None for ref in cached))
+        cached.append(weakref.ref(cache))
+        recording.keys = set(cache.keys())
+        return logits, cache
+
+    monkeypatch.setattr(model, "run_with_cache", recording)
+    generator = torch.Generator().manual_seed(0)
+    token_batches = [torch.randint(4, 10, (2, 6), generator=generator) for _ in range(3)]
+    results = evaluate_lenses(model, lenses, token_batches)
+    read = set(adapter.residual_hook_names("resid_pre") + adapter.residual_hook_names("resid_post"))
+    assert recording.keys == read
+    assert alive == [0, 0, 0]  # no earlier batch's cache outlived its batch
+    assert results["tokens"] == 36
+
+
 def test_layer_transfer_diagonal_is_the_lens_and_columns_are_residuals(model_zoo):
     model = model_zoo["hooked-rms-processed"]
     generator = torch.Generator().manual_seed(1)
