@@ -65,6 +65,16 @@ def _randomise_norms_and_biases(module: torch.nn.Module, seed: int) -> None:
                 param.copy_(0.1 * torch.randn(param.shape, generator=generator))
 
 
+def randomised(lens, seed: int = 0):
+    """`lens` with every parameter drawn from N(0, 0.1²), so it differs from the logit
+    lens at every layer; returned for chaining."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in lens.parameters():
+            param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    return lens
+
+
 NO_HOOKED_TRANSFORMER = (
     "needs HookedTransformer, which TransformerLens 4.0 removed (this venv has "
     "transformer-lens {version}); the TransformerBridge cases run here"

@@ -24,15 +24,7 @@ from hooklens import (
     get_residual,
 )
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
-from tests.conftest import N_LAYERS, VOCAB, make_hooked
-
-
-def _randomised(lens: TunedLens, seed: int = 0) -> TunedLens:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in lens.parameters():
-            param.copy_(0.1 * torch.randn(param.shape, generator=generator))
-    return lens
+from tests.conftest import N_LAYERS, VOCAB, make_hooked, randomised
 
 
 @pytest.fixture
@@ -180,7 +172,7 @@ def test_a_negative_input_id_in_a_cache_trajectory_says_to_use_a_mask(hooked, id
 
 def test_a_lens_changed_in_place_is_refused_not_mixed(hooked, ids):
     logits, cache = hooked.run_with_cache(ids)
-    lens = _randomised(TunedLens.from_model(hooked))
+    lens = randomised(TunedLens.from_model(hooked))
     traj = PredictionTrajectory.from_lens_and_cache(lens, ids, cache, logits)
     logit = PredictionTrajectory.from_lens_and_cache(
         LogitLens.from_model(hooked), ids, cache, logits
@@ -328,7 +320,7 @@ def test_units_other_than_nats_or_bits_are_refused(hooked, ids, units):
 
 def test_a_half_precision_lens_reads_a_float32_cache(hooked, ids):
     logits, cache = hooked.run_with_cache(ids)
-    lens = _randomised(TunedLens.from_model(hooked))
+    lens = randomised(TunedLens.from_model(hooked))
     half = copy.deepcopy(lens).half()
     got = PredictionTrajectory.from_lens_and_cache(half, ids, cache, logits).entropy().stats
     h = cache["blocks.1.hook_resid_pre"]

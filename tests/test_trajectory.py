@@ -10,18 +10,13 @@ import torch
 
 from hooklens import LogitLens, NonFiniteActivationError, TunedLens, stats
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
-from tests.conftest import N_LAYERS, VOCAB, make_hooked
+from tests.conftest import N_LAYERS, VOCAB, make_hooked, randomised
 
 CLOSE = dict(atol=1e-5, rtol=1e-5)
 
 
 def _tuned(model, seed: int = 0) -> TunedLens:
-    lens = TunedLens.from_model(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in lens.parameters():
-            param.copy_(0.1 * torch.randn(param.shape, generator=generator))
-    return lens
+    return randomised(TunedLens.from_model(model), seed)
 
 
 def _full_log_probs(lens, cache, logits, mask_ids=None):

@@ -20,19 +20,14 @@ from hooklens import (
 from hooklens import trajectory as trajectory_module
 from hooklens.streaming import pair_stats
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
-from tests.conftest import N_LAYERS, VOCAB
+from tests.conftest import N_LAYERS, VOCAB, randomised
 
 CLOSE = dict(atol=2e-5, rtol=1e-5)
 MODELS = ["hooked-rms", "bridge-llama"]  # one of each TransformerLens model class
 
 
 def _tuned(model, seed: int = 0) -> TunedLens:
-    lens = TunedLens.from_model(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in lens.parameters():
-            param.copy_(0.1 * torch.randn(param.shape, generator=generator))
-    return lens
+    return randomised(TunedLens.from_model(model), seed)
 
 
 @pytest.fixture
