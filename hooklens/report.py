@@ -161,9 +161,7 @@ def trajectory_report(
         logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
     targets = next_token_targets(tokens)
     trajectories = {
-        name: PredictionTrajectory.from_lens_and_cache(
-            lens, tokens, cache, logits, targets=targets, residual_component=lens.component
-        )
+        name: PredictionTrajectory.from_lens_and_cache(lens, tokens, cache, logits, targets=targets)
         for name, lens in all_lenses.items()
     }
     sections = [

@@ -141,7 +141,7 @@ def transformer_lens_translator(
     lens: Lens, *, incl_mid: bool | None = None, model: Any = None
 ) -> TransformerLensTranslator:
     """`lens` as the `lens=` argument of TransformerLens 4's `logit_lens`, giving the
-    readout of our `PredictionTrajectory` at `residual_component=lens.component`.
+    readout of our `PredictionTrajectory` of the same lens (its own `lens.component`).
 
     Args:
         lens: any hooklens `Lens` (`LogitLens`, `TunedLens`, `JacobianLens`, ...).
@@ -171,8 +171,7 @@ def transformer_lens_translator(
         >>> result = logit_lens(model, cache=cache, positions=None, return_type="log_probs",
         ...                     lens=transformer_lens_translator(lens, model=model))
         ...                                                               # doctest: +SKIP
-        >>> traj = PredictionTrajectory.from_lens_and_cache(
-        ...     lens, tokens, cache, logits, residual_component=lens.component)
+        >>> traj = PredictionTrajectory.from_lens_and_cache(lens, tokens, cache, logits)
         ...                                                               # doctest: +SKIP
         >>> row = transformer_lens_translator(lens).lens_row(5)           # doctest: +SKIP
         >>> bool((result.values[5] - traj.layer_log_probs(row)).abs().max() < 1e-4)

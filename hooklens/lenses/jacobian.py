@@ -68,8 +68,7 @@ class JacobianLens(Lens):
     Examples:
         >>> from hooklens import JacobianLens, PredictionTrajectory
         >>> lens = JacobianLens.load("jlens.pt", model=model)          # doctest: +SKIP
-        >>> traj = PredictionTrajectory.from_lens_and_cache(
-        ...     lens, tokens, cache, logits, residual_component=lens.component)
+        >>> traj = PredictionTrajectory.from_lens_and_cache(lens, tokens, cache, logits)
         ...                                                             # doctest: +SKIP
     """
 

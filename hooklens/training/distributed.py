@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from hooklens.errors import InputError
+from hooklens.validation import available_device
 
 T = TypeVar("T")
 
@@ -34,6 +35,14 @@ def init_from_environment(device: torch.device | str | None = None) -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     return True
+
+
+def command_device(requested: str | None) -> str:
+    """The device a command runs on: `--device` as given, else cuda if there is a GPU,
+    else cpu. One this machine lacks is refused before anything loads (`InputError`)."""
+    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    available_device(device, f"--device {device}")
+    return device
 
 
 def rank_device(device: str) -> str:

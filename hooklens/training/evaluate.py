@@ -13,6 +13,7 @@ the text, whatever the context.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -38,7 +39,7 @@ from hooklens.files import atomic_write, atomic_write_text
 from hooklens.lenses import JacobianLens, Lens, LogitLens, TunedLens
 from hooklens.lenses.jacobian import LENS_TYPE as JACOBIAN_LENS_TYPE
 from hooklens.lenses.jacobian import REFERENCE_SUFFIX
-from hooklens.model import ModelAdapter, _same_model_name
+from hooklens.model import ModelAdapter, WeightProcessing, _same_model_name
 from hooklens.plotting.tokens import decode_token
 from hooklens.stats import LogitStats, kl_divergence
 from hooklens.training.data import batches, check_data_source, load_texts, pack, split_texts
@@ -158,7 +159,7 @@ def evaluate_lenses(
             marginals.output.update(logits)
         for name, lens in lenses.items():
             trajectory = PredictionTrajectory.from_lens_and_cache(
-                lens, tokens, cache, logits, targets=targets, residual_component=lens.component
+                lens, tokens, cache, logits, targets=targets
             )
             totals = sums.setdefault(name, {})
             for metric, (total, count) in layer_sums(trajectory).items():
@@ -345,7 +346,7 @@ def is_jacobian_lens(path: str | Path) -> bool:
     return isinstance(config, dict) and config.get("lens_type") == JACOBIAN_LENS_TYPE
 
 
-PROCESSING_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed")
+PROCESSING_FLAGS = tuple(flag.name for flag in dataclasses.fields(WeightProcessing))
 """The fingerprint entries that record TransformerLens weight processing."""
 
 
@@ -442,10 +443,9 @@ def _mismatch_advice(directory: Path, adapter: ModelAdapter) -> str | None:
             f"this lens was trained for {name!r}, the model is {adapter.model_name!r}; "
             f"pass --model {models.loadable_name(name)}"
         )
-    flags = PROCESSING_FLAGS
     actual = adapter.processing
-    if saved and any(saved.get(flag) != getattr(actual, flag) for flag in flags):
-        was = "processed" if any(saved.get(flag) for flag in flags) else "unprocessed"
+    if saved and any(saved.get(flag) != getattr(actual, flag) for flag in PROCESSING_FLAGS):
+        was = "processed" if any(saved.get(flag) for flag in PROCESSING_FLAGS) else "unprocessed"
         flag = "--processing" if was == "processed" else "--no-processing"
         return (
             f"this lens was trained on {was} weights (TransformerLens's fold_ln, "

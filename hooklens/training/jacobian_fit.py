@@ -43,12 +43,7 @@ from hooklens.errors import HooklensError, InputError, MissingFileError, RunStat
 from hooklens.files import atomic_write
 from hooklens.model import ModelAdapter, _same_model_name, fingerprint_of
 from hooklens.training import distributed
-from hooklens.validation import (
-    available_device,
-    check_id_range,
-    positive_int,
-    token_id_tensor,
-)
+from hooklens.validation import check_id_range, positive_int, token_id_tensor
 
 # Our own checkpoint entry, beside the reference's keys: what a resume must repeat.
 # TransformerLens's and our `JacobianLens.load` read a checkpoint without it.
@@ -569,8 +564,7 @@ def run(args: Any) -> int:
         positive_int(getattr(args, flag), f"--{flag.replace('_', '-')}")
     if args.skip_first < 0:
         raise InputError(f"--skip-first must be at least 0, got {args.skip_first}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    available_device(device, f"--device {device}")
+    device = distributed.command_device(args.device)
     distributed.init_from_environment()  # gloo: the fit reduces CPU tensors
     output, checkpoint = Path(args.output), checkpoint_path(args.output)
     # Every rank checks: none writes before all have reached the fit's first reduction.

@@ -42,7 +42,6 @@ from hooklens.training.data import (
 )
 from hooklens.training.fast_fit import fit_tuned_lens
 from hooklens.training.loop import CHECKPOINT_FILE, TrainConfig, train_lens
-from hooklens.validation import available_device
 
 RUN_FILE = "run.json"  # written once the run has started: the settings a --resume repeats
 RUN_OUTPUTS = (RUN_FILE, "checkpoint", "lens", "history.json")  # what --overwrite removes
@@ -298,8 +297,7 @@ def run(args: argparse.Namespace) -> int:
     config = _train_config(args)
     check_data_source(args.data, args.text_field)
     args.model_class = models.resolve_model_class(args.model_class)  # recorded in run.json
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    available_device(device, f"--device {device}")
+    device = distributed.command_device(args.device)
     distributed.init_from_environment(device)
     world = distributed.world_size()
     if args.batch_size % world:
