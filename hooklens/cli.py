@@ -81,6 +81,13 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_jlens(args: argparse.Namespace) -> int:
+    # One fit at a time owns --output (and the checkpoint named after it), before the
+    # fit's own checks: a fit finishing meanwhile could otherwise be replaced.
+    with training.owned_output([Path(args.output)], "hooklens fit-jlens"):
+        return jacobian_fit.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hooklens", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -137,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     jacobian_fit.add_arguments(fit_jlens)
-    fit_jlens.set_defaults(run=jacobian_fit.run)
+    fit_jlens.set_defaults(run=_fit_jlens)
     return parser
 
 

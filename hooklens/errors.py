@@ -75,3 +75,15 @@ class OutputExistsError(HooklensError, FileExistsError):
 
 class RunStateError(HooklensError, ValueError):
     """A resume whose checkpoint or settings do not match the run being resumed."""
+
+
+class OutputLockedError(HooklensError, RuntimeError):
+    """An output is owned by another run (its lock names the process); wait or write elsewhere."""
+
+
+class OutputWriteError(HooklensError, OSError):
+    """A file could not be written (full disk, read-only file system, no permission); the
+    earlier file is kept. `errno` is the cause's (`errno.ENOSPC`, ...) where it is known."""
+
+    def __str__(self) -> str:  # OSError would show "[Errno 28] None: 'path'"; we want the line
+        return str(self.args[0]) if self.args else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -166,3 +167,129 @@ def test_markdown_and_html_tables_have_a_row_per_layer_and_a_column_per_lens():
     table = html_table(per_layer)
     assert table.count("</td></tr>") == 3 and "a &lt;tuned&gt; lens" in table
     assert table.count("<td>") == 3 * len(SHOWN) * 2
+
+
+# --- hooklens eval's output files: never two on one path, never two runs on one file ---
+
+
+@pytest.fixture
+def eval_corpus(tmp_path):
+    import json
+
+    path = tmp_path / "texts.jsonl"
+    rows = [" ".join(f"w{4 + (i * 7 + j) % 90}" for j in range(40)) for i in range(60)]
+    path.write_text("".join(json.dumps({"text": row}) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def eval_model(monkeypatch, model_zoo):
+    """`models.load` returns the tiny llama bridge; the names asked for are recorded."""
+    from hooklens import models
+
+    asked: list[str] = []
+
+    def load(name, **kwargs):
+        asked.append(name)
+        return model_zoo["bridge-llama"]
+
+    monkeypatch.setattr(models, "load", load)
+    return asked
+
+
+def _eval(corpus, output, *extra):
+    from hooklens.cli import main
+
+    arguments = ["eval", "--data", str(corpus), "--output", str(output), "--seq-len", "16"]
+    return main([*arguments, "--tokens", "32", *extra])
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("name", ["ev.html", "ev.HTML"])
+def test_eval_refuses_results_named_like_its_figures_page_before_loading(
+    eval_model, eval_corpus, tmp_path, capsys, name
+):
+    """Was: the results JSON written to ev.html, then overwritten by the figures page,
+    exit 0 with "wrote ev.html and ev.html"."""
+    assert _eval(eval_corpus, tmp_path / name) == 2
+    err = _one_line(capsys)
+    assert f"--output {tmp_path / name}: the figures would be written over the results" in err
+    assert f"like --output {tmp_path / 'ev.json'}" in err
+    assert eval_model == []  # refused before the model loads
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.jsonl"]  # nothing written
+
+
+def test_eval_writes_results_and_figures_apart_and_says_which(
+    eval_model, eval_corpus, tmp_path, capsys
+):
+    import json
+
+    output = tmp_path / "ev.json"
+    assert _eval(eval_corpus, output, "--record-logit-stats") == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    stats = tmp_path / "ev.logit-stats.safetensors"
+    assert last == (
+        f"wrote {output} (results), {tmp_path / 'ev.html'} (figures) and {stats} (logit stats)"
+    )
+    results = json.loads(output.read_text())
+    assert results["logit_stats"]["file"] == stats.name
+    assert (tmp_path / "ev.html").read_text().startswith("<!DOCTYPE html>")
+    assert stats.is_file()
+    assert not list(tmp_path.glob(".*"))  # no lock file and no temporary left behind
+
+
+def test_eval_refuses_a_figures_page_path_that_is_a_directory(
+    eval_model, eval_corpus, tmp_path, capsys
+):
+    (tmp_path / "ev.html").mkdir()
+    assert _eval(eval_corpus, tmp_path / "ev.json") == 2
+    assert f"its figures go to {tmp_path / 'ev.html'}, which is a directory" in _one_line(capsys)
+    assert eval_model == []
+
+
+def test_eval_into_files_another_run_owns_is_refused_before_loading(
+    eval_model, eval_corpus, tmp_path, capsys
+):
+    """ev.json and ev.txt share their figures page ev.html: one run at a time owns it."""
+    from hooklens.files import output_lock
+
+    with output_lock(tmp_path / "ev.html", "hooklens eval"):
+        assert _eval(eval_corpus, tmp_path / "ev.txt") == 2
+    err = _one_line(capsys)
+    assert f"{tmp_path / 'ev.html'} is in use by another run: process {os.getpid()} on" in err
+    assert "(hooklens eval, since " in err
+    assert err.rstrip().endswith("wait for that run to end, or choose another --output")
+    assert eval_model == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.jsonl"]
+    assert _eval(eval_corpus, tmp_path / "ev.txt") == 0  # released: the retry runs
+
+
+def test_eval_on_a_full_disk_says_so_and_keeps_the_earlier_files(
+    eval_model, eval_corpus, tmp_path, capsys, monkeypatch
+):
+    from hooklens.training import evaluate
+
+    output = tmp_path / "ev.json"
+    assert _eval(eval_corpus, output) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    class SafetensorError(Exception):  # what safetensors raises, text and all
+        pass
+
+    def full(*args, **kwargs):
+        raise SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    monkeypatch.setattr(evaluate, "save_file", full)
+    capsys.readouterr()
+    assert _eval(eval_corpus, output, "--record-logit-stats") == 2
+    err = _one_line(capsys)
+    stats = tmp_path / "ev.logit-stats.safetensors"
+    assert f"could not write {stats}: the disk is full" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # all or nothing

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from hooklens import LensFileError, LensMismatchError, OutputExistsError, TunedLens
 from hooklens.artifacts import LensNotFoundError
+from hooklens.errors import OutputWriteError
 from hooklens.files import STALE_AFTER_S, StagedWrites, atomic_write, atomic_write_text
 from hooklens.models import has_hooked_transformer
 from tests.conftest import D_MODEL, N_LAYERS, VOCAB, make_hooked, skip_without_hooked_transformer
@@ -190,8 +192,12 @@ def test_a_failed_save_leaves_the_previous_lens_and_no_temporary_files(model, sa
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("hooklens.artifacts.save_file", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    # One line naming the real file (not its temporary), the cause, and what was kept.
+    params = saved / "params.safetensors"
+    kept = f"could not write {params}: the disk is full; the earlier params.safetensors is kept"
+    with pytest.raises(OutputWriteError, match=re.escape(kept)) as failed:
         _trained(model, seed=5).save(saved)
+    assert isinstance(failed.value, OSError) and failed.value.errno == 28
     assert sorted(p.name for p in saved.iterdir()) == ["config.json", "params.safetensors"]
     assert _same_parameters(TunedLens.load(saved, model=model), before)
 

@@ -35,7 +35,7 @@ from hooklens import comparison, hub, models, precision
 from hooklens.artifacts import LensNotFoundError, lens_dir_files
 from hooklens.comparison import layer_sums
 from hooklens.errors import DataError, InputError, LensMismatchError
-from hooklens.files import atomic_write, atomic_write_text
+from hooklens.files import StagedWrites, output_lock
 from hooklens.lenses import JacobianLens, Lens, LogitLens, TunedLens
 from hooklens.lenses.jacobian import LENS_TYPE as JACOBIAN_LENS_TYPE
 from hooklens.lenses.jacobian import REFERENCE_SUFFIX
@@ -292,7 +292,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output",
         default="hooklens-eval.json",
-        help="the results file; its figures go beside it with the suffix .html",
+        help="the results file (JSON; not .html); its figures go beside it with the suffix "
+        ".html (eval.json: eval.html)",
     )
     parser.add_argument(
         "--transfer-tokens",
@@ -331,6 +332,42 @@ def check_output_file(output: str | Path, example: str) -> None:
         raise InputError(
             f"--output {output} is a directory; give a file name like {Path(output) / example}"
         )
+
+
+FIGURES_SUFFIX = ".html"
+
+
+def output_files(output: str | Path, *, logit_stats: bool = False) -> dict[str, Path]:
+    """What `hooklens eval --output OUTPUT` writes: `{"results": OUTPUT, "figures":
+    OUTPUT with the suffix .html, "logit stats": beside them (with logit_stats)}`."""
+    output = Path(output)
+    files = {"results": output, "figures": output.with_suffix(FIGURES_SUFFIX)}
+    if logit_stats:
+        files["logit stats"] = logit_stats_file(output)
+    return files
+
+
+def check_output_files(output: str | Path, *, logit_stats: bool = False) -> dict[str, Path]:
+    """Refuse, before any work, an `--output` whose files would overwrite one another (the
+    results named `.html`, where the figures page goes) or land on a directory."""
+    check_output_file(output, "eval.json")
+    files = output_files(output, logit_stats=logit_stats)
+    seen: dict[str, str] = {}
+    for kind, path in files.items():
+        key = os.path.normcase(str(path.resolve())).casefold()  # ev.HTML is ev.html on macOS
+        if key in seen:
+            raise InputError(
+                f"--output {output}: the {kind} would be written over the {seen[key]}, since "
+                f"the figures page goes beside the results with the suffix {FIGURES_SUFFIX}; "
+                f"give the results a .json name, like --output {Path(output).with_suffix('.json')}"
+            )
+        seen[key] = kind
+        if kind != "results" and path.is_dir():
+            raise InputError(
+                f"--output {output}: its {kind} go to {path}, which is a directory; move it "
+                "or choose another --output"
+            )
+    return files
 
 
 def is_jacobian_lens(path: str | Path) -> bool:
@@ -472,7 +509,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value < minimum:
             raise InputError(f"--{flag.replace('_', '-')} must be at least {minimum}, got {value}")
-    check_output_file(args.output, "eval.json")
+    check_output_files(args.output, logit_stats=args.record_logit_stats)
     check_data_source(args.data, args.text_field)
     check_lens_paths(args.lens, args.model)  # a missing lens is said before the model loads
 
@@ -513,6 +550,18 @@ def held_out_chunks(args: argparse.Namespace, tokenizer: Any) -> Iterator[Tensor
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
+    files = output_files(args.output, logit_stats=args.record_logit_stats)
+    lock = output_lock(
+        files.values(),
+        "hooklens eval",
+        advice="wait for that run to end, or choose another --output",
+        on_stale=lambda message: print(f"hooklens eval: {message}", file=sys.stderr),
+    )
+    with lock:  # before the model loads: a second eval into these files stops at once
+        return _evaluate(args, files)
+
+
+def _evaluate(args: argparse.Namespace, files: dict[str, Path]) -> int:
     model = models.load(args.model, model_class=args.model_class, processing=args.processing)
     lenses: dict[str, Lens] = {"logit lens": LogitLens.from_model(model)}
     for directory in args.lens:
@@ -550,27 +599,32 @@ def run(args: argparse.Namespace) -> int:
             )
             results["transfer"][name] = np.round(matrix, 6).tolist()
             figures.append(transfer_figure(matrix, name))
-    output = Path(args.output)
-    if marginals is not None:
-        stats_file = logit_stats_file(output)
-        metadata = {"tokens": str(marginals.output.n), "results": output.name}
-        atomic_write(stats_file, lambda tmp: save_file(marginals.tensors(), tmp, metadata))
-        results["logit_stats"] = {"file": stats_file.name, "tokens": marginals.output.n}
-    atomic_write_text(output, json.dumps(results, indent=1) + "\n")
+    output = files["results"]
     html = [f.to_html(full_html=False, include_plotlyjs=i == 0) for i, f in enumerate(figures)]
-    atomic_write_text(
-        output.with_suffix(".html"),
-        "<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>\n"
-        + "\n".join(html)
-        + "\n</body></html>\n",
-    )
+    # All or nothing: a failed write (a full disk) replaces none of the earlier files, and
+    # the results, which name the logit-stats file, are renamed into place last.
+    with StagedWrites() as staged:
+        if marginals is not None:
+            metadata = {"tokens": str(marginals.output.n), "results": output.name}
+            tensors = marginals.tensors()
+            staged.stage(files["logit stats"], lambda tmp: save_file(tensors, tmp, metadata))
+            results["logit_stats"] = {
+                "file": files["logit stats"].name,
+                "tokens": marginals.output.n,
+            }
+        page = (
+            "<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>\n"
+            + "\n".join(html)
+            + "\n</body></html>\n"
+        )
+        staged.stage(files["figures"], lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+        text = json.dumps(results, indent=1) + "\n"
+        staged.stage(output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     print(f"{results['tokens']} held-out tokens, the mean per token of each:")
     for metric in comparison.SHOWN:
         print(f"\n{comparison.TITLES[metric]}\n")
         print(comparison.markdown_table(results["lenses"], metric))
     print()
-    written = [str(output), str(output.with_suffix(".html"))]
-    if marginals is not None:
-        written.append(str(logit_stats_file(output)))
+    written = [f"{path} ({kind})" for kind, path in files.items()]
     print(f"wrote {', '.join(written[:-1])} and {written[-1]}")
     return 0

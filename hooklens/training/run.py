@@ -11,10 +11,12 @@ import argparse
 import importlib.util
 import itertools
 import json
+import os
 import shutil
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,12 +25,13 @@ import torch
 from hooklens import models
 from hooklens.errors import (
     DataError,
+    HooklensError,
     InputError,
     MissingFileError,
     OutputExistsError,
     RunStateError,
 )
-from hooklens.files import atomic_write_text
+from hooklens.files import atomic_write_text, output_lock
 from hooklens.lenses.tuned import TunedLens
 from hooklens.precision import MATMUL_DTYPES, describe
 from hooklens.training import distributed
@@ -291,8 +294,9 @@ def _wandb_logger(project: str | None, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check everything cheap (arguments, data, output) before the model loads, and
-    write run.json only once the model and the first chunk of data are in hand."""
+    """Check everything cheap (arguments, data) before the model loads, take the lock of
+    --output, check the output under it, and write run.json only once the model and the
+    first chunk of data are in hand."""
     _check_arguments(args)
     config = _train_config(args)
     check_data_source(args.data, args.text_field)
@@ -307,7 +311,46 @@ def run(args: argparse.Namespace) -> int:
         )
     output = Path(args.output)
     settings = _run_settings(args, config)
-    _check_output(args, output, settings)
+    # Checked under the lock: a run that finished between our check and our start would
+    # otherwise be replaced without --overwrite.
+    with owned_output([output], "hooklens train"):
+        _check_output(args, output, settings)
+        _train(args, config, device, output, settings)
+    return 0
+
+
+@contextmanager
+def owned_output(paths: list[Path], command: str) -> Iterator[None]:
+    """Own `paths` for this run (`hooklens.files.output_lock`); under torchrun rank 0
+    owns them for all ranks. In a process group every rank learns whether it could, so
+    none waits for the others in vain; before the group is joined the other ranks go on,
+    and torchrun stops them when rank 0 fails."""
+    grouped = distributed.active()
+    primary = distributed.is_primary() if grouped else os.environ.get("RANK", "0") == "0"
+    with ExitStack() as stack:
+        refusal: HooklensError | None = None
+        if primary:
+            lock = output_lock(
+                paths,
+                command,
+                advice="wait for that run to end, or choose another --output",
+                on_stale=lambda message: print(f"{command}: {message}", file=sys.stderr),
+            )
+            try:
+                stack.enter_context(lock)
+            except HooklensError as error:
+                refusal = error
+        if grouped:
+            refusal = distributed.broadcast_object(refusal)
+        if refusal is not None:
+            raise refusal
+        yield
+
+
+def _train(
+    args: argparse.Namespace, config: TrainConfig, device: str, output: Path, settings: dict
+) -> None:
+    world = distributed.world_size()
     if distributed.is_primary():
         if args.resume and args.matmul_dtype == "auto":
             print("matmul dtype: the one auto chose when the run began (its checkpoint says)")
@@ -349,7 +392,6 @@ def run(args: argparse.Namespace) -> int:
             f"{time.perf_counter() - start:.0f}s"
         )
     distributed.barrier()
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
