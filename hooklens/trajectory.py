@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -115,19 +116,24 @@ def next_token_targets(
     return targets
 
 
-def _mask_tensor(attention_mask: Any, shape: tuple[int, ...]) -> Tensor:
+def _mask_tensor(
+    attention_mask: Any,
+    shape: tuple[int, ...],
+    name: str = "attention_mask",
+    ids_name: str = "input_ids",
+) -> Tensor:
     """`attention_mask` (1 = real token, 0 = padding) as a bool tensor of `shape`."""
     try:
         mask = torch.as_tensor(attention_mask).detach().cpu()
     except (ValueError, TypeError, RuntimeError):
-        raise InputError("attention_mask must be a [..., pos] array of 1s and 0s") from None
+        raise InputError(f"{name} must be a [..., pos] array of 1s and 0s") from None
     if tuple(mask.shape) != tuple(shape):
         raise InputError(
-            f"attention_mask is {tuple(mask.shape)}, but input_ids are {tuple(shape)}: "
+            f"{name} is {tuple(mask.shape)}, but {ids_name} are {tuple(shape)}: "
             "give one entry per token (1 = real, 0 = padding)"
         )
     if not bool(((mask == 0) | (mask == 1)).all()):
-        raise InputError("attention_mask must hold 1 (real token) or 0 (padding) only")
+        raise InputError(f"{name} must hold 1 (real token) or 0 (padding) only")
     return mask.bool()
 
 
@@ -155,6 +161,34 @@ def infer_padding(input_ids: Tensor, tokenizer: Any, prepend_bos: bool = False) 
         if bool(padded_rows.any()) and not bool(padded_rows.all()):
             return mask.reshape(input_ids.shape)
     return None
+
+
+def model_padding(ids: Tensor, adapter: ModelAdapter, tokenizer: Any = None) -> Tensor | None:
+    """The attention mask of the padding `adapter`'s model added to a batch of `ids`
+    (`infer_padding` with its tokenizer, or `tokenizer`, and its BOS setting), or None.
+
+    What every reader of a model's token batches assumes when not given a mask.
+    """
+    if ids.ndim < 2:
+        return None
+    prepend_bos = bool(getattr(adapter.cfg, "default_prepend_bos", False))
+    return infer_padding(ids, tokenizer or adapter.tokenizer, prepend_bos)
+
+
+def checked_attention_mask(
+    ids: Tensor,
+    attention_mask: Any,
+    adapter: ModelAdapter,
+    *,
+    name: str = "attention_mask",
+    ids_name: str = "input_ids",
+) -> Tensor | None:
+    """`attention_mask` as a bool tensor shaped like `ids` (checked: 1s and 0s; `name`
+    and `ids_name` name both in errors), or when None the padding `adapter`'s model
+    added (`model_padding`), or None."""
+    if attention_mask is not None:
+        return _mask_tensor(attention_mask, tuple(ids.shape), name, ids_name)
+    return model_padding(ids, adapter)
 
 
 def _check_logits_match(
@@ -355,9 +389,8 @@ class PredictionTrajectory:
             final = get_residual(cache, lens.n_layers, component, adapter)
             _check_logits_match(lens, final, model_logits)
         tokenizer = getattr(getattr(cache, "model", None), "tokenizer", None) or adapter.tokenizer
-        if attention_mask is None and ids is not None and ids.ndim > 1:
-            prepend_bos = bool(getattr(adapter.cfg, "default_prepend_bos", False))
-            attention_mask = infer_padding(ids, tokenizer, prepend_bos)
+        if attention_mask is None and ids is not None:
+            attention_mask = model_padding(ids, adapter, tokenizer)
         return cls(
             lens,
             residuals,
@@ -395,6 +428,10 @@ class PredictionTrajectory:
         the residuals as the hooks left them. `attention_mask` (1 = token, 0 = padding)
         is passed to the model and to the trajectory; by default it is the padding
         TransformerLens added, if any (see `from_lens_and_cache`).
+
+        A text longer than the model's context (`n_ctx` tokens) is cut to its first
+        `n_ctx` tokens with a `hooklens.report.TextCutWarning` that says how many were
+        dropped, as `trajectory_report` does; token ids longer than that are refused.
         """
         adapter = ModelAdapter(model)
         if lens.adapter.model is not model:
@@ -407,7 +444,23 @@ class PredictionTrajectory:
                     "this model has no tokenizer, so it cannot read text: pass token ids, "
                     "or set model.set_tokenizer(tokenizer)"
                 )
-            input_ids = model.to_tokens(input_ids)[0]
+            text = input_ids
+            text_ids: Tensor = model.to_tokens(text, truncate=False)[0]
+            n_ctx = getattr(adapter.cfg, "n_ctx", None)
+            if n_ctx and text_ids.shape[-1] > n_ctx:
+                # The report's notice, so both say a cut the same way (report imports us).
+                from hooklens.report import TextCutWarning, cut_notice
+
+                dropped = text_ids.shape[-1] - n_ctx
+                warnings.warn(
+                    f"{cut_notice(model, text, n_ctx)}: the last {dropped} tokens are not "
+                    f"read. Split the text into pieces of at most {n_ctx} tokens to read "
+                    "them all, or pass the token ids you mean to read",
+                    TextCutWarning,
+                    stacklevel=2,
+                )
+                text_ids = text_ids[:n_ctx]
+            input_ids = text_ids
         ids = _as_long(input_ids, "input_ids")
         assert ids is not None
         if ids.ndim == 0 or ids.numel() == 0:
@@ -486,12 +539,15 @@ class PredictionTrajectory:
             tokenizer: turns ids into labels; without one, figures have no token labels.
             topk: how many most likely tokens to keep per cell.
             attention_mask: `[..., pos]` 1 for real tokens, 0 for padding (nothing is
-                inferred: pass it for a padded batch).
+                inferred: pass it for a padded batch). Without one, a position whose
+                rows are all zero (padding) is refused, not read as a uniform
+                distribution.
 
         Raises:
             InputError: a shape that does not fit `input_ids` (with the axis to move if
-                the layer axis comes first), probabilities instead of their logarithm,
-                or ids outside the vocabulary.
+                the layer axis comes first), probabilities instead of their logarithm
+                (at any position: rows of zeros are padding), padding without an
+                `attention_mask`, or ids outside the vocabulary.
             NonFiniteActivationError: NaN or +inf, or a row with no finite entry.
 
         Examples:
@@ -504,7 +560,8 @@ class PredictionTrajectory:
             (4, 3)
         """
         ids = _input_ids(input_ids)
-        source = LogProbSource(log_probs, tuple(ids.shape))
+        padding = None if attention_mask is None else ~_mask_tensor(attention_mask, ids.shape)
+        source = LogProbSource(log_probs, tuple(ids.shape), padding=padding)
         return cls._from_source(
             source,
             ids,

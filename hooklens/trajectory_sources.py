@@ -19,7 +19,6 @@ place) whose `-inf` entries are raised to the finite floor.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -226,9 +225,13 @@ class LogProbSource(RowSource):
     """Rows of a `[..., layer + 1, pos, vocab]` tensor of log-probabilities or logits
     (numpy arrays too), its last layer row the model's output.
 
-    Checked once when built (one max and one min per row, no full-size temporaries):
-    the shape against `ids_shape`, no NaN or +inf, every distribution with some finite
-    entry (`-inf` = probability 0 is fine), and not probabilities by mistake.
+    Checked once when built (one min-max pass per row, and a sum where a row lies in
+    [0, 1]; no full-size temporaries): the shape against `ids_shape`, no NaN or +inf,
+    and at every position that is not `padding` (`[*ids_shape]` bool, True = padding):
+    some finite entry in every row (`-inf` = probability 0 is fine), and no row of
+    probabilities by mistake. Without `padding` (no attention mask given), a position
+    whose rows are all zero, padding that would read as a uniform distribution, is
+    refused too.
     """
 
     def __init__(
@@ -236,12 +239,13 @@ class LogProbSource(RowSource):
         log_probs: Any,
         ids_shape: tuple[int, ...],
         *,
+        padding: Tensor | None = None,
         version: int | None = None,
     ):
         self.log_probs = _as_float_tensor(log_probs)
         self._ids_shape = ids_shape
         if version is None:
-            self._validate()
+            self._validate(padding)
         self.n_layers = int(self.log_probs.shape[-3]) - 1
         self.vocab_size = int(self.log_probs.shape[-1])
         n_pos = int(self.log_probs.shape[-2])
@@ -250,7 +254,7 @@ class LogProbSource(RowSource):
         self._grid = self.log_probs.reshape(-1, self.n_layers + 1, n_pos, self.vocab_size)
         self._version = self.log_probs._version if version is None else version
 
-    def _validate(self) -> None:
+    def _validate(self, padding: Tensor | None) -> None:
         lp, shape = self.log_probs, self._ids_shape
         axes = ", ".join([*map(str, shape[:-1]), "layer + 1", str(shape[-1]), "vocab"])
         expected = f"[..., layer + 1, pos, vocab] = [{axes}]"
@@ -274,10 +278,16 @@ class LogProbSource(RowSource):
         if lp.shape[-1] < 1:
             raise InputError("log_probs have an empty vocabulary axis")
         n_layers = lp.shape[-3] - 1
-        lowest, highest = math.inf, -math.inf
+        real = (
+            torch.ones(shape, dtype=torch.bool, device=lp.device)
+            if padding is None
+            else ~padding.to(lp.device)
+        )
+        all_zero = torch.ones(shape, dtype=torch.bool, device=lp.device)
         for layer in range(n_layers + 1):
             row = lp[..., layer, :, :]
-            top = row.amax(dim=-1)  # NaN and +inf propagate; -inf = no finite entry
+            # One pass per row: NaN and +inf propagate to both; -inf max = no finite entry.
+            low, top = torch.aminmax(row, dim=-1)
             name = "the output row" if layer == n_layers else f"layer {layer}"
             if bool(torch.isnan(top).any()):
                 raise NonFiniteActivationError(
@@ -285,20 +295,26 @@ class LogProbSource(RowSource):
                 )
             if bool(torch.isposinf(top).any()):
                 raise NonFiniteActivationError(f"log_probs hold +inf at {name}")
-            if bool(torch.isneginf(top).any()):
+            if bool((torch.isneginf(top) & real).any()):
                 raise NonFiniteActivationError(
                     f"log_probs at {name} have a position where every entry is -inf: "
-                    "no token has any probability there"
+                    "no token has any probability there (if it is padding, pass "
+                    "attention_mask with 0 there)"
                 )
-            lowest = min(lowest, float(row.amin()))
-            highest = max(highest, float(top.amax()))
-        if lowest >= 0.0 and highest <= 1.0:
-            first = lp.reshape(-1, lp.shape[-1])[0].double().sum().item()
-            if abs(first - 1.0) < 1e-3:
-                raise InputError(
-                    "log_probs look like probabilities (every value in [0, 1], a row sums "
-                    "to 1): pass their logarithm, probs.log()"
-                )
+            zero = (low == 0) & (top == 0)
+            all_zero &= zero
+            _refuse_probabilities(row, low, top, zero | ~real, name)
+        if padding is None and lp.shape[-1] > 1 and bool(all_zero.any()):
+            # One vocabulary entry has no other log-probability than zero.
+            where = tuple(int(i) for i in all_zero.nonzero()[0])
+            raise InputError(
+                f"log_probs are all zero at {int(all_zero.sum())} position(s) of input_ids "
+                f"(the first at index {where}) in every row: that is padding, not "
+                "log-probabilities, and read as logits it would count as a uniform "
+                "distribution in every mean. Pass attention_mask with 0 at the padding and "
+                "1 elsewhere, e.g. attention_mask=(log_probs != 0).any(-1).any(-2); if those "
+                "rows really are uniform logits, pass attention_mask=torch.ones_like(input_ids)"
+            )
 
     @property
     def device(self) -> torch.device:
@@ -335,6 +351,45 @@ class LogProbSource(RowSource):
 
     def describe(self) -> str:
         return f"source=log_probs[{str(self.log_probs.dtype).removeprefix('torch.')}]"
+
+
+def _refuse_probabilities(
+    row: Float[Tensor, "... pos vocab"],
+    low: Float[Tensor, "... pos"],
+    top: Float[Tensor, "... pos"],
+    skip: Tensor,
+    name: str,
+) -> None:
+    """Refuse a row of log_probs that holds probabilities: every entry in [0, 1], summing
+    to 1. Checked at every position, not one: probabilities with a padding row of zeros
+    first, or a single row of probabilities among log-probabilities, would otherwise be
+    read as logits, a different and silently wrong distribution. Positions in `skip`
+    (all-zero rows, padding) are no evidence either way.
+
+    A logit row that happens to lie in [0, 1] and sum to 1 is refused too, but only a
+    constructed one does; its `log_softmax(-1)` passes. One vocabulary entry reads the
+    same either way (probability 1), so it is never refused.
+    """
+    if row.shape[-1] < 2:
+        return
+    # Sums accumulate in float32 at least; the tolerance covers the rounding of the
+    # entries themselves (float16, bfloat16), far below what a logit row's sum differs by.
+    tolerance = max(1e-3, 8 * torch.finfo(row.dtype).eps)
+    candidates = (low >= 0) & (top <= 1) & ~skip
+    if not bool(candidates.any()):
+        return
+    totals = row.sum(dim=-1).double()
+    summing_to_one = candidates & ((totals - 1).abs() <= tolerance)
+    if bool(summing_to_one.any()):
+        where = tuple(int(i) for i in summing_to_one.nonzero()[0])
+        raise InputError(
+            f"log_probs look like probabilities, not log-probabilities or logits: at {name}, "
+            f"{int(summing_to_one.sum())} position(s) hold only values in [0, 1] that sum to 1 "
+            f"(the first at index {where} of [..., pos]; rows of zeros count as padding). "
+            "Pass their logarithm, probs.log() (0 becomes -inf, probability 0), with "
+            "attention_mask 0 at any padding; if these really are logits, pass "
+            "logits.log_softmax(-1)"
+        )
 
 
 def _as_float_tensor(log_probs: Any) -> Tensor:

@@ -353,3 +353,229 @@ def _tuned(model) -> TunedLens:
                 param.copy_(0.05 * torch.randn(param.shape, generator=generator))
         _TUNED[id(model)] = lens
     return _TUNED[id(model)]
+
+
+# --- PredictionTrajectory.from_log_probs ---------------------------------------------------
+#
+# Tensors computed elsewhere: log-probabilities, logits or (by mistake) probabilities, in
+# four dtypes, with random padding (zeros, -inf or junk; masked or not), NaN, infinities,
+# whole rows of -inf, wrong ranks, the layer axis first, lists, integer tensors, bad ids
+# and bad masks. The contract (the docstring of `from_log_probs`), written out below as
+# `_log_probs_refused`, says which must be refused; everything else must give the float64
+# statistics of the tensor as given.
+
+LP_KINDS = ["log_probs", "logits", "probs"]
+LP_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+LP_PADS = ["zero", "-inf", "junk"]
+LP_FAULTS = [
+    "nan",
+    "+inf",
+    "-inf row",
+    "no layer axis",
+    "extra axis",
+    "layer axis first",
+    "list",
+    "integer",
+    "one row",
+    "empty vocab",
+    "ids too long",
+    "ids out of range",
+    "mask shape",
+    "mask values",
+]
+
+
+@dataclass
+class LogProbCase:
+    log_probs: Any  # what is passed
+    ids: Any
+    mask: Any
+    targets: Any
+    topk: int
+    units: str
+
+
+@st.composite
+def log_prob_cases(draw) -> LogProbCase:
+    """One call: a tensor of some kind and dtype, maybe padded, with at most one fault."""
+    fault = draw(st.sampled_from(["none"] * len(LP_FAULTS) + LP_FAULTS))
+    batch = draw(st.sampled_from([(), (1,), (2,), (2, 2)]))
+    rows, pos = draw(st.integers(2, 4)), draw(st.integers(1, 5))
+    vocab = draw(st.sampled_from([1, 2, 3, 7, 12]))
+    kind, dtype = draw(st.sampled_from(LP_KINDS)), draw(st.sampled_from(LP_DTYPES))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    scale = draw(st.sampled_from([0.1, 1.0, 8.0]))
+    logits = scale * torch.randn(*batch, rows, pos, vocab, generator=generator, dtype=torch.float64)
+    if kind == "log_probs":
+        x = logits.log_softmax(-1)
+    elif kind == "probs":
+        x = logits.softmax(-1)
+    else:
+        x = logits
+    ids = torch.randint(0, vocab, (*batch, pos), generator=generator)
+    # Padding: whole positions (every row), filled with zeros, -inf or junk logits.
+    mask = None
+    if batch and pos >= 2 and draw(st.booleans()):
+        padded = torch.rand(*batch, pos, generator=generator) < 0.4
+        pad = draw(st.sampled_from(LP_PADS))
+        fill = {"zero": 0.0, "-inf": -math.inf}.get(pad)
+        where = padded[..., None, :, None].expand(x.shape)
+        x = x.masked_fill(where, fill) if fill is not None else torch.where(where, 3 * x, x)
+        if draw(st.booleans()):
+            mask = (~padded).long()
+    x = x.to(dtype)
+    flat = x.view(-1)  # faults on one drawn entry or row
+    if fault == "nan":
+        flat[draw(st.integers(0, flat.numel() - 1))] = math.nan
+    elif fault == "+inf":
+        flat[draw(st.integers(0, flat.numel() - 1))] = math.inf
+    elif fault == "-inf row":
+        x.view(-1, vocab)[draw(st.integers(0, x.numel() // vocab - 1))] = -math.inf
+    elif fault == "ids out of range":
+        ids.view(-1)[-1] = vocab + draw(st.integers(0, 3))
+    elif fault == "mask shape":
+        mask = torch.ones(*batch, pos + 1, dtype=torch.long)
+    elif fault == "mask values":
+        mask = torch.full((*batch, pos), 2)
+    given: Any = {
+        "no layer axis": lambda: x[..., 0, :, :],
+        "extra axis": lambda: x[None],
+        "layer axis first": lambda: x.movedim(-3, 0),
+        "list": lambda: list(x.unbind(-3)),
+        "integer": lambda: x.nan_to_num(0.0).long(),
+        "one row": lambda: x[..., :1, :, :],
+        "empty vocab": lambda: x[..., :0],
+    }.get(fault, lambda: x)()
+    if fault == "ids too long":
+        ids = torch.cat([ids, ids[..., :1]], -1)
+    targets = None
+    target_kind = draw(st.sampled_from(["none", "next", "random"]))
+    if target_kind == "next":
+        targets = next_token_targets(ids, None if fault.startswith("mask") else mask)
+    elif target_kind == "random" and mask is None:
+        targets = torch.randint(-1, vocab, ids.shape, generator=generator)
+    return LogProbCase(
+        log_probs=given,
+        ids=ids,
+        mask=mask,
+        targets=targets,
+        topk=draw(st.integers(1, vocab)),
+        units=draw(st.sampled_from(["nats", "bits"])),
+    )
+
+
+def _log_probs_refused(case: LogProbCase) -> str | None:
+    """Why the documented contract refuses `case` (None: it must be computed).
+
+    Written from the docstring of `from_log_probs` and its messages: a float tensor or
+    array `[..., layer + 1, pos, vocab]` matching `input_ids` `[..., pos]`, with at least
+    one layer and the output row; no NaN or +inf; at each real position some finite
+    entry in every row; no real row of probabilities (entries in [0, 1] summing to 1,
+    up to the dtype's rounding; rows of zeros are padding); and, without an attention
+    mask, no position whose rows are all zero. Ids in the vocabulary, a mask of 1s and
+    0s shaped like the ids.
+    """
+    x, ids, mask = case.log_probs, case.ids, case.mask
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return "type"
+    if x.ndim != ids.ndim + 2 or (*x.shape[:-3], x.shape[-2]) != tuple(ids.shape):
+        return "shape"
+    if x.shape[-3] < 2 or x.shape[-1] < 1:
+        return "rows"
+    vocab = x.shape[-1]
+    if bool(((ids < 0) | (ids >= vocab)).any()):
+        return "ids"
+    if mask is not None and (
+        tuple(mask.shape) != tuple(ids.shape) or not bool(((mask == 0) | (mask == 1)).all())
+    ):
+        return "mask"
+    if case.targets is not None and bool((case.targets >= vocab).any()):
+        return "targets"
+    x = x.double()
+    if bool(x.isnan().any()) or bool(x.isposinf().any()):
+        return "non-finite"
+    real = torch.ones(ids.shape, dtype=torch.bool) if mask is None else mask.bool()
+    real = real[..., None, :].expand(x.shape[:-1])  # [..., rows, pos]
+    if bool((x.isneginf().all(-1) & real).any()):
+        return "no finite entry"
+    zero = (x == 0).all(-1)
+    if vocab >= 2:
+        tolerance = max(1e-3, 8 * torch.finfo(case.log_probs.dtype).eps)
+        in_unit = ((x >= 0) & (x <= 1)).all(-1)
+        sums_to_one = (x.sum(-1) - 1).abs() <= tolerance
+        if bool((in_unit & sums_to_one & ~zero & real).any()):
+            return "probabilities"
+        if mask is None and bool(zero.all(-2).any()):
+            return "unmasked padding"
+    return None
+
+
+def _log_probs_reference(case: LogProbCase) -> dict[str, np.ndarray]:
+    """Entropy and cross-entropy `[..., layer + 1, pos]` of the tensor as given, in
+    float64: each row log-softmaxed (-inf = probability 0), NaN at padding."""
+    log_p = case.log_probs.double().log_softmax(-1)
+    p = log_p.exp()
+    out = {"entropy": -torch.special.xlogy(p, p).sum(-1)}
+    if case.targets is not None:
+        t = case.targets[..., None, :].expand(log_p.shape[:-1])
+        picked = log_p.gather(-1, t.clamp_min(0)[..., None])[..., 0]
+        out["cross_entropy"] = torch.where(t >= 0, -picked, math.nan)
+    scale = 1 / math.log(2) if case.units == "bits" else 1.0
+    padded = None
+    if case.mask is not None:
+        padded = (case.mask == 0)[..., None, :].expand(log_p.shape[:-1])
+    return {
+        name: (
+            value * scale if padded is None else (value * scale).masked_fill(padded, math.nan)
+        ).numpy()
+        for name, value in out.items()
+    }
+
+
+def _close_or_huge(got: np.ndarray, expected: np.ndarray) -> None:
+    """`_close`, except that a target of probability 0 (cross-entropy +inf) may read as
+    the finite floor's huge value."""
+    infinite = np.isposinf(expected)
+    assert (got[infinite] > 1e30).all()
+    _close(np.where(infinite, 0.0, got), np.where(infinite, 0.0, expected))
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
+@given(case=log_prob_cases())
+def test_from_log_probs_returns_the_float64_answer_or_a_hooklens_error(case):
+    call = lambda: PredictionTrajectory.from_log_probs(  # noqa: E731
+        case.log_probs, case.ids, case.targets, topk=case.topk, attention_mask=case.mask
+    )
+    why = _log_probs_refused(case)
+    event(f"from_log_probs: {why or 'computed'}")
+    if why is not None:
+        with pytest.raises(HooklensError):
+            call()
+        return
+    traj = call()
+    expected = _log_probs_reference(case)
+    _close(traj.entropy(units=case.units).stats, expected["entropy"])
+    if case.targets is not None:
+        _close_or_huge(traj.cross_entropy(units=case.units).stats, expected["cross_entropy"])
+
+
+def test_from_log_probs_refuses_the_issues_padded_probabilities():
+    """The example that once passed (issue 23, case 6), kept here as a fixed example."""
+    probs = torch.randn(2, 4, 5, VOCAB, generator=torch.Generator().manual_seed(0)).softmax(-1)
+    probs[0, :, 0] = 0.0
+    case = LogProbCase(probs, torch.full((2, 5), 4), None, None, 5, "nats")
+    assert _log_probs_refused(case) == "probabilities"
+    with pytest.raises(HooklensError, match="look like probabilities"):
+        PredictionTrajectory.from_log_probs(probs, case.ids)
+
+
+# --- J-lens loaders ------------------------------------------------------------------------
+#
+# To come (issue 23, deliverable 3): `JacobianLens.load` of random `.pt` files and
+# directories, good or bad, loads exactly what was saved or raises a HooklensError
+# naming the file.

@@ -285,3 +285,38 @@ def test_bad_requests_are_refused_before_any_work(model_zoo, word_tokenizer):
         lens_faithfulness(other, lens, tokens, layers=[1], progress=False)
     with pytest.raises(InputError, match=r"\[d_model=32"):
         direction_effects(model, lens, tokens, 1, torch.eye(8))
+
+
+def test_padded_tokens_are_refused_not_averaged_in(model_zoo):
+    """Issue 23: padded positions were averaged into the lens and model effects, and
+    pooled into the mean and resample ablations, without a word."""
+    model = model_zoo["bridge-llama"]
+    lens = LogitLens.from_model(model)
+    texts = ["w5 w6 w7 w8 w9", "w4 w5", "w9 w8 w7 w6 w5", "w6 w7 w8"]
+    padded = model.to_tokens(texts)  # right-padded with the pad token, w3
+    pad_id = model.tokenizer.pad_token_id
+    assert (padded == pad_id).any()
+    common = dict(layers=[1], k=2, max_iter=2, progress=False)
+    with pytest.raises(InputError, match=r"tokens are padded: 2 of its 4 sequences") as info:
+        lens_faithfulness(model, lens, padded, **common)
+    message = str(info.value)
+    assert f"id {pad_id}" in message and "tokens[:, :3]" in message
+    assert "attention_mask=torch.ones_like(tokens)" in message
+    with pytest.raises(InputError, match="fit_tokens are padded"):
+        lens_faithfulness(model, lens, padded[:, :3], fit_tokens=padded, **common)
+    with pytest.raises(InputError, match="tokens are padded"):
+        direction_effects(model, lens, padded, 1, _orthonormal(2))
+    # A mask that marks padding is refused as well, pad tokens or not.
+    mask = torch.ones(4, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    with pytest.raises(InputError, match=r"attention_mask marks 2 padded position\(s\)"):
+        lens_faithfulness(model, lens, _tokens(), attention_mask=mask, **common)
+    with pytest.raises(InputError, match=r"attention_mask is \(4, 6\), but tokens are \(4, 7\)"):
+        direction_effects(model, lens, _tokens(), 1, _orthonormal(1), attention_mask=mask[:, :6])
+    # Unpadded rows, and pad-token ids declared real text, are measured as before.
+    cut = padded[:, :3]
+    result = lens_faithfulness(model, lens, cut, **common)
+    declared = lens_faithfulness(
+        model, lens, padded, attention_mask=torch.ones_like(padded), **common
+    )
+    assert result.eval_tokens == cut[2:].numel() and declared.eval_tokens == padded[2:].numel()

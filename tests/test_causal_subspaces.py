@@ -146,6 +146,32 @@ def test_remove_subspace_computes_in_the_wider_dtype_and_returns_the_inputs():
     assert (out.double() @ _projection(basis)).abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["zero", "mean", "resample"])
+@pytest.mark.parametrize("which", ["skewed", "vector", "orthonormal"])
+def test_a_half_precision_basis_is_solved_in_float32(dtype, mode, which):
+    """Issue 23: a bfloat16 basis died in torch's `lu_cpu` (no half-precision solve).
+    Now the result is the float64 answer for those same half-precision inputs, rounded
+    once to the input's dtype."""
+    basis = _bases()[which].to(dtype)
+    u = _random(5, 4, 16, seed=11).to(dtype)
+    generator = torch.Generator().manual_seed(0)
+    out = remove_subspace(u, basis, mode=mode, generator=generator)
+    assert out.dtype == dtype and out.shape == u.shape
+    rows, A = u.double().reshape(20, 16), basis.double().reshape(16, -1)
+    P = _projection(A)
+    replacement = {
+        "zero": 0.0,
+        "mean": rows.mean(0, keepdim=True) @ P,
+        "resample": rows[sample_derangement(20, generator=torch.Generator().manual_seed(0))] @ P,
+    }[mode]
+    expected = rows - rows @ P + replacement
+    # One rounding of the result, plus float32's solve: a few units in the last place.
+    eps = torch.finfo(dtype).eps
+    error = (out.double().reshape(20, 16) - expected).abs()
+    assert bool((error <= 2 * eps * expected.abs() + 4 * eps * rows.abs().max()).all())
+
+
 def test_remove_subspace_is_differentiable_in_the_basis():
     basis = _bases()["skewed"].clone().requires_grad_(True)
     u = _random(6, 16, seed=9)

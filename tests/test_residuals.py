@@ -7,8 +7,15 @@ import re
 import pytest
 import torch
 
-from hooklens import MissingHookError, ModelAdapter, get_residual, residual_stack
-from tests.conftest import D_MODEL, N_LAYERS
+from hooklens import (
+    LensMismatchError,
+    MissingHookError,
+    ModelAdapter,
+    get_residual,
+    iter_residuals,
+    residual_stack,
+)
+from tests.conftest import D_MODEL, N_LAYERS, VOCAB, make_hooked
 
 
 @pytest.mark.parametrize("component", ["resid_pre", "resid_mid", "resid_post"])
@@ -58,3 +65,70 @@ def test_a_bridge_cache_under_canonical_names_is_read_like_the_aliases(model_zoo
     torch.testing.assert_close(lens.log_probs(cache, -1), lens.log_probs(full, -1), atol=0, rtol=0)
     with pytest.raises(MissingHookError, match="resid_mid"):
         residual_stack(cache, "resid_mid")
+
+
+# --- a cache of another model ------------------------------------------------------------
+
+
+def _bridge(tokenizer, n_layers: int):
+    """A tiny llama TransformerBridge with `n_layers` blocks (conftest's has N_LAYERS)."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=64,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    return TransformerBridge.boot_transformers(
+        "tiny-llama", hf_model=LlamaForCausalLM(config).eval(), tokenizer=tokenizer, device="cpu"
+    )
+
+
+def _every_read_refuses(cache, model, match: str) -> None:
+    for read in (
+        lambda: residual_stack(cache, model=model),
+        lambda: get_residual(cache, -1, model=model),
+        lambda: get_residual(cache, N_LAYERS, model=model),
+        lambda: list(iter_residuals(cache, "resid_post", model=model)),
+    ):
+        with pytest.raises(LensMismatchError, match=match):
+            read()
+
+
+def test_a_deeper_models_cache_is_refused_by_model_equals_hooked(hooked, tokens):
+    """Issue 23 (7): a 4-layer cache read with a 3-layer model= once gave blocks 0-2 and
+    block 2's resid_post as "the final residual", without a word."""
+    deeper = make_hooked("RMS", processing=True, n_layers=N_LAYERS + 1)
+    _, cache = deeper.run_with_cache(tokens)
+    _every_read_refuses(cache, hooked, rf"model with {N_LAYERS + 1} blocks.*has {N_LAYERS}")
+    # a plain dict knows no model: its block names tell
+    _every_read_refuses(dict(cache.cache_dict), hooked, rf"blocks up to {N_LAYERS}, but")
+    # and the other way round: a shallower model's cache read with the deeper model
+    _, shallow = hooked.run_with_cache(tokens)
+    _every_read_refuses(shallow, deeper, rf"model with {N_LAYERS} blocks.*is missing")
+    with pytest.raises(MissingHookError, match=rf"deepest block is {N_LAYERS - 1}.*fewer layers"):
+        residual_stack(dict(shallow.cache_dict), model=deeper)
+    # its own model (given or not) reads it as before
+    assert residual_stack(cache, model=deeper).shape[0] == N_LAYERS + 2
+    assert torch.equal(get_residual(cache, -1), cache[f"blocks.{N_LAYERS}.hook_resid_post"])
+
+
+def test_a_deeper_models_cache_is_refused_by_model_equals_bridge(model_zoo, tokens):
+    bridge = model_zoo["bridge-llama"]
+    deeper = _bridge(model_zoo.tokenizer, N_LAYERS + 1)
+    _, cache = deeper.run_with_cache(tokens)
+    _every_read_refuses(cache, bridge, rf"model with {N_LAYERS + 1} blocks.*has {N_LAYERS}")
+    _every_read_refuses(dict(cache.cache_dict), bridge, rf"blocks up to {N_LAYERS}, but")
+    _, shallow = bridge.run_with_cache(tokens)
+    _every_read_refuses(shallow, deeper, rf"model with {N_LAYERS} blocks.*is missing")
+    assert residual_stack(cache, model=deeper).shape[0] == N_LAYERS + 2
+    final = ModelAdapter(deeper).cached_names("resid_post", N_LAYERS)
+    found = next(name for name in final if name in cache.cache_dict)
+    assert torch.equal(get_residual(cache, -1), cache[found])

@@ -116,3 +116,21 @@ def test_fast_fit_skips_the_head_and_fits_the_same_lens(hooked, monkeypatch):
     assert stops == [hooked.cfg.n_layers] * len(data)
     for (name, a), b in zip(skipping.state_dict().items(), full.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_train_lens_refuses_a_lens_with_nothing_to_train(hooked, tmp_path):
+    """Issue 23: a LogitLens reached torch's "optimizer got an empty parameter list"
+    (after the checkpoint directory was claimed)."""
+    from hooklens import InputError, InputTypeError, TunedLens
+    from hooklens.training.loop import train_lens
+
+    batches = [torch.randint(4, VOCAB, (2, 8))]
+    folder = tmp_path / "run"
+    with pytest.raises(InputError, match=r"a LogitLens has no parameters to train.*TunedLens"):
+        train_lens(hooked, LogitLens.from_model(hooked), batches, checkpoint_dir=folder)
+    frozen = TunedLens.from_model(hooked).requires_grad_(False)
+    with pytest.raises(InputError, match=r"frozen \(requires_grad=False\)"):
+        train_lens(hooked, frozen, batches, checkpoint_dir=folder)
+    with pytest.raises(InputTypeError, match="must be a TunedLens"):
+        train_lens(hooked, "lens", batches, checkpoint_dir=folder)  # type: ignore[arg-type]
+    assert not folder.exists()  # refused before anything was written

@@ -269,3 +269,120 @@ def test_top_predictions_are_the_most_likely_tokens(hooked, batch):
     expected = _full_log_probs(lens, cache, logits).topk(traj.topk, dim=-1)
     torch.testing.assert_close(top_probs, expected.values.exp(), atol=1e-6, rtol=1e-5)
     assert torch.equal(top_ids, expected.indices)
+
+
+# --- from_log_probs: probabilities and padding (issue 23, case 6) ------------------------
+
+
+def _probabilities(batch: int = 2, pos: int = 6, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    logits = 2 * torch.randn(batch, N_LAYERS + 1, pos, VOCAB, generator=generator)
+    return logits.softmax(-1)
+
+
+def _entropy64(log_probs: torch.Tensor) -> np.ndarray:
+    p = log_probs.double().log_softmax(-1).exp()
+    return (-torch.special.xlogy(p, p).sum(-1)).numpy()
+
+
+def test_probabilities_whose_first_row_is_padding_are_refused():
+    """The issue's case: probabilities, position 0 padded with zeros, were read as logits
+    (entropy ≈ ln 96 = 4.56 instead of the truth) because only the first row was checked."""
+    probs = _probabilities()
+    probs[0, :, 0] = 0.0  # sequence 0 is left-padded by one position, in every row
+    ids = torch.randint(4, VOCAB, (2, 6), generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match=r"look like probabilities.*probs\.log\(\)") as info:
+        PredictionTrajectory.from_log_probs(probs, ids)
+    assert "layer 0" in str(info.value) and "sum to 1" in str(info.value)
+    # The way the message points: their logarithm, the padding masked, reads the truth.
+    mask = torch.ones_like(ids)
+    mask[0, 0] = 0
+    traj = PredictionTrajectory.from_log_probs(probs.log(), ids, attention_mask=mask)
+    expected = _entropy64(probs.log().clamp_min(-1e30))
+    expected[0, :, 0] = np.nan
+    got = traj.entropy().stats
+    assert np.isnan(got[0, :, 0]).all()
+    np.testing.assert_allclose(np.nan_to_num(got), np.nan_to_num(expected), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["every row", "one output row", "one position", "bfloat16", "numpy", "no batch axis"],
+)
+def test_probabilities_anywhere_are_refused(where):
+    probs = _probabilities(seed=2)
+    log_probs = probs.log()
+    ids = torch.randint(4, VOCAB, (2, 6), generator=torch.Generator().manual_seed(3))
+    given: object = probs
+    if where == "one output row":  # log-probabilities, but the output row as probabilities
+        given = log_probs.clone()
+        given[1, -1, 4] = probs[1, -1, 4]
+    elif where == "one position":
+        given = torch.zeros_like(probs)  # zeros elsewhere: padding, no evidence
+        given[1, :, 2] = probs[1, :, 2]
+    elif where == "bfloat16":
+        given = probs.bfloat16()
+    elif where == "numpy":
+        given = probs.double().numpy()
+    elif where == "no batch axis":
+        given, ids = probs[0], ids[0]
+    with pytest.raises(ValueError, match="look like probabilities"):
+        PredictionTrajectory.from_log_probs(given, ids)
+
+
+def test_logits_in_zero_one_that_are_no_distribution_are_read_as_logits():
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.rand(2, N_LAYERS + 1, 6, VOCAB, generator=generator)  # rows sum to ~48
+    ids = torch.randint(4, VOCAB, (2, 6), generator=generator)
+    traj = PredictionTrajectory.from_log_probs(logits, ids)
+    np.testing.assert_allclose(traj.entropy().stats, _entropy64(logits), atol=1e-5)
+
+
+def test_all_zero_positions_need_an_attention_mask():
+    """Zero rows at every layer are padding: read as logits they would be a uniform
+    distribution counted in every mean, so without a mask they are refused."""
+    generator = torch.Generator().manual_seed(6)
+    log_probs = torch.randn(2, N_LAYERS + 1, 6, VOCAB, generator=generator).log_softmax(-1)
+    log_probs[1, :, 4:] = 0.0  # sequence 1 right-padded by two positions
+    ids = torch.randint(4, VOCAB, (2, 6), generator=generator)
+    with pytest.raises(ValueError, match=r"all zero at 2 position\(s\).*attention_mask"):
+        PredictionTrajectory.from_log_probs(log_probs, ids)
+    mask = (log_probs != 0).any(-1).any(-2)  # the expression the message offers
+    traj = PredictionTrajectory.from_log_probs(log_probs, ids, attention_mask=mask)
+    expected = _entropy64(log_probs)
+    expected[1, :, 4:] = np.nan
+    got = traj.entropy().stats
+    assert (np.isnan(got) == np.isnan(expected)).all()
+    np.testing.assert_allclose(np.nan_to_num(got), np.nan_to_num(expected), atol=1e-5)
+    # Uniform logits on purpose: a mask of ones says so.
+    ones = PredictionTrajectory.from_log_probs(log_probs, ids, attention_mask=torch.ones_like(ids))
+    np.testing.assert_allclose(ones.entropy().stats, _entropy64(log_probs), atol=1e-5)
+    # -inf padding (the log of zero probabilities) is fine where the mask says padding
+    log_probs[1, :, 4:] = -math.inf
+    with pytest.raises(NonFiniteActivationError, match=r"every entry is -inf.*attention_mask"):
+        PredictionTrajectory.from_log_probs(log_probs, ids)
+    masked = PredictionTrajectory.from_log_probs(log_probs, ids, attention_mask=mask)
+    np.testing.assert_allclose(np.nan_to_num(masked.entropy().stats), np.nan_to_num(got))
+
+
+def test_a_text_longer_than_the_context_is_cut_with_a_warning(model_zoo):
+    """It was cut to n_ctx without a word (20k words → 8,191 tokens, then minutes)."""
+    from hooklens.report import TextCutWarning
+
+    bridge = model_zoo["bridge-llama"]
+    n_ctx = bridge.cfg.n_ctx
+    text = " ".join(f"w{5 + i % 80}" for i in range(n_ctx + 10))
+    n_tokens = bridge.to_tokens(text, truncate=False).shape[-1]
+    lens = LogitLens.from_model(bridge)
+    with pytest.warns(TextCutWarning, match=rf"first {n_ctx} of {n_tokens} tokens") as record:
+        traj = PredictionTrajectory.from_lens_and_model(lens, bridge, text)
+    message = str(record[0].message)
+    assert f"the last {n_tokens - n_ctx} tokens are not read" in message
+    assert "Split the text" in message
+    assert record[0].filename == __file__  # points at the caller
+    assert torch.equal(traj.input_ids, bridge.to_tokens(text, truncate=False)[0, :n_ctx].cpu())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TextCutWarning)  # a text that fits: no warning
+        PredictionTrajectory.from_lens_and_model(lens, bridge, "w5 w6 w7")

@@ -23,7 +23,9 @@ The model's run is ablated with `subspace_ablation` at that same tensor, and the
 reads the residual as that hook left it (captured in the same run), so lens and model see
 one ablated tensor for every mode. "mean" and "resample" ablation take their mean (or
 donor tokens) over one forward batch (`batch_size` sequences × positions). Token
-sequences are unpadded rows of equal length (no attention mask). Nothing holds
+sequences are unpadded rows of equal length: padding (given as an attention mask, or
+found the way trajectories find it) is refused, since every position counts in the
+averages and in the mean or resample ablation, and the model runs unmasked. Nothing holds
 `[tokens, vocab]` for more than one batch, nor `[layers, tokens, vocab]` at all: KLs
 stream over vocabulary chunks (`hooklens.streaming.vocab_stats`).
 
@@ -64,6 +66,7 @@ from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter, check_same_model
 from hooklens.residuals import get_residual, row_hook_names
 from hooklens.streaming import logsumexp_chunks, vocab_stats
+from hooklens.trajectory import checked_attention_mask
 from hooklens.validation import check_id_range, positive_int, token_id_tensor
 
 CHUNK_SIZE = 8192  # vocabulary tokens per block of logits
@@ -286,6 +289,8 @@ def lens_faithfulness(
     batch_size: int = 8,
     label: str | None = None,
     progress: bool = True,
+    attention_mask: Any = None,
+    fit_attention_mask: Any = None,
 ) -> FaithfulnessResult:
     """Extract `k` causal directions of `lens` at each of `layers` and compare their
     effect on the lens with their effect on the model, on held-out tokens.
@@ -304,6 +309,12 @@ def lens_faithfulness(
         batch_size: sequences per forward pass.
         label: the lens's name in tables and figures (default its class name).
         progress: show progress bars.
+        attention_mask: `[batch, pos]` 1 = token, 0 = padding, of `tokens`; default the
+            padding the model's tokenizer added, if any (as trajectories find it).
+            Padding is refused (`InputError`): every position counts in the effects
+            and the ablations. Pass `torch.ones_like(tokens)` if pad-token ids in
+            `tokens` are real text.
+        fit_attention_mask: the same for `fit_tokens`.
 
     Examples:
         >>> logit = lens_faithfulness(model, LogitLens.from_model(model), tokens, [6, 14])
@@ -322,7 +333,7 @@ def lens_faithfulness(
         )
     mode = _checked_mode(mode)
     batch_size = positive_int(batch_size, "batch_size")
-    ids = _token_rows(tokens, "tokens", adapter)
+    ids = _token_rows(tokens, "tokens", adapter, attention_mask)
     if fit_tokens is None:
         if ids.shape[0] < 2:
             raise InputError(
@@ -332,7 +343,8 @@ def lens_faithfulness(
             )
         fit, held_out = ids[: ids.shape[0] // 2], ids[ids.shape[0] // 2 :]
     else:
-        fit, held_out = _token_rows(fit_tokens, "fit_tokens", adapter), ids
+        fit = _token_rows(fit_tokens, "fit_tokens", adapter, fit_attention_mask)
+        held_out = ids
 
     hiddens = _residual_rows(model, adapter, fit, rows, component, batch_size)
     bases = extract_causal_bases(
@@ -373,11 +385,13 @@ def direction_effects(
     component: str | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    attention_mask: Any = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """`(lens_effects, model_effects)`, each `[k]` in nats: the mean KL over `tokens` that
     removing each column of `directions` (one at a time) at row `layer` causes in the
     lens's readout and in the model's output. Any directions: a probe's, an SAE
-    feature's, a causal basis's (that is what `lens_faithfulness` passes).
+    feature's, a causal basis's (that is what `lens_faithfulness` passes). Padded
+    `tokens` are refused, as in `lens_faithfulness` (`attention_mask` likewise).
 
     Examples:
         >>> lens_kl, model_kl = direction_effects(model, lens, tokens, 6, torch.eye(576)[:, :3])
@@ -391,7 +405,7 @@ def direction_effects(
         model,
         adapter,
         lens,
-        _token_rows(tokens, "tokens", adapter),
+        _token_rows(tokens, "tokens", adapter, attention_mask),
         {row: vectors},
         mode=_checked_mode(mode),
         component=component,
@@ -611,8 +625,12 @@ def _checked_directions(directions: Tensor, d_model: int) -> Float[Tensor, "d_mo
     return vectors
 
 
-def _token_rows(tokens: Any, name: str, adapter: ModelAdapter) -> Int[Tensor, "batch pos"]:
+def _token_rows(
+    tokens: Any, name: str, adapter: ModelAdapter, attention_mask: Any = None
+) -> Int[Tensor, "batch pos"]:
+    """`tokens` as `[batch, pos]` ids the model can read, without padding."""
     ids = token_id_tensor(tokens, name)
+    given = ids  # the mask, if any, is shaped like what the caller passed
     if ids.ndim == 1:
         ids = ids[None]
     if ids.ndim != 2 or ids.numel() == 0:
@@ -626,7 +644,45 @@ def _token_rows(tokens: Any, name: str, adapter: ModelAdapter) -> Int[Tensor, "b
             f"{name} hold {ids.shape[-1]} positions, more than the model's context of "
             f"n_ctx={n_ctx}: cut them ({name}[:, :{n_ctx}])"
         )
+    _refuse_padding(given, name, adapter, attention_mask)
     return ids
+
+
+def _refuse_padding(
+    ids: Int[Tensor, "*batch pos"], name: str, adapter: ModelAdapter, attention_mask: Any
+) -> None:
+    """Padding would count as text: in the mean KLs, in the mean or resample ablation
+    (pooled over the batch's positions), and in the unmasked model runs. Found as
+    trajectories find it (`checked_attention_mask`), and refused rather than dropped:
+    left out of the averages, it would still be in the ablations' pool."""
+    mask_name = "attention_mask" if name == "tokens" else "fit_attention_mask"
+    mask = checked_attention_mask(ids, attention_mask, adapter, name=mask_name, ids_name=name)
+    if mask is None or bool(mask.all()):
+        return
+    mask = mask.reshape(-1, mask.shape[-1])
+    lengths = mask.sum(-1)
+    shortest = int(lengths.min())
+    left = bool(mask[:, -1].all()) and not bool(mask[:, 0].all())
+    cut = f"{name}[:, -{shortest}:]" if left else f"{name}[:, :{shortest}]"
+    found = (
+        f"{mask_name} marks {int((~mask).sum())} padded position(s)"
+        if attention_mask is not None
+        else f"{int((lengths < mask.shape[-1]).sum())} of its {mask.shape[0]} sequences have "
+        f"padding (the tokenizer's pad token, id {adapter.tokenizer.pad_token_id}, on the "
+        f"{'left' if left else 'right'})"
+    )
+    advice = "Pass sequences of one length without padding"
+    if shortest:
+        advice += f" (e.g. every row cut to the shortest, {cut})"
+    advice += "."
+    if attention_mask is None:
+        advice += (
+            f" If those pad-token ids are real text, pass {mask_name}=torch.ones_like({name})."
+        )
+    raise InputError(
+        f"{name} are padded: {found}. The effects are averaged over every position and "
+        f"the model runs without an attention mask, so padding would count as text. {advice}"
+    )
 
 
 __all__ = [

@@ -146,7 +146,8 @@ def remove_subspace(
         generator: random source of the "resample" derangement.
 
     Returns:
-        `u`'s shape and dtype; computed in the wider of `u`'s and `basis`'s dtypes.
+        `u`'s shape and dtype; computed in the wider of `u`'s and `basis`'s dtypes,
+        and at least float32 (a bfloat16 or float16 basis is solved in float32).
         Differentiable in `u` and `basis`.
     """
     if not isinstance(u, Tensor):
@@ -180,7 +181,9 @@ def _remove(
     Works on coordinates `c = u A (AᵀA)⁻¹` (`[rows, k]`), so no `[d, d]` projection is
     ever built: `P u = c Aᵀ`, and the mean (or deranged rows) of `P u` is that of `c`.
     """
-    dtype = torch.promote_types(u.dtype, vectors.dtype)
+    # At least float32: torch has no half-precision solve on the CPU (`lu_cpu`), and in
+    # bfloat16 the Gram matrix AᵀA alone loses half the digits the result keeps.
+    dtype = torch.promote_types(torch.promote_types(u.dtype, vectors.dtype), torch.float32)
     flat = u.reshape(-1, u.shape[-1]).to(dtype)
     A = vectors.to(device=u.device, dtype=dtype)
     coords = flat @ A
