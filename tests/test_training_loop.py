@@ -106,3 +106,111 @@ def test_sgd_lr_follows_tuned_lens_convention(hooked):
     optimizer = _optimizer(list(lens.parameters()), TrainConfig(optimizer="sgd", lr=1.0))
     group = optimizer.param_groups[0]
     assert group["lr"] == pytest.approx(0.1) and group["nesterov"] and group["momentum"] == 0.9
+
+
+# --- issue 23: a checkpoint is verified on resume ------------------------------------------
+
+
+def _checkpointed(model, directory) -> None:
+    config = TrainConfig(steps=2, lr=1e-2, checkpoint_every=1, matmul_dtype="float32")
+    lens = TunedLens.from_model(model)
+    train_lens(model, lens, _batches(), config, checkpoint_dir=directory, progress=False)
+
+
+def _resume(model, directory):
+    config = TrainConfig(steps=2, lr=1e-2, checkpoint_every=1, matmul_dtype="float32")
+    lens = TunedLens.from_model(model)
+    return train_lens(
+        model, lens, _batches(), config, checkpoint_dir=directory, resume=True, progress=False
+    )
+
+
+def _edit(path, edit, *, reseal: bool = False) -> None:
+    from hooklens.artifacts import content_sha256
+
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    if reseal:
+        state.pop("checkpoint_sha256", None)
+        state["checkpoint_sha256"] = content_sha256(state)
+    torch.save(state, path)
+
+
+def _flip_in_member(path, member_suffix: str, offset: int) -> None:
+    """Flip one bit inside a zip member's data (a tensor's bytes, or the pickle)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(member_suffix))
+    data = bytearray(path.read_bytes())
+    header = info.header_offset
+    name_length = int.from_bytes(data[header + 26 : header + 28], "little")
+    extra_length = int.from_bytes(data[header + 28 : header + 30], "little")
+    data[header + 30 + name_length + extra_length + offset] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_records_the_checksum_of_its_content(hooked, tmp_path):
+    from hooklens.artifacts import content_sha256
+
+    _checkpointed(hooked, tmp_path)
+    state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    rest = {key: value for key, value in state.items() if key != "checkpoint_sha256"}
+    assert state["checkpoint_sha256"] == content_sha256(rest)
+
+
+def _truncate(path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: _flip_in_member(path, "data/0", offset=5),
+        lambda path: _flip_in_member(path, "data.pkl", offset=60),
+        _truncate,
+        lambda path: path.write_bytes(path.read_bytes()[:-1]),
+        lambda path: _edit(path, lambda state: state.update(step=1)),
+        lambda path: _edit(path, lambda state: state["lens"]["layer_translators.0.weight"].add_(1)),
+        lambda path: _edit(path, lambda state: state["history"][0].update(loss=0.0)),
+    ],
+    ids=["a-tensor-bit", "a-pickle-bit", "truncated", "one-byte-short", "step", "lens", "history"],
+)
+def test_resume_from_a_damaged_checkpoint_is_refused_by_name(hooked, tmp_path, damage):
+    from hooklens import RunStateError
+
+    _checkpointed(hooked, tmp_path)
+    damage(tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(RunStateError) as info:
+        _resume(hooked, tmp_path)
+    assert str(tmp_path / CHECKPOINT_FILE) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda state: state.update(step=1), "inconsistent"),
+        (lambda state: state.update(consumed=5), "inconsistent"),
+        (lambda state: state.pop("optimizer"), "entry 'optimizer'"),
+        (lambda state: state.update(step="2"), "entry 'step'"),
+        (lambda state: state["lens"].pop("layer_translators.0.weight"), "does not fit"),
+    ],
+    ids=["step", "consumed", "no-optimizer", "step-str", "another-lens"],
+)
+def test_a_checkpoint_that_contradicts_itself_is_refused_by_name(hooked, tmp_path, edit, expected):
+    """Even with a right checksum (a checkpoint written wrongly, or resealed by hand)."""
+    from hooklens import RunStateError
+
+    _checkpointed(hooked, tmp_path)
+    _edit(tmp_path / CHECKPOINT_FILE, edit, reseal=True)
+    with pytest.raises(RunStateError, match=expected) as info:
+        _resume(hooked, tmp_path)
+    assert str(tmp_path / CHECKPOINT_FILE) in str(info.value)
+
+
+def test_a_checkpoint_before_checksums_resumes_with_a_warning(hooked, tmp_path):
+    _checkpointed(hooked, tmp_path)
+    _edit(tmp_path / CHECKPOINT_FILE, lambda state: state.pop("checkpoint_sha256"))
+    with pytest.warns(UserWarning, match="without checkpoint checksums"):
+        history = _resume(hooked, tmp_path)
+    assert [record["step"] for record in history] == [1, 2]

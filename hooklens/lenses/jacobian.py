@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,17 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from hooklens.artifacts import (
+    FIX_CONFIG,
     LensNotFoundError,
     check_fingerprint,
+    check_json_fields,
     load_weights_only,
     read_lens_dir,
+    seal_matches,
+    sealed,
     write_lens_dir,
 )
-from hooklens.errors import InputError, LensFileError, LensMismatchError
+from hooklens.errors import InputError, InputTypeError, LensFileError, LensMismatchError
 from hooklens.files import atomic_write
 from hooklens.hub import resolve_jacobian_lens
 from hooklens.lenses.base import Lens
@@ -51,6 +56,14 @@ from hooklens.unembed import Unembed
 
 LENS_TYPE = "jacobian_lens"
 REFERENCE_SUFFIX = ".pt"
+RECORD_KEY = "hooklens"
+"""Our entry in a `.pt` lens, beside the reference's keys: what a load checks (the
+model's layer count and fingerprint, the target layer, the lens's component)."""
+CHECKSUM_KEY = "hooklens_sha256"
+"""Our `.pt` lens's checksum: `artifacts.content_sha256` of every other entry."""
+RECORD_FORMAT = 1
+SAVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""What `save` stores a `.pt` lens's matrices as (the reference's default: float16)."""
 _NEEDS_RAW = (
     "Jacobian lenses are fitted on raw activations: load the model as a TransformerBridge "
     "without enable_compatibility_mode(), with "
@@ -216,6 +229,9 @@ class JacobianLens(Lens):
         metadata = dict(self.metadata)
         if self.unembed.adapter is not None:
             metadata.setdefault("model_name", self.unembed.adapter.model_name)
+        # TransformerLens's validate_model refuses a lens whose target is not the
+        # model's last block: a model of another depth, even of the same name.
+        metadata.setdefault("target_layer", self.n_layers - 1)
         return metadata
 
     # --- reading -----------------------------------------------------------------
@@ -269,10 +285,23 @@ class JacobianLens(Lens):
     # --- files -------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike, *, dtype: torch.dtype = torch.float16) -> Path:
-        """Save to `path`: a `.pt` file in the reference / TransformerLens format (keys
-        `J`, `n_prompts`, `source_layers`, `d_model`, `metadata`; `dtype` fp16 as the
-        reference stores it), or else a directory in ours (`config.json` with the
-        model's fingerprint, `params.safetensors` in float32)."""
+        """Save to `path`: a `.pt` file in the reference / TransformerLens format, or else
+        a directory in ours (`config.json` with the model's fingerprint and the SHA-256
+        of `params.safetensors`, float32).
+
+        The `.pt` file holds the reference's keys (`J` in `dtype`, float16 by default as
+        the reference stores it; `n_prompts`, `source_layers`, `d_model`, `metadata`,
+        which records `model_name` and `target_layer`), so TransformerLens's
+        `JacobianLens.load` reads it; and two of ours: `hooklens` (the model's layer
+        count, the target layer, the lens's component and the model's fingerprint) and
+        `hooklens_sha256` (the SHA-256 of every other entry's content), which `load`
+        verifies.
+
+        Raises:
+            InputError, InputTypeError: `dtype` is not float16, bfloat16, float32 or
+                float64 (before anything is written).
+        """
+        _check_save_dtype(dtype)
         path = Path(path)
         if path.suffix == REFERENCE_SUFFIX:
             payload = self._reference_payload(dtype)
@@ -292,13 +321,21 @@ class JacobianLens(Lens):
         )
 
     def _reference_payload(self, dtype: torch.dtype) -> dict[str, Any]:
-        return {
+        payload = {
             "J": {layer: self.jacobian(layer).to(dtype) for layer in self.fitted_layers},
             "n_prompts": self.n_prompts,
             "source_layers": self.fitted_layers,
             "d_model": self.unembed.d_model,
             "metadata": self._provenance(),
+            RECORD_KEY: {
+                "format": RECORD_FORMAT,
+                "n_layers": self.n_layers,
+                "target_layer": self.n_layers - 1,
+                "component": self.component,
+                "fingerprint": self.adapter.fingerprint.to_dict(),
+            },
         }
+        return sealed(payload, CHECKSUM_KEY)
 
     @classmethod
     def load(
@@ -315,7 +352,7 @@ class JacobianLens(Lens):
         """Load a J-lens for `model`: a reference / TransformerLens `.pt` artifact (`J`) or
         fit checkpoint (`jacobian_sum`, `n_done`), read with `weights_only=True`, or a
         directory saved by `save`. `component` (rows as block inputs, `"resid_pre"`, or
-        outputs, `"resid_post"`; see the module docstring) defaults to what a directory
+        outputs, `"resid_post"`; see the module docstring) defaults to what the file
         recorded, else `"resid_pre"`.
 
         `source` is a local path, a published lens's short name from TransformerLens's
@@ -325,12 +362,23 @@ class JacobianLens(Lens):
         cache (`HF_HUB_OFFLINE=1` reads only the cache); `hooklens.hub.jacobian_lens_file`
         says how the arguments combine.
 
+        What is verified. Every `.pt` file written by `torch.save` (a zip archive) is
+        checked against the CRC-32 of each member. A `.pt` saved by hooklens records
+        its checksum (every entry's content), the model's layer count and fingerprint:
+        all are checked, the fingerprint as for a directory (`strict=False` relaxes the
+        name, unembedding and weight processing, never the sizes). A hooklens fit
+        checkpoint records a checksum over its sums, count and settings, checked too.
+        Files without our entries (the reference's and TransformerLens's artifacts,
+        `.pt` lenses of hooklens before them) load as foreign files: checked by the
+        model name, width, source layers and target layer their metadata gives.
+
         Refused with `LensMismatchError`: a lens for another model (the registry's entry,
         before anything downloads; the file's name, width, layers) and a model whose
         weights TransformerLens processed (published J-lenses are fitted on raw
-        activations). Refused with `LensFileError`: a truncated file, a pickle that would
-        run code, or a file of neither format. `LensNotFoundError`: no such path, registry
-        name or hub file; `HubUnreachableError`: a hub file not cached while offline.
+        activations). Refused with `LensFileError`: a truncated or damaged file, one whose
+        checksum does not match, a pickle that would run code, an entry of the wrong type,
+        or a file of neither format. `LensNotFoundError`: no such path, registry name or
+        hub file; `HubUnreachableError`: a hub file not cached while offline.
 
         Examples:
             >>> JacobianLens.load("gpt2-small", model)                      # doctest: +SKIP
@@ -352,15 +400,23 @@ class JacobianLens(Lens):
         if not path.is_file():
             raise LensNotFoundError(f"no Jacobian lens at {path}")
         payload = load_weights_only(path, "a Jacobian lens (.pt artifact or fit checkpoint)")
+        record = _verified_record(payload, path)
+        if record is not None:
+            _check_layer_count(path, record.n_layers, record.fingerprint.model_name, adapter)
+            _require_raw_weights(adapter, source=str(path))
+            _check_fingerprint_of(path, record.fingerprint, adapter, strict=strict)
         jacobians, n_prompts, metadata = _parse_reference(payload, path)
+        if record is not None:
+            _check_record_against_matrices(record, jacobians, path)
+        saved_component = record.component if record is not None else "resid_pre"
         lens = cls(
             Unembed.from_model(adapter),
             jacobians,
             n_prompts=n_prompts,
             metadata=metadata,
-            component=component or "resid_pre",
+            component=component or saved_component,
         )
-        lens._check_model(adapter, source=str(path), strict=strict)
+        lens._check_model(adapter, source=str(path), strict=strict, name_checked=record is not None)
         return lens
 
     @classmethod
@@ -368,33 +424,73 @@ class JacobianLens(Lens):
         cls, path: Path, adapter: ModelAdapter, *, strict: bool, component: str | None
     ) -> JacobianLens:
         files = read_lens_dir(path)
-        config = files.config
+        config, source = files.config, str(files.config_path)
         if config.get("lens_type") != LENS_TYPE:
             raise LensFileError(
                 f"{files.config_path}: lens_type is {config.get('lens_type')!r}, not "
                 f"{LENS_TYPE!r}; load a tuned lens with TunedLens.load"
             )
-        check_fingerprint(ModelFingerprint.from_dict(config["fingerprint"]), adapter, strict=strict)
+        check_json_fields(_DirectoryConfig, config, source)
+        check_json_fields(ModelFingerprint, config["fingerprint"], source, "fingerprint.")
+        fingerprint = ModelFingerprint.from_dict(config["fingerprint"])
+        for key, size, recorded in (
+            ("d_model", config["d_model"], fingerprint.d_model),
+            ("num_hidden_layers", config["num_hidden_layers"], fingerprint.n_layers),
+        ):
+            if size != recorded:
+                raise LensFileError(
+                    f"{source}: key {key!r} is {size}, but the fingerprint records "
+                    f"{recorded}; the file contradicts itself. {FIX_CONFIG}"
+                )
+        n_prompts = config.get("n_prompts", 0)
+        if n_prompts < 0:
+            raise LensFileError(
+                f"{source}: key 'n_prompts' should be 0 or more, found {n_prompts}. {FIX_CONFIG}"
+            )
+        saved_component = _recorded_component(config.get("component", "resid_pre"), source)
+        _check_layer_count(path, fingerprint.n_layers, fingerprint.model_name, adapter)
+        _check_fingerprint_of(path, fingerprint, adapter, strict=strict)
         jacobians = {}
         for key, value in files.tensors.items():
             layer = key.removeprefix("J.")
             if not key.startswith("J.") or not layer.isdigit():
-                raise LensFileError(f"{files.params_path}: unexpected tensor {key!r}")
+                raise LensFileError(
+                    f"{files.params_path}: unexpected tensor {key!r}; a Jacobian lens holds "
+                    f"'J.0', 'J.1', ... {FIX_CONFIG}"
+                )
             jacobians[int(layer)] = value
+        listed = config.get("source_layers")
+        if listed is not None and sorted(listed) != sorted(jacobians):
+            raise LensFileError(
+                f"{source}: key 'source_layers' lists {listed}, but {files.params_path.name} "
+                f"holds matrices for {sorted(jacobians)}. {FIX_CONFIG}"
+            )
         lens = cls(
             Unembed.from_model(adapter),
             jacobians,
-            n_prompts=int(config.get("n_prompts", 0)),
+            n_prompts=n_prompts,
             metadata=config.get("metadata") or {},
-            component=component or config.get("component", "resid_pre"),
+            component=component or saved_component,
         )
-        lens._check_model(adapter, source=str(path), strict=strict)
+        lens._check_model(adapter, source=str(path), strict=strict, name_checked=True)
         return lens
 
-    def _check_model(self, adapter: ModelAdapter, *, source: str, strict: bool = True) -> None:
-        """Refuse a model the lens was not fitted on, or one with processed weights."""
+    def _check_model(
+        self,
+        adapter: ModelAdapter,
+        *,
+        source: str,
+        strict: bool = True,
+        name_checked: bool = False,
+    ) -> None:
+        """Refuse a model the lens was not fitted on, or one with processed weights
+        (`name_checked`: a recorded fingerprint has already judged the name)."""
         fitted_for = self.metadata.get("model_name")
-        if fitted_for and not _same_model_name(str(fitted_for), adapter.model_name):
+        if (
+            not name_checked
+            and fitted_for
+            and not _same_model_name(str(fitted_for), adapter.model_name)
+        ):
             message = (
                 f"{source} was fitted for {fitted_for!r}; the model is "
                 f"{adapter.model_name!r}. Load that model (or pass strict=False for a "
@@ -405,11 +501,167 @@ class JacobianLens(Lens):
             warnings.warn(message, stacklevel=3)
         _require_raw_weights(adapter, source=source)
         target = self.metadata.get("target_layer")
-        if target is not None and int(target) != self.n_layers - 1:
+        if target is not None and target != self.n_layers - 1:
             raise LensMismatchError(
-                f"{source} targets layer {target}, but a lens reads into the final block "
-                f"({self.n_layers - 1}); refit it without a custom target layer"
+                f"{source} targets layer {target}, but this model's final block is "
+                f"{self.n_layers - 1}: it was fitted on a model of another depth, or with "
+                "a custom target layer. Load the model it was fitted on, or fit a lens for "
+                "this one (JacobianLens.fit or `hooklens fit-jlens`)"
             )
+
+
+@dataclass
+class _DirectoryConfig:
+    """The keys of a J-lens directory's `config.json` (what `check_json_fields` checks)."""
+
+    lens_type: str
+    d_model: int
+    num_hidden_layers: int
+    fingerprint: dict[str, Any]
+    n_prompts: int = 0
+    source_layers: list[int] | None = None
+    metadata: dict[str, Any] | None = None
+    component: str = "resid_pre"
+
+
+@dataclass
+class _Record:
+    """Our entry of a `.pt` lens (`RECORD_KEY`), checked."""
+
+    n_layers: int
+    target_layer: int
+    component: str
+    fingerprint: ModelFingerprint
+
+
+@dataclass
+class _RecordSchema:
+    format: int
+    n_layers: int
+    target_layer: int
+    component: str
+    fingerprint: dict[str, Any]
+
+
+def _check_save_dtype(dtype: Any) -> None:
+    if not isinstance(dtype, torch.dtype):
+        raise InputTypeError(
+            f"dtype should be a torch dtype (torch.float16, torch.bfloat16, torch.float32 "
+            f"or torch.float64), got {type(dtype).__name__} {dtype!r}"
+        )
+    if dtype not in SAVE_DTYPES:
+        raise InputError(
+            f"dtype={dtype} cannot hold a Jacobian lens: its matrices are stored as "
+            "torch.float16 (the default, as the reference does), torch.bfloat16, "
+            "torch.float32 or torch.float64"
+        )
+
+
+def _recorded_component(value: Any, source: str) -> str:
+    try:
+        component = normalize_component(value)
+    except (InputError, InputTypeError) as error:
+        raise LensFileError(f"{source}: key 'component': {error}. {FIX_CONFIG}") from None
+    if component == "resid_mid":
+        raise LensFileError(
+            f"{source}: key 'component' is 'resid_mid', but a Jacobian lens reads "
+            f"resid_pre or resid_post. {FIX_CONFIG}"
+        )
+    return component
+
+
+def _verified_record(payload: Any, path: Path) -> _Record | None:
+    """Our entry of a `.pt` lens or fit checkpoint, after checking the file's checksum;
+    `None` for a foreign file (no hooklens keys at all).
+
+    A file with some of our keys but not all (a damaged key name, or an edit) is
+    refused: it cannot be told from a file whose checksum was removed.
+    """
+    if not isinstance(payload, dict):
+        return None
+    if "jacobian_sum" in payload:  # a fit checkpoint: its own record and checksum
+        from hooklens.training.jacobian_fit import verify_checkpoint
+
+        verify_checkpoint(payload, path, error=LensFileError)
+        return None
+    ours = [key for key in (RECORD_KEY, CHECKSUM_KEY) if key in payload]
+    if not ours:
+        return None
+    if len(ours) == 1:
+        missing = CHECKSUM_KEY if ours == [RECORD_KEY] else RECORD_KEY
+        raise LensFileError(
+            f"{path} has the key {ours[0]!r} of a hooklens Jacobian lens but not "
+            f"{missing!r}: the file was damaged or edited, and cannot be verified. Save "
+            "or fit the lens again."
+        )
+    if not seal_matches(payload, CHECKSUM_KEY):
+        raise LensFileError(
+            f"{path} does not match the checksum it records ({CHECKSUM_KEY}): an entry "
+            "(a matrix, n_prompts, a key) was changed or damaged after saving, so it would "
+            "load with other numbers. Save or fit the lens again (or download it again)."
+        )
+    source = f"{path} (entry {RECORD_KEY!r})"
+    entry = payload[RECORD_KEY]
+    check_json_fields(_RecordSchema, entry, source, f"{RECORD_KEY}.")
+    if entry["format"] != RECORD_FORMAT:
+        raise LensFileError(
+            f"{path} was saved by a newer hooklens (its {RECORD_KEY} format is "
+            f"{entry['format']}, this version reads {RECORD_FORMAT}): upgrade hooklens"
+        )
+    check_json_fields(ModelFingerprint, entry["fingerprint"], source, f"{RECORD_KEY}.fingerprint.")
+    fingerprint = ModelFingerprint.from_dict(entry["fingerprint"])
+    if not entry["n_layers"] == fingerprint.n_layers == entry["target_layer"] + 1:
+        raise LensFileError(
+            f"{source}: n_layers {entry['n_layers']}, target_layer {entry['target_layer']} "
+            f"and the fingerprint's n_layers {fingerprint.n_layers} disagree (the target is "
+            "the last block). Save or fit the lens again."
+        )
+    return _Record(
+        n_layers=entry["n_layers"],
+        target_layer=entry["target_layer"],
+        component=_recorded_component(entry["component"], source),
+        fingerprint=fingerprint,
+    )
+
+
+def _check_record_against_matrices(
+    record: _Record, jacobians: dict[int, Tensor], path: Path
+) -> None:
+    widths = {matrix.shape[0] for matrix in jacobians.values()}
+    if widths != {record.fingerprint.d_model}:
+        raise LensFileError(
+            f"{path}: the matrices are {sorted(widths)} wide, but the model it records "
+            f"has d_model={record.fingerprint.d_model}. Save or fit the lens again."
+        )
+
+
+def _check_layer_count(path: Path, n_layers: int, fitted_for: str, adapter: ModelAdapter) -> None:
+    """Refuse a lens fitted on a model of another depth: its matrices carry residuals
+    into the output of *that* model's last block, not this one's final residual."""
+    if n_layers == adapter.n_layers:
+        return
+    raise LensMismatchError(
+        f"{path} was fitted on a model of {n_layers} layers ({fitted_for!r}; its "
+        f"matrices read into the output of block {n_layers - 1}), but "
+        f"{adapter.model_name!r} has {adapter.n_layers} layers: its matrices do not map "
+        "into this model's final residual. Load the model it was fitted on, or fit a lens "
+        "for this one (JacobianLens.fit or `hooklens fit-jlens`)."
+    )
+
+
+def _check_fingerprint_of(
+    path: Path, saved: ModelFingerprint, adapter: ModelAdapter, *, strict: bool
+) -> None:
+    """`check_fingerprint`, its refusal naming the file."""
+    try:
+        check_fingerprint(saved, adapter, strict=strict)
+    except LensMismatchError as error:
+        # check_fingerprint's advice is a tuned lens's; a J-lens is fitted, not trained.
+        message = str(error).replace(
+            "train a lens for this model with `hooklens train`",
+            "fit a Jacobian lens for this model (JacobianLens.fit or `hooklens fit-jlens`)",
+        )
+        raise LensMismatchError(f"{path} (fitted for {saved.model_name!r}): {message}") from None
 
 
 def _require_raw_weights(adapter: ModelAdapter, *, source: str) -> None:
@@ -429,37 +681,116 @@ def _buffer_name(layer: int) -> str:
 
 
 def _parse_reference(payload: Any, path: Path) -> tuple[dict[int, Tensor], int, dict[str, Any]]:
-    """`(jacobians, n_prompts, metadata)` of a reference artifact or fit checkpoint."""
+    """`(jacobians, n_prompts, metadata)` of a reference artifact or fit checkpoint.
+
+    Raises:
+        LensFileError: neither format, or an entry of the wrong type or value (naming
+            the file and the key).
+    """
     if not isinstance(payload, dict):
-        raise LensFileError(f"{path} holds a {type(payload).__name__}, not a Jacobian lens")
+        raise LensFileError(
+            f"{path} holds a {type(payload).__name__}, not a Jacobian lens: expected a dict "
+            "with a 'J' key (artifact) or 'jacobian_sum' (fit checkpoint)"
+        )
     if "J" in payload:
-        matrices, n_prompts = payload["J"], int(payload.get("n_prompts", 0))
+        matrices_key = "J"
+        n_prompts = _count(payload, "n_prompts", path)
         divide = 1
     elif "jacobian_sum" in payload:  # running sums of a fit in progress
-        matrices = payload["jacobian_sum"]
-        n_prompts = int(payload.get("n_done") or payload.get("n_prompts") or 0)
+        matrices_key = "jacobian_sum"
+        count_key = "n_done" if payload.get("n_done") is not None else "n_prompts"
+        n_prompts = _count(payload, count_key, path)
         if n_prompts <= 0:
-            raise LensFileError(f"{path} is a fit checkpoint of {n_prompts} prompts: nothing yet")
+            raise LensFileError(
+                f"{path} is a fit checkpoint of {n_prompts} prompts: nothing fitted yet. "
+                "Let the fit run further (it resumes from the checkpoint), then load it"
+            )
+        next_idx: Any = payload.get("next_idx")
+        if _is_int(next_idx) and n_prompts > int(next_idx):
+            raise LensFileError(
+                f"{path}: {count_key} is {n_prompts}, more than the {next_idx} prompts the "
+                "fit had gone through (next_idx): the checkpoint is damaged or was edited. "
+                "Delete it and fit again"
+            )
         divide = n_prompts
     else:
+        found = sorted(map(str, payload))[:6]
         raise LensFileError(
             f"{path} is not a Jacobian lens: expected a 'J' key (artifact) or "
-            f"'jacobian_sum' (fit checkpoint), found {sorted(map(str, payload))[:6]}"
+            f"'jacobian_sum' (fit checkpoint), found {found}"
         )
+    matrices = payload[matrices_key]
     if not isinstance(matrices, dict) or not matrices:
-        raise LensFileError(f"{path}: the matrices must be a non-empty {{layer: tensor}} dict")
+        raise LensFileError(
+            f"{path}: key {matrices_key!r} should be a non-empty {{layer: tensor}} dict, found "
+            f"{_kind(matrices)}"
+        )
     jacobians: dict[int, Tensor] = {}
     for layer, matrix in matrices.items():
+        where = f"{path}: {matrices_key}[{layer!r}]"
+        if _is_int(layer) or (isinstance(layer, str) and layer.isdigit()):
+            index = int(layer)
+        else:
+            raise LensFileError(
+                f"{where}: a layer should be an integer (a block index), found {_kind(layer)}"
+            )
         if not isinstance(matrix, Tensor) or not matrix.is_floating_point():
-            raise LensFileError(f"{path}: J[{layer!r}] is not a floating-point tensor")
+            raise LensFileError(f"{where} should be a floating-point tensor, found {_kind(matrix)}")
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise LensFileError(
+                f"{where} should be a square [d_model, d_model] matrix, found shape "
+                f"{tuple(matrix.shape)}"
+            )
         if not bool(torch.isfinite(matrix).all()):
-            raise LensFileError(f"{path}: J[{layer!r}] holds NaN or infinite entries")
-        jacobians[int(layer)] = matrix.float() / divide
-    metadata = payload.get("metadata") or {}
+            raise LensFileError(f"{where} holds NaN or infinite entries")
+        if index in jacobians:
+            raise LensFileError(f"{where}: layer {index} appears twice")
+        jacobians[index] = matrix.float() / divide
+    metadata = payload.get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict):
+        raise LensFileError(
+            f"{path}: key 'metadata' should be a dict (model_name, corpus, ...), found "
+            f"{_kind(metadata)}"
+        )
     if "target_layer" in payload:
         metadata = {**metadata, "target_layer": payload["target_layer"]}
+    target = metadata.get("target_layer")
+    if target is not None and not _is_int(target):
+        raise LensFileError(
+            f"{path}: target_layer should be an integer (the last block's index), found "
+            f"{_kind(target)}"
+        )
     d_model = payload.get("d_model")
     first = next(iter(jacobians.values()))
+    if d_model is not None and not _is_int(d_model):
+        raise LensFileError(f"{path}: key 'd_model' should be an integer, found {_kind(d_model)}")
     if d_model is not None and int(d_model) != first.shape[0]:
         raise LensFileError(f"{path}: d_model is {d_model}, but J is {tuple(first.shape)}")
     return jacobians, n_prompts, dict(metadata)
+
+
+def _is_int(value: Any) -> bool:
+    """A Python or 0-d tensor integer (not a bool): what `int()` may take from a file."""
+    if isinstance(value, Tensor):
+        return value.ndim == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count(payload: dict[str, Any], key: str, path: Path) -> int:
+    value = payload.get(key, 0)
+    if not _is_int(value) or int(value) < 0:
+        raise LensFileError(
+            f"{path}: key {key!r} should be a number of prompts (an integer ≥ 0), found "
+            f"{_kind(value)}"
+        )
+    return int(value)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"{type(value).__name__} {shown}"

@@ -26,6 +26,7 @@ the same prompts, up to the order of the float32 additions.
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -38,8 +39,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooklens.artifacts import load_weights_only
-from hooklens.errors import HooklensError, InputError, MissingFileError, RunStateError
+from hooklens.artifacts import load_weights_only, seal_matches, sealed
+from hooklens.errors import (
+    HooklensError,
+    InputError,
+    InputTypeError,
+    MissingFileError,
+    RunStateError,
+)
 from hooklens.files import atomic_write
 from hooklens.model import ModelAdapter, _same_model_name, fingerprint_of
 from hooklens.training import distributed
@@ -48,13 +55,20 @@ from hooklens.validation import check_id_range, positive_int, token_id_tensor
 # Our own checkpoint entry, beside the reference's keys: what a resume must repeat.
 # TransformerLens's and our `JacobianLens.load` read a checkpoint without it.
 RECORD_KEY = "hooklens_fit"
+CHECKSUM_KEY = "hooklens_fit_sha256"
+"""`artifacts.content_sha256` of every other entry of our checkpoint: the sums, the
+count, the position and the settings, checked on resume and on `JacobianLens.load`."""
 _REFERENCE_KEYS = ("jacobian_sum", "n_done", "next_idx", "source_layers", "skip_first")
+_START_OVER = (
+    "Delete it to start the fit over (hooklens fit-jlens: pass --overwrite instead of --resume)"
+)
 
 
 def prompt_tokens(model: Any, prompt: str | Any, max_seq_len: int) -> Int[Tensor, "1 pos"]:
-    """A prompt (text, or token ids) as `[1, pos]` ids cut to `max_seq_len`."""
+    """A prompt (text, or token ids) as `[1, pos]` ids cut to `max_seq_len` (not to the
+    model's context: `fit_jacobians` refuses a prompt longer than that)."""
     if isinstance(prompt, str):
-        tokens = model.to_tokens(prompt)
+        tokens = model.to_tokens(prompt, truncate=False)
     else:
         tokens = token_id_tensor(prompt, "prompt")
         tokens = tokens if tokens.ndim == 2 else tokens[None]
@@ -172,6 +186,13 @@ def fit_jacobians(
 ) -> tuple[dict[int, Tensor], int]:
     """`({layer: mean J}, n_prompts)` over `prompts` (see the module docstring).
 
+    `prompts` is a list of texts or of token ids (a single string is refused, not read
+    as one prompt per character); each is cut to its first `max_seq_len` tokens, and one
+    still longer than the model's context (`n_ctx`) is refused (`InputError`, before any
+    work), never cut silently. The estimator averages source positions
+    `skip_first_positions .. pos - 2`, so `max_seq_len` must be at least
+    `skip_first_positions + 2`; prompts shorter than that are skipped.
+
     With `checkpoint`, the running sums are written there (atomically, every
     `checkpoint_every` prompts and at the end) in the reference's fit-checkpoint format
     (`jacobian_sum`, `n_done`, `next_idx`, `source_layers`, `target_layer`,
@@ -182,8 +203,14 @@ def fit_jacobians(
     processes: it must have been made with the same model, layers,
     `skip_first_positions` and `max_seq_len`, and `prompts` must begin with the
     prompts it went through (more may follow), else `RunStateError` says what changed.
-    `dim_batch` may change: it only groups the backward passes (the same matrices up
-    to float32 rounding).
+    The checkpoint also records `hooklens_fit_sha256`, a checksum over its sums, count
+    and settings: a resume verifies it and that the count is that of the prompts gone
+    through, and refuses (`RunStateError`, naming the file) a checkpoint damaged or
+    edited since. A checkpoint of hooklens before the checksum is resumed with a
+    warning (its count still checked against the prompts; the zip archive's CRC-32
+    still covers its bytes); a reference checkpoint, without our entries, as before.
+    No checkpoint is written before a prompt has been summed. `dim_batch` may change:
+    it only groups the backward passes (the same matrices up to float32 rounding).
 
     Under torchrun (the process group initialised, e.g. by
     `hooklens.training.distributed.init_from_environment()`), every rank passes the
@@ -201,13 +228,24 @@ def fit_jacobians(
     n_layers, d_model = adapter.n_layers, adapter.d_model
     layers = _source_layers(source_layers, n_layers)
     dim_batch = positive_int(dim_batch, "dim_batch", at_most=d_model)
-    positive_int(max_seq_len, "max_seq_len")
+    max_seq_len, skip_first_positions = check_fit_lengths(max_seq_len, skip_first_positions)
     positive_int(checkpoint_every, "checkpoint_every")
+    _check_prompt_list(prompts)
     # Tokenized up front (cheap beside the backward passes): the prompts are checked
     # and fingerprinted before any expensive work, the same way on every rank.
     tokens = [prompt_tokens(model, prompt, max_seq_len).cpu() for prompt in prompts]
+    if not tokens:
+        raise InputError("prompts is empty: pass at least one text (or token ids) to fit on")
+    n_ctx = getattr(adapter.cfg, "n_ctx", None)
     for index, ids in enumerate(tokens):
         check_id_range(ids, f"prompts[{index}]", adapter.d_vocab, allow_missing=False)
+        if n_ctx and ids.shape[1] > n_ctx:
+            raise InputError(
+                f"prompts[{index}] is {ids.shape[1]} tokens after the cut to max_seq_len="
+                f"{max_seq_len}, more than the model's context (n_ctx={n_ctx}): pass "
+                f"max_seq_len={n_ctx} or less (hooklens fit-jlens: --max-seq-len), so that "
+                "every prompt is cut to what the model reads"
+            )
     digests = prompt_digests(tokens)
     _require_the_same_prompts_on_every_rank(digests)
     record = {"model": _model_record(model), "max_seq_len": max_seq_len}
@@ -218,13 +256,18 @@ def fit_jacobians(
         _check_resumable(
             entries, path, layers=layers, skip_first_positions=skip_first_positions,
             record=record, digests=digests, n_layers=n_layers, d_model=d_model,
+            lengths=[ids.shape[1] for ids in tokens],
         )  # fmt: skip
         next_idx = int(entries["next_idx"])
         if saved_sums is not None:  # rank 0 alone adds the sums it was made with
             running.resume(saved_sums, int(entries["n_done"]))
 
     def save() -> None:
+        # Nothing summed yet (short prompts only, so far): no checkpoint, so that a fit
+        # that ends with nothing fitted leaves nothing for the corrected retry to refuse.
         if path is None:
+            return
+        if running.n_done == 0:  # the same on every rank: the count is reduced
             return
         if distributed.is_primary():  # it holds the whole fit's sums after a reduction
             state = {
@@ -240,6 +283,7 @@ def fit_jacobians(
                     "world_size": distributed.world_size(),  # informational: any may resume
                 },
             }
+            state = sealed(state, CHECKSUM_KEY)
             atomic_write(path, lambda tmp: torch.save(state, tmp))
         distributed.barrier()  # no rank reads a half-written checkpoint
 
@@ -278,6 +322,51 @@ def _source_layers(source_layers: Sequence[int] | None, n_layers: int) -> list[i
             f"final residual), got {layers}"
         )
     return layers
+
+
+def non_negative_int(value: Any, name: str) -> int:
+    """`value` as an int ≥ 0, or a clear error."""
+    if isinstance(value, bool):
+        raise InputTypeError(f"{name} must be an int ≥ 0, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise InputTypeError(f"{name} must be an int ≥ 0, got {value!r}") from None
+    if number < 0:
+        raise InputError(
+            f"{name} must be 0 or more (leading positions left out of the mean), got {number}"
+        )
+    return number
+
+
+def check_fit_lengths(
+    max_seq_len: Any,
+    skip_first_positions: Any,
+    *,
+    names: tuple[str, str] = ("max_seq_len", "skip_first_positions"),
+) -> tuple[int, int]:
+    """`(max_seq_len, skip_first_positions)`, refused unless a prompt of `max_seq_len`
+    tokens leaves a source position to average: the estimator reads positions
+    `skip_first_positions .. pos - 2` (the last position has no later target)."""
+    max_seq_len = positive_int(max_seq_len, names[0])
+    skip = non_negative_int(skip_first_positions, names[1])
+    if max_seq_len < skip + 2:
+        raise InputError(
+            f"{names[1]}={skip} leaves no position to fit on in prompts of at most "
+            f"{names[0]}={max_seq_len} tokens: the estimator averages positions {skip} to "
+            f"length - 2, so {names[0]} must be at least {names[1]} + 2 = {skip + 2}. Lower "
+            f"{names[1]} or raise {names[0]}"
+        )
+    return max_seq_len, skip
+
+
+def _check_prompt_list(prompts: Any) -> None:
+    if isinstance(prompts, (str, bytes)):
+        raise InputTypeError(
+            f"prompts should be a list of texts (or of token ids), got a single "
+            f"{type(prompts).__name__} of {len(prompts)} characters, which would fit one "
+            "prompt per character: pass [text] to fit on one prompt"
+        )
 
 
 def _rounds(start: int, stop: int, every: int) -> Iterator[tuple[int, int]]:
@@ -389,21 +478,62 @@ def _require_the_same_prompts_on_every_rank(digests: Sequence[bytes]) -> None:
 def _read_checkpoint(path: Path) -> tuple[dict[str, Any] | None, dict[int, Tensor] | None]:
     """`(entries, sums)` of the checkpoint at `path`, read by rank 0 alone (the rank that
     writes it): every rank gets its entries but the sums (`None`: no checkpoint there),
-    rank 0 its sums too (`None` elsewhere); an unreadable file raises on every rank."""
+    rank 0 its sums too (`None` elsewhere); an unreadable, damaged or inconsistent file
+    raises `RunStateError` on every rank."""
     entries: dict[str, Any] | None = None
     sums: dict[int, Tensor] | None = None
     error: Exception | None = None
     if distributed.is_primary() and path.is_file():
         try:
-            entries, sums = _split_checkpoint(
-                load_weights_only(path, "a Jacobian-lens fit checkpoint"), path
+            state = load_weights_only(
+                path, "a Jacobian-lens fit checkpoint", error=RunStateError, advice=_START_OVER
             )
+            entries, sums = _split_checkpoint(state, path)
         except (HooklensError, OSError) as caught:
             error = caught
     entries, error = distributed.broadcast_object((entries, error))
     if error is not None:
         raise error
     return entries, sums
+
+
+def verify_checkpoint(
+    state: dict[str, Any], path: Path, *, error: type[HooklensError] = RunStateError
+) -> dict[str, Any] | None:
+    """Check a fit checkpoint's checksum (`CHECKSUM_KEY`); return our record
+    (`RECORD_KEY`), or `None` for a reference checkpoint (neither key).
+
+    A checkpoint of hooklens before the checksum (the record without it) is accepted
+    with a warning: the zip archive's CRC-32 (`load_weights_only`) still covers its
+    bytes, and a resume checks its count against the prompts it went through.
+
+    Raises:
+        `error` (`RunStateError` for a resume, `LensFileError` for a load): the
+            checksum does not match (the sums, count or settings were changed or
+            damaged after saving), or the checksum is there without the record.
+    """
+    if CHECKSUM_KEY in state:
+        if RECORD_KEY not in state or not seal_matches(state, CHECKSUM_KEY):
+            raise error(
+                f"{path} does not match the checksum it records ({CHECKSUM_KEY}): its "
+                "running sums, prompt count or settings were changed or damaged after it "
+                "was saved, so it would resume or load to another lens. "
+                f"{_START_OVER}"
+            )
+    elif RECORD_KEY in state:
+        warnings.warn(
+            f"{path} was written by a hooklens without checkpoint checksums: its sums "
+            "cannot be verified beyond the file's CRC-32. If in doubt, delete it and fit "
+            "again (hooklens fit-jlens: --overwrite)",
+            stacklevel=3,
+        )
+    record = state.get(RECORD_KEY)
+    if record is not None and not isinstance(record, dict):
+        raise error(
+            f"{path}: entry {RECORD_KEY!r} should be a dict (the model and settings of the "
+            f"fit), found {type(record).__name__}. {_START_OVER}"
+        )
+    return record
 
 
 def _split_checkpoint(state: Any, path: Path) -> tuple[dict[str, Any], dict[int, Tensor]]:
@@ -414,10 +544,55 @@ def _split_checkpoint(state: Any, path: Path) -> tuple[dict[str, Any], dict[int,
             f"{', '.join(_REFERENCE_KEYS)}, found {found}. Pass the checkpoint of a fit, "
             "or another checkpoint path to start a new fit"
         )
+    verify_checkpoint(state, path)
+    _check_entry_types(state, path)
     sums = {int(layer): matrix for layer, matrix in state["jacobian_sum"].items()}
     entries = {key: value for key, value in state.items() if key != "jacobian_sum"}
     entries["sum_shapes"] = {layer: tuple(matrix.shape) for layer, matrix in sums.items()}
     return entries, sums
+
+
+def _check_entry_types(state: dict[str, Any], path: Path) -> None:
+    """Refuse entries of the wrong type or value (a damaged or hand-made checkpoint)."""
+
+    def refuse(key: str, expected: str, value: Any) -> RunStateError:
+        shown = repr(value) if not isinstance(value, Tensor) else f"a tensor {tuple(value.shape)}"
+        return RunStateError(
+            f"{path}: entry {key!r} should be {expected}, found {type(value).__name__} "
+            f"{shown[:40]}. {_START_OVER}"
+        )
+
+    for key in ("n_done", "next_idx", "skip_first"):
+        if not _is_count(state[key]):
+            raise refuse(key, "an integer ≥ 0", state[key])
+    if "target_layer" in state and not _is_count(state["target_layer"]):
+        raise refuse("target_layer", "an integer ≥ 0", state["target_layer"])
+    layers = state["source_layers"]
+    if not isinstance(layers, (list, tuple)) or not all(map(_is_count, layers)):
+        raise refuse("source_layers", "a list of layer indices", layers)
+    sums = state["jacobian_sum"]
+    if not isinstance(sums, dict):
+        raise refuse("jacobian_sum", "a {layer: tensor} dict", sums)
+    for layer, matrix in sums.items():
+        if not _is_count(layer):
+            raise refuse("jacobian_sum", "keyed by layer indices", layer)
+        if not isinstance(matrix, Tensor) or not matrix.is_floating_point() or matrix.ndim != 2:
+            raise refuse(f"jacobian_sum[{layer}]", "a floating-point matrix", matrix)
+        if not bool(torch.isfinite(matrix).all()):
+            raise RunStateError(
+                f"{path}: entry 'jacobian_sum[{layer}]' holds NaN or infinite entries. "
+                f"{_START_OVER}"
+            )
+    if int(state["n_done"]) > int(state["next_idx"]):
+        raise RunStateError(
+            f"{path}: n_done is {state['n_done']}, more than the {state['next_idx']} prompts "
+            f"the fit had gone through (next_idx): the checkpoint is inconsistent. "
+            f"{_START_OVER}"
+        )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _check_resumable(
@@ -430,6 +605,7 @@ def _check_resumable(
     digests: Sequence[bytes],
     n_layers: int,
     d_model: int,
+    lengths: Sequence[int],
 ) -> None:
     """Refuse (`RunStateError`, on every rank alike) a checkpoint this fit cannot
     continue to the lens an uninterrupted fit would give."""
@@ -463,9 +639,18 @@ def _check_resumable(
         raise RunStateError(
             f"{path} was made by a fit with other settings ({'; '.join(changed)}): resume "
             "with the model and settings it was made with, or start a new fit with "
-            "another checkpoint (hooklens fit-jlens: another --output)"
+            "another checkpoint (hooklens fit-jlens: another --output, or --overwrite)"
         )
     _check_resumed_prompts(entries, path, digests)
+    if saved is not None:  # our prompts, verified above: the count they give
+        summed = sum(1 for n in lengths[: int(entries["next_idx"])] if n > skip_first_positions + 1)
+        if int(entries["n_done"]) != summed:
+            raise RunStateError(
+                f"{path} counts {entries['n_done']} prompts summed, but the first "
+                f"{entries['next_idx']} prompts it went through hold {summed} long enough to "
+                f"fit on (more than {skip_first_positions + 1} tokens): its sums and count "
+                f"disagree, and would resume to a lens scaled wrongly. {_START_OVER}"
+            )
 
 
 def _check_resumed_prompts(
@@ -536,6 +721,12 @@ def add_arguments(parser: Any) -> None:
         "--dim-batch and the number of torchrun processes may change",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over: remove the fit checkpoint of an earlier run now and replace "
+        "--output when the new lens is fitted (the old lens stays until then)",
+    )
+    parser.add_argument(
         "--device", help="unset: cuda (one GPU per torchrun rank) if present, else cpu"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -560,22 +751,35 @@ def run(args: Any) -> int:
     from hooklens.lenses import JacobianLens
     from hooklens.training.data import check_data_source, load_texts, split_texts
 
-    for flag in ("prompts", "max_seq_len", "dim_batch", "checkpoint_every"):
+    for flag in ("prompts", "dim_batch", "checkpoint_every"):
         positive_int(getattr(args, flag), f"--{flag.replace('_', '-')}")
-    if args.skip_first < 0:
-        raise InputError(f"--skip-first must be at least 0, got {args.skip_first}")
+    # From the arguments alone, before the model loads and before anything is written.
+    check_fit_lengths(args.max_seq_len, args.skip_first, names=("--max-seq-len", "--skip-first"))
+    if args.resume and args.overwrite:
+        raise InputError(
+            "--resume continues the fit in the checkpoint, --overwrite starts over: pick one"
+        )
     device = distributed.command_device(args.device)
     distributed.init_from_environment()  # gloo: the fit reduces CPU tensors
     output, checkpoint = Path(args.output), checkpoint_path(args.output)
     # Every rank checks: none writes before all have reached the fit's first reduction.
     if args.resume and not checkpoint.is_file():
-        raise MissingFileError(f"no fit to resume: {checkpoint} does not exist")
-    if not args.resume and (output.exists() or checkpoint.exists()):
+        raise MissingFileError(
+            f"no fit to resume: {checkpoint} does not exist. Run without --resume to start the fit"
+        )
+    if not (args.resume or args.overwrite) and (output.exists() or checkpoint.exists()):
         raise OutputExistsError(
             f"{output if output.exists() else checkpoint} exists: pass --resume to continue "
-            "its fit, or choose another --output"
+            "its fit, --overwrite to start over and replace it, or choose another --output"
         )
     check_data_source(args.data, args.text_field)
+    if args.overwrite:
+        # Once the arguments are checked, and not at the first new checkpoint: a run
+        # that dies before then must not leave the old checkpoint for --resume.
+        distributed.barrier()  # every rank has checked the checkpoint before it goes
+        if distributed.is_primary():
+            checkpoint.unlink(missing_ok=True)
+        distributed.barrier()
     model = models.load(
         args.model,
         model_class=args.model_class,

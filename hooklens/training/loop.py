@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -24,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hooklens.allocator import retain_freed_memory
+from hooklens.artifacts import load_weights_only, seal_matches, sealed
 from hooklens.errors import (
     DataError,
     InputError,
@@ -45,6 +47,22 @@ from hooklens.training.loss import (
 )
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKSUM_KEY = "checkpoint_sha256"
+"""`artifacts.content_sha256` of every other entry of a checkpoint, checked on resume."""
+_START_OVER = (
+    "Delete it to start the run over (hooklens train: --overwrite instead of --resume; "
+    "train_lens: overwrite=True)"
+)
+_STATE_TYPES: dict[str, tuple[type, str]] = {
+    "config": (dict, "the TrainConfig as a dict"),
+    "lens": (dict, "the lens's state dict"),
+    "optimizer": (dict, "the optimiser's state dict"),
+    "scheduler": (dict, "the schedule's state dict"),
+    "rng": (Tensor, "the CPU random state (a uint8 tensor)"),
+    "step": (int, "the number of steps taken"),
+    "consumed": (int, "the number of batches consumed"),
+    "history": (list, "one record per step"),
+}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # as checkpoints name them
 
 
@@ -209,6 +227,8 @@ def batch_loss(
 
 
 def _save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
+    """Write `state` with its checksum (`CHECKSUM_KEY`), which a resume verifies."""
+    state = sealed(state, CHECKSUM_KEY)
     atomic_write(directory / CHECKPOINT_FILE, lambda tmp: torch.save(state, tmp))
 
 
@@ -236,14 +256,25 @@ class _BatchDigest:
 
 
 def _load_checkpoint(directory: Path | None, config: TrainConfig) -> dict[str, Any]:
-    """The checkpoint to resume, refused unless it was made with `config` by as many
-    processes as this run has."""
+    """The checkpoint to resume, refused unless it is whole and consistent and was made
+    with `config` by as many processes as this run has.
+
+    A checkpoint records the checksum of its content (`CHECKSUM_KEY`); a flipped bit,
+    a truncation or an edit is a `RunStateError` naming the file, never a resume with
+    other numbers. A checkpoint of hooklens before the checksum is resumed with a
+    warning: the zip archive's CRC-32 still covers its bytes, and its step, batch count
+    and history are still checked against each other.
+    """
     if directory is None or not (directory / CHECKPOINT_FILE).is_file():
         raise MissingFileError(
             f"no {CHECKPOINT_FILE} to resume from in {directory}: train without "
             "resume=True to start the run"
         )
-    state = torch.load(directory / CHECKPOINT_FILE, weights_only=True)
+    path = directory / CHECKPOINT_FILE
+    state = load_weights_only(
+        path, "a training checkpoint", error=RunStateError, advice=_START_OVER
+    )
+    _check_state(state, path)
     if differences := config.differences(state["config"]):
         raise RunStateError(
             f"the checkpoint in {directory} was made with another TrainConfig "
@@ -256,6 +287,72 @@ def _load_checkpoint(directory: Path | None, config: TrainConfig) -> dict[str, A
             "reads the shard it had"
         )
     return state
+
+
+def _check_state(state: Any, path: Path) -> None:
+    """Refuse a checkpoint that fails its checksum, lacks an entry, holds one of the
+    wrong type, or whose step, batch count and history disagree."""
+    if not isinstance(state, dict):
+        raise RunStateError(
+            f"{path} holds a {type(state).__name__}, not a training checkpoint (a dict of "
+            f"{', '.join(_STATE_TYPES)}). {_START_OVER}"
+        )
+    if CHECKSUM_KEY in state:
+        if not seal_matches(state, CHECKSUM_KEY):
+            raise RunStateError(
+                f"{path} does not match the checksum it records ({CHECKSUM_KEY}): it was "
+                "changed or damaged after it was saved, so it would resume with other "
+                f"numbers. {_START_OVER}"
+            )
+    else:
+        warnings.warn(
+            f"{path} was written by a hooklens without checkpoint checksums: its content "
+            "cannot be verified beyond the file's CRC-32. If in doubt, start the run over "
+            "(hooklens train: --overwrite)",
+            stacklevel=4,
+        )
+    for key, (kind, meaning) in _STATE_TYPES.items():
+        value = state.get(key)
+        wrong = not isinstance(value, kind) or isinstance(value, bool)
+        if wrong or (isinstance(value, int) and value < 0):
+            found = "nothing" if key not in state else f"a {type(value).__name__}"
+            raise RunStateError(
+                f"{path}: entry {key!r} should be {meaning}, found {found}. {_START_OVER}"
+            )
+    step, consumed, history = state["step"], state["consumed"], state["history"]
+    per_step = state["config"].get("grad_accumulation", 1)
+    steps_recorded = [
+        record.get("step") if isinstance(record, dict) else None for record in history
+    ]
+    if steps_recorded != list(range(1, step + 1)) or consumed != step * per_step:
+        raise RunStateError(
+            f"{path} is inconsistent: step {step}, {consumed} batches consumed (expected "
+            f"{step} × grad_accumulation {per_step}), and a history of {len(history)} steps. "
+            f"{_START_OVER}"
+        )
+
+
+def _restore(
+    path: Path,
+    state: dict[str, Any],
+    lens: TunedLens,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> None:
+    """Load a checked checkpoint's states into the run; one made for another lens
+    (other layers or width) is a `RunStateError`, not a raw torch error."""
+    try:
+        lens.load_state_dict(state["lens"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunStateError(
+            f"{path} does not fit this run's lens or optimiser ({reason[:200]}): it was "
+            f"made for another model or lens. Resume with the model it was made with. "
+            f"{_START_OVER}"
+        ) from None
 
 
 def _skip_consumed(batches: Iterator[Tensor], consumed: int, digest: _BatchDigest) -> bool:
@@ -381,10 +478,7 @@ def _train(
                 "trained on (the data, tokenizer, sequence length or batch size changed): "
                 "resume with the same batches in the same order, or start a new run"
             )
-        lens.load_state_dict(state["lens"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        _restore(Path(str(directory)) / CHECKPOINT_FILE, state, lens, optimizer, scheduler)
     show = progress and distributed.is_primary()
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not show)
     while step < config.steps:
