@@ -587,3 +587,32 @@ def test_fit_jlens_overwrite_replaces_an_existing_lens_and_checkpoint(
     assert _fit_jlens(corpus, output, *flags) == 0
     assert JacobianLens.load(output, model=bridge).metadata["max_seq_len"] == 12
     assert not checkpoint.exists()
+
+
+def test_fit_jlens_resume_from_a_checkpoint_whose_count_was_zeroed_is_refused(
+    bridge, corpus, loads, tmp_path, capsys, monkeypatch
+):
+    """The issue's case: n_done set to 0 by load-edit-save resumed to n_prompts=13 and a J
+    3-10x too large; now the command stops, naming the checkpoint and the way out."""
+    real, calls = jacobian_fit.prompt_jacobians, []
+
+    def dies_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    output = tmp_path / "jlens.pt"
+    checkpoint = jacobian_fit.checkpoint_path(output)
+    flags = ["--max-seq-len", "16", "--skip-first", "2"]
+    monkeypatch.setattr(jacobian_fit, "prompt_jacobians", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        _fit_jlens(corpus, output, *flags)
+    monkeypatch.setattr(jacobian_fit, "prompt_jacobians", real)
+    _edit(checkpoint, lambda state: state.update(n_done=0))
+    capsys.readouterr()
+    assert _fit_jlens(corpus, output, *flags, "--resume") == 2
+    error = capsys.readouterr().err
+    assert str(checkpoint) in error and "--overwrite" in error and not output.exists()
+    assert _fit_jlens(corpus, output, *flags, "--overwrite") == 0
+    assert JacobianLens.load(output, model=bridge).n_prompts == 4
