@@ -8,8 +8,11 @@ which we read with `torch.load(weights_only=True)`, never as an arbitrary pickle
 parameter file (`params_sha256`) and is renamed into place after it. A save killed
 between the two renames, or a parameter file changed by a single byte later, no longer
 matches its config and is refused (`LensFileError`) instead of loading one lens's
-parameters under another's config. Directories without the hash (hooklens before it, and
-tuned-lens artifacts) load as before.
+parameters under another's config. The config also records the SHA-256 of its own content
+(`config_sha256`, over the canonical JSON of every other key), so a damaged or hand-edited
+config (another model name in the fingerprint, another component) is refused as damaged
+instead of read as a lens for something else. Directories without the hashes (hooklens
+before them, and tuned-lens artifacts) load as before.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ PARAMS_FILE = "params.safetensors"
 TUNED_LENS_PARAMS_FILE = "params.pt"
 PARAMS_HASH_KEY = "params_sha256"
 """The key of `config.json` that records the SHA-256 of the parameter file's bytes."""
+CONFIG_HASH_KEY = "config_sha256"
+"""The key of `config.json` that records the SHA-256 of the config itself (`config_digest`)."""
 
 SIZES = ("d_model", "n_layers", "d_vocab")
 """Fingerprint entries a lens must share with its model whatever `strict` says."""
@@ -111,6 +116,7 @@ def write_lens_dir(
     with StagedWrites() as staged:
         params_tmp = staged.stage(directory / PARAMS_FILE, lambda tmp: save_file(contiguous, tmp))
         record = {**config, PARAMS_HASH_KEY: sha256_file(params_tmp)}
+        record[CONFIG_HASH_KEY] = config_digest(record)
         text = json.dumps(record, indent=2, sort_keys=True) + "\n"
         staged.stage(config_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         if not _records_params_hash(config_path):
@@ -190,6 +196,7 @@ def read_lens_files(
     config_path, params_path = Path(config_path), Path(params_path)
     device = parameter_device(map_location) or torch.device("cpu")
     config = _read_config(config_path)
+    _check_config_digest(config, config_path)
     recorded = config.pop(PARAMS_HASH_KEY, None)
     if recorded is not None and not (isinstance(recorded, str) and _SHA256.fullmatch(recorded)):
         raise LensFileError(
@@ -240,6 +247,36 @@ def check_json_fields(schema: type, values: Any, source: str, prefix: str = "") 
                 f"{source}: key {prefix + name!r} should be {_describe(hints[name])}, found "
                 f"{json.dumps(value)[:40]} ({_json_kind(value)}). {FIX_CONFIG}"
             )
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """The SHA-256 of a config's canonical JSON (sorted keys, no spaces, ASCII), without
+    its `config_sha256` entry: what that entry records."""
+    content = {k: v for k, v in config.items() if k != CONFIG_HASH_KEY}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _check_config_digest(config: dict[str, Any], config_path: Path) -> None:
+    """Refuse a config whose content does not match the `config_sha256` it records (and
+    drop that entry). A config without one (older hooklens, tuned-lens) passes: a flip
+    in that key's own name leaves the rest as it was saved."""
+    recorded = config.pop(CONFIG_HASH_KEY, None)
+    if recorded is None:
+        return
+    if not (isinstance(recorded, str) and _SHA256.fullmatch(recorded)):
+        raise LensFileError(
+            f"{config_path}: key {CONFIG_HASH_KEY!r} should be 64 hexadecimal digits (the "
+            f"SHA-256 of the rest of the config), found {json.dumps(recorded)[:70]}. "
+            f"{FIX_CONFIG}"
+        )
+    actual = config_digest(config)
+    if actual != recorded.lower():
+        raise LensFileError(
+            f"{config_path} was changed after it was saved: it records SHA-256 "
+            f"{recorded[:12]}… of its content, the content has {actual[:12]}…. The file "
+            f"was damaged (a copy, a disk) or edited by hand. {_SAVE_AGAIN}"
+        )
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hooklens import LensFileError, LensMismatchError, OutputExistsError, TunedLens
-from hooklens.artifacts import LensNotFoundError
+from hooklens.artifacts import LensNotFoundError, config_digest
 from hooklens.errors import OutputWriteError
 from hooklens.files import STALE_AFTER_S, StagedWrites, atomic_write, atomic_write_text
 from hooklens.models import has_hooked_transformer
@@ -57,12 +57,18 @@ def _rewrite_params(directory: Path, tensors: dict[str, torch.Tensor]) -> None:
     config = json.loads((directory / "config.json").read_text())
     digest = hashlib.sha256((directory / "params.safetensors").read_bytes()).hexdigest()
     config["params_sha256"] = digest
+    config["config_sha256"] = config_digest(config)
     (directory / "config.json").write_text(json.dumps(config))
 
 
 def _edit_config(directory: Path, edit) -> None:
+    """Edit the config and record its new SHA-256, as a tool that writes a consistent
+    config would: what is left to check is the content (without the hash, any edit is
+    refused as damage, `test_a_config_changed_after_saving_is_refused`)."""
     config = json.loads((directory / "config.json").read_text())
     edit(config)
+    if "config_sha256" in config:
+        config["config_sha256"] = config_digest(config)
     (directory / "config.json").write_text(json.dumps(config))
 
 
@@ -216,12 +222,39 @@ def test_config_records_the_sha256_of_the_parameters(model, saved):
     digest = hashlib.sha256((saved / "params.safetensors").read_bytes()).hexdigest()
     assert config["params_sha256"] == digest
     assert TunedLens.load(saved, model=model).config.to_dict().keys() == config.keys() - {
-        "params_sha256"
+        "params_sha256",
+        "config_sha256",
     }
 
 
-def test_a_lens_saved_before_the_hash_still_loads(model, saved):
-    _edit_config(saved, lambda config: config.pop("params_sha256"))
+def test_config_records_the_sha256_of_its_own_content(saved):
+    config = json.loads((saved / "config.json").read_text())
+    content = {k: v for k, v in config.items() if k != "config_sha256"}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    assert config["config_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [('"tiny-', '"tinY-'), ('"resid_pre"', '"resid_post"'), ('"d_model": 32', '"d_model": 33')],
+    ids=["model-name", "component", "width"],
+)
+def test_a_config_changed_after_saving_is_refused_as_damaged(model, saved, old, new):
+    """Without the config's own hash, these edits loaded as a lens for another model name
+    or component, or were refused as a lens for another model: they are damage."""
+    text = (saved / "config.json").read_text()
+    assert old in text
+    (saved / "config.json").write_text(text.replace(old, new, 1))
+    with pytest.raises(LensFileError, match=r"config\.json was changed after it was saved"):
+        TunedLens.load(saved, model=model)
+
+
+@pytest.mark.parametrize("hashes", [["config_sha256"], ["config_sha256", "params_sha256"]])
+def test_a_lens_saved_before_the_hashes_still_loads(model, saved, hashes):
+    config = json.loads((saved / "config.json").read_text())
+    for key in hashes:
+        config.pop(key)
+    (saved / "config.json").write_text(json.dumps(config))
     assert _same_parameters(TunedLens.load(saved, model=model), _trained(model))
 
 

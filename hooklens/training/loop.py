@@ -29,12 +29,14 @@ from hooklens.artifacts import load_weights_only, seal_matches, sealed
 from hooklens.errors import (
     DataError,
     InputError,
+    InputTypeError,
     LensMismatchError,
     MissingFileError,
     OutputExistsError,
     RunStateError,
 )
 from hooklens.files import atomic_write
+from hooklens.lenses.base import Lens
 from hooklens.lenses.tuned import TunedLens
 from hooklens.model import ModelAdapter
 from hooklens.precision import MATMUL_DTYPES, matmul_dtype
@@ -417,6 +419,7 @@ def train_lens(
     `hooklens.training.data.pack` does): a resume reads again those already consumed
     and refuses them if they hash otherwise than those the checkpoint trained on.
     """
+    _check_trainable(lens)
     config = config or TrainConfig()
     retain_freed_memory()  # 2× faster chunked loss on glibc (hooklens/allocator.py)
     adapter = ModelAdapter(model)
@@ -433,6 +436,26 @@ def train_lens(
     finally:
         for param, requires_grad in frozen:
             param.requires_grad_(requires_grad)
+
+
+def _check_trainable(lens: Any) -> None:
+    """Refuse a lens with nothing to train before anything starts (torch would say only
+    "optimizer got an empty parameter list", after the checkpoint directory is claimed)."""
+    if isinstance(lens, TunedLens) and any(p.requires_grad for p in lens.parameters()):
+        return
+    name = type(lens).__name__
+    if not isinstance(lens, Lens):
+        raise InputTypeError(
+            f"lens must be a TunedLens to train, got {name}: build one with "
+            "TunedLens.from_model(model)"
+        )
+    what = (
+        "its parameters are all frozen (requires_grad=False): call lens.requires_grad_(True)"
+        if isinstance(lens, TunedLens)
+        else f"a {name} has no parameters to train: pass a TunedLens "
+        "(TunedLens.from_model(model)), which learns one translator per layer"
+    )
+    raise InputError(f"train_lens got a lens with nothing to train: {what}")
 
 
 def _train(
