@@ -17,6 +17,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from torch import Tensor
 
 from hooklens import HooklensError, LogitLens, TunedLens, get_residual
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
@@ -575,7 +576,103 @@ def test_from_log_probs_refuses_the_issues_padded_probabilities():
 
 
 # --- J-lens loaders ------------------------------------------------------------------------
-#
-# To come (issue 23, deliverable 3): `JacobianLens.load` of random `.pt` files and
-# directories, good or bad, loads exactly what was saved or raises a HooklensError
-# naming the file.
+
+JLENS_FAULTS = [
+    "layer-out-of-range", "layer-string", "wrong-shape", "integer-matrix", "nan", "no-matrices",
+    "n-prompts-string", "n-prompts-negative", "metadata-string", "d-model-wrong",
+    "other-model-name", "target-layer-wrong", "n-done-zero", "not-a-dict",
+]  # fmt: skip
+
+
+@st.composite
+def jlens_payloads(
+    draw, n_layers: int, d_model: int, name: str
+) -> tuple[Any, str, dict[int, Tensor]]:
+    """A reference `.pt` payload (artifact or fit checkpoint) with at most one fault, and
+    the matrices a correct load gives: the artifact's J, or the checkpoint's sums / n_done."""
+    fault = draw(st.sampled_from(["none"] * len(JLENS_FAULTS) + JLENS_FAULTS))
+    checkpoint = draw(st.booleans())
+    layers = draw(st.lists(st.integers(0, n_layers - 2), min_size=1, unique=True))
+    dtype = draw(st.sampled_from([torch.float16, torch.float32, torch.float64]))
+    seed = draw(st.integers(0, 2**16))
+    generator = torch.Generator().manual_seed(seed)
+    matrices: dict[Any, Tensor] = {
+        layer: torch.randn(d_model, d_model, generator=generator).to(dtype) for layer in layers
+    }
+    n = draw(st.integers(1, 50))
+    divide = n if checkpoint else 1
+    expected = {layer: m.double() / divide for layer, m in matrices.items()}
+    first = layers[0]
+    if fault == "layer-out-of-range":
+        matrices[n_layers - 1 + draw(st.integers(0, 3))] = matrices.pop(first)
+    elif fault == "layer-string":
+        matrices["x"] = matrices.pop(first)
+    elif fault == "wrong-shape":
+        matrices[first] = matrices[first][:, : d_model - 1]
+    elif fault == "integer-matrix":
+        matrices[first] = matrices[first].round().to(torch.int32)
+    elif fault == "nan":
+        matrices[first][0, 0] = float("nan")
+    elif fault == "no-matrices":
+        matrices = {}
+    payload: dict[str, Any] = {"metadata": {"model_name": name}}
+    if checkpoint:
+        payload.update(jacobian_sum=matrices, n_done=0 if fault == "n-done-zero" else n)
+    else:
+        payload.update(J=matrices, n_prompts=n, source_layers=sorted(layers), d_model=d_model)
+    if fault == "n-prompts-string":
+        payload["n_done" if checkpoint else "n_prompts"] = str(n)
+    elif fault == "n-prompts-negative":
+        payload["n_done" if checkpoint else "n_prompts"] = -n
+    elif fault == "metadata-string":
+        payload["metadata"] = "tiny"
+    elif fault == "d-model-wrong":
+        payload["d_model"] = d_model + 1
+    elif fault == "other-model-name":
+        payload["metadata"] = {"model_name": "gpt2"}
+    elif fault == "target-layer-wrong":
+        payload["metadata"]["target_layer"] = n_layers - 2
+    elif fault == "n-done-zero" and not checkpoint:
+        payload["n_prompts"] = -1  # an artifact's counterpart of a fit that counted nothing
+    if fault == "not-a-dict":
+        return [payload], fault, expected
+    return payload, fault, expected
+
+
+@pytest.fixture(scope="module")
+def jlens_bridge(model_zoo):
+    return model_zoo["bridge-llama"]
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_jacobian_lens_load_returns_the_saved_matrices_or_a_hooklens_error(
+    data, jlens_bridge, tmp_path
+):
+    """Random reference `.pt` payloads, good or bad: `JacobianLens.load` gives exactly the
+    float64 answer (the artifact's matrices, or a checkpoint's sums over its count) or a
+    HooklensError naming the file; never a raw error, never other numbers."""
+    from hooklens import JacobianLens
+    from hooklens.model import ModelAdapter
+
+    cfg = jlens_bridge.cfg
+    name = ModelAdapter(jlens_bridge).model_name
+    payload, fault, expected = data.draw(jlens_payloads(cfg.n_layers, cfg.d_model, name))
+    event(fault)
+    path = tmp_path / "payload.pt"
+    torch.save(payload, path)
+    try:
+        lens = JacobianLens.load(path, model=jlens_bridge)
+    except HooklensError as error:
+        assert str(path) in str(error), error
+        assert fault != "none", f"a valid payload was refused: {error}"
+        return
+    assert fault == "none", f"fault {fault!r} loaded without an error"
+    assert lens.fitted_layers == sorted(expected)
+    for layer, matrix in expected.items():
+        torch.testing.assert_close(lens.jacobian(layer).double(), matrix, rtol=1e-6, atol=1e-6)
