@@ -25,12 +25,9 @@ from hooklens.lenses import Lens, LogitLens
 from hooklens.model import ModelAdapter
 from hooklens.plotting.widgets import Widget, circuitsvis_bundle
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
+from hooklens.validation import TextCutWarning, context_length, cut_notice
 
 DEFAULT_STATISTICS = ("forward_kl", "entropy", "cross_entropy", "rank")
-
-
-class TextCutWarning(UserWarning):
-    """The report reads only the first `max_tokens` tokens of a longer text."""
 
 
 @dataclass
@@ -81,32 +78,6 @@ def render_report(sections: Sequence[ReportSection], title: str = "hooklens repo
     )
 
 
-def cut_notice(model: Any, text: str, max_tokens: int, option: str = "max_tokens=") -> str | None:
-    """What a report of at most `max_tokens` tokens of `text` leaves out (None: nothing),
-    and how to read more; `option` spells the setting (`"--max-tokens "` on the command
-    line). The model's context length caps what it can read.
-
-    Examples:
-        >>> cut_notice(model, long_text, 64)                                # doctest: +SKIP
-        'read the first 64 of 712 tokens; pass max_tokens=712 to read all'
-    """
-    n_tokens = model.to_tokens(text, truncate=False).shape[-1]
-    n_ctx = _context_length(model, n_tokens)
-    n_read = min(max_tokens, n_ctx, n_tokens)
-    if n_read == n_tokens:
-        return None
-    notice = f"read the first {n_read} of {n_tokens} tokens"
-    if n_read == n_ctx:
-        return f"{notice}, as many as the model's context holds"
-    if n_tokens <= n_ctx:
-        return f"{notice}; pass {option}{n_tokens} to read all"
-    return f"{notice}; pass {option}{n_ctx} to read as many as the model's context holds"
-
-
-def _context_length(model: Any, default: int) -> int:
-    return getattr(getattr(model, "cfg", None), "n_ctx", None) or default
-
-
 def trajectory_report(
     model: Any,
     text: str,
@@ -146,7 +117,7 @@ def trajectory_report(
         )
     adapter = ModelAdapter(model)
     all_tokens = model.to_tokens(text, truncate=False)
-    tokens = all_tokens[:, : min(max_tokens, _context_length(model, max_tokens))]
+    tokens = all_tokens[:, : min(max_tokens, context_length(model, max_tokens))]
     read = f"{tokens.shape[-1]} tokens"
     notice = cut_notice(model, text, max_tokens)
     if notice is not None:

@@ -51,7 +51,14 @@ from hooklens.streaming import (
     pair_stats,
 )
 from hooklens.trajectory_sources import FLOOR, Block, LensSource, LogProbSource, RowSource
-from hooklens.validation import check_id_range, layer_index, positive_int, token_id_tensor
+from hooklens.validation import (
+    TextCutWarning,
+    check_id_range,
+    layer_index,
+    positive_int,
+    token_id_tensor,
+    tokens_cut_notice,
+)
 
 Units = Literal["nats", "bits"]
 UNITS = ("nats", "bits")
@@ -430,7 +437,7 @@ class PredictionTrajectory:
         TransformerLens added, if any (see `from_lens_and_cache`).
 
         A text longer than the model's context (`n_ctx` tokens) is cut to its first
-        `n_ctx` tokens with a `hooklens.report.TextCutWarning` that says how many were
+        `n_ctx` tokens with a `hooklens.validation.TextCutWarning` that says how many were
         dropped, as `trajectory_report` does; token ids longer than that are refused.
         """
         adapter = ModelAdapter(model)
@@ -448,12 +455,11 @@ class PredictionTrajectory:
             text_ids: Tensor = model.to_tokens(text, truncate=False)[0]
             n_ctx = getattr(adapter.cfg, "n_ctx", None)
             if n_ctx and text_ids.shape[-1] > n_ctx:
-                # The report's notice, so both say a cut the same way (report imports us).
-                from hooklens.report import TextCutWarning, cut_notice
-
+                # The report's notice, so both say a cut the same way.
+                notice = tokens_cut_notice(text_ids.shape[-1], n_ctx, n_ctx)
                 dropped = text_ids.shape[-1] - n_ctx
                 warnings.warn(
-                    f"{cut_notice(model, text, n_ctx)}: the last {dropped} tokens are not "
+                    f"{notice}: the last {dropped} tokens are not "
                     f"read. Split the text into pieces of at most {n_ctx} tokens to read "
                     "them all, or pass the token ids you mean to read",
                     TextCutWarning,

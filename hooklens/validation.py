@@ -154,3 +154,40 @@ def available_device(device: str | torch.device, what: str) -> torch.device:
             "torch can use here"
         ) from None
     return checked
+
+
+class TextCutWarning(UserWarning):
+    """A text longer than what is read (`max_tokens`, the model's context) was cut."""
+
+
+def cut_notice(model: Any, text: str, max_tokens: int, option: str = "max_tokens=") -> str | None:
+    """What reading at most `max_tokens` tokens of `text` leaves out (None: nothing), and
+    how to read more; `option` spells the setting (`"--max-tokens "` on the command
+    line). The model's context length caps what it can read.
+
+    Examples:
+        >>> cut_notice(model, long_text, 64)                                # doctest: +SKIP
+        'read the first 64 of 712 tokens; pass max_tokens=712 to read all'
+    """
+    n_tokens = model.to_tokens(text, truncate=False).shape[-1]
+    return tokens_cut_notice(n_tokens, context_length(model, n_tokens), max_tokens, option)
+
+
+def tokens_cut_notice(
+    n_tokens: int, n_ctx: int, max_tokens: int, option: str = "max_tokens="
+) -> str | None:
+    """`cut_notice` for a text already tokenised to `n_tokens` tokens (no second pass)."""
+    n_read = min(max_tokens, n_ctx, n_tokens)
+    if n_read == n_tokens:
+        return None
+    notice = f"read the first {n_read} of {n_tokens} tokens"
+    if n_read == n_ctx:
+        return f"{notice}, as many as the model's context holds"
+    if n_tokens <= n_ctx:
+        return f"{notice}; pass {option}{n_tokens} to read all"
+    return f"{notice}; pass {option}{n_ctx} to read as many as the model's context holds"
+
+
+def context_length(model: Any, default: int) -> int:
+    """The model's context length (`cfg.n_ctx`), or `default` where it records none."""
+    return getattr(getattr(model, "cfg", None), "n_ctx", None) or default
