@@ -123,17 +123,32 @@ def check_id_range(ids: Tensor, name: str, vocab: int, *, allow_missing: bool) -
         )
 
 
+def _int(value: Any, name: str, kind: str) -> int:
+    """`value` as an int (an index: no bool, no float), or `InputTypeError` asking for `kind`."""
+    if isinstance(value, bool):
+        raise InputTypeError(f"{name} must be {kind}, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InputTypeError(f"{name} must be {kind}, got {value!r}") from None
+
+
 def positive_int(value: Any, name: str, *, at_most: int | None = None) -> int:
     """`value` as an int ≥ 1 (and ≤ `at_most`), or a clear error."""
-    if isinstance(value, bool):
-        raise InputTypeError(f"{name} must be a positive int, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise InputTypeError(f"{name} must be a positive int, got {value!r}") from None
+    number = _int(value, name, "a positive int")
     if number < 1 or (at_most is not None and number > at_most):
         bound = f" and at most {at_most}" if at_most is not None else ""
         raise InputError(f"{name} must be at least 1{bound}, got {number}")
+    return number
+
+
+def non_negative_int(value: Any, name: str, *, meaning: str = "") -> int:
+    """`value` as an int ≥ 0, or a clear error; `meaning` says what the number counts
+    (`"leading positions left out of the mean"`), in the error."""
+    number = _int(value, name, "an int ≥ 0")
+    if number < 0:
+        said = f" ({meaning})" if meaning else ""
+        raise InputError(f"{name} must be 0 or more{said}, got {number}")
     return number
 
 

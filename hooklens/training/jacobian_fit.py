@@ -26,7 +26,6 @@ the same prompts, up to the order of the float32 additions.
 from __future__ import annotations
 
 import hashlib
-import operator
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -50,7 +49,7 @@ from hooklens.errors import (
 from hooklens.files import atomic_write
 from hooklens.model import ModelAdapter, _same_model_name, fingerprint_of
 from hooklens.training import distributed
-from hooklens.validation import check_id_range, positive_int, token_id_tensor
+from hooklens.validation import check_id_range, non_negative_int, positive_int, token_id_tensor
 
 # Our own checkpoint entry, beside the reference's keys: what a resume must repeat.
 # TransformerLens's and our `JacobianLens.load` read a checkpoint without it.
@@ -324,21 +323,6 @@ def _source_layers(source_layers: Sequence[int] | None, n_layers: int) -> list[i
     return layers
 
 
-def non_negative_int(value: Any, name: str) -> int:
-    """`value` as an int ≥ 0, or a clear error."""
-    if isinstance(value, bool):
-        raise InputTypeError(f"{name} must be an int ≥ 0, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise InputTypeError(f"{name} must be an int ≥ 0, got {value!r}") from None
-    if number < 0:
-        raise InputError(
-            f"{name} must be 0 or more (leading positions left out of the mean), got {number}"
-        )
-    return number
-
-
 def check_fit_lengths(
     max_seq_len: Any,
     skip_first_positions: Any,
@@ -349,7 +333,9 @@ def check_fit_lengths(
     tokens leaves a source position to average: the estimator reads positions
     `skip_first_positions .. pos - 2` (the last position has no later target)."""
     max_seq_len = positive_int(max_seq_len, names[0])
-    skip = non_negative_int(skip_first_positions, names[1])
+    skip = non_negative_int(
+        skip_first_positions, names[1], meaning="leading positions left out of the mean"
+    )
     if max_seq_len < skip + 2:
         raise InputError(
             f"{names[1]}={skip} leaves no position to fit on in prompts of at most "
