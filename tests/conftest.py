@@ -241,6 +241,22 @@ class _ModelZoo(dict):
         return self[kind]
 
 
+@pytest.fixture
+def tiny_models(monkeypatch, word_tokenizer) -> list[str]:
+    """`hooklens.models.load` builds a tiny random bridge (what the CLI loads in tests);
+    returns the names it was asked for."""
+    from hooklens import models
+
+    loaded: list[str] = []
+
+    def load(name, **_):
+        loaded.append(name)
+        return make_bridge(word_tokenizer)
+
+    monkeypatch.setattr(models, "load", load)
+    return loaded
+
+
 @pytest.fixture(scope="session")
 def model_zoo(word_tokenizer):
     """Every tiny model kind, built once per session; tests must not modify them."""

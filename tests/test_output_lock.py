@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hooklens import files, models
+from hooklens import files
 from hooklens.cli import main as cli_main
 from hooklens.errors import HooklensError, OutputLockedError, OutputWriteError
 from hooklens.files import (
@@ -36,7 +36,7 @@ from hooklens.files import (
 )
 from hooklens.training import distributed
 from hooklens.training import run as training
-from tests.conftest import VOCAB, _tiny_hf, make_bridge
+from tests.conftest import VOCAB, _tiny_hf
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
@@ -440,19 +440,6 @@ def _train_arguments(data: Path, output: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-@pytest.fixture
-def loads(monkeypatch, word_tokenizer) -> list[str]:
-    """`models.load` builds a tiny random bridge; returns the names it was asked for."""
-    loaded: list[str] = []
-
-    def load(name, **_):
-        loaded.append(name)
-        return make_bridge(word_tokenizer)
-
-    monkeypatch.setattr(models, "load", load)
-    return loaded
-
-
 def _stderr_line(capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
@@ -460,7 +447,7 @@ def _stderr_line(capsys) -> str:
 
 
 def test_train_and_fit_jlens_into_an_owned_output_stop_before_the_model_loads(
-    tmp_path, loads, capsys
+    tmp_path, tiny_models, capsys
 ):
     data = _write_texts(tmp_path / "texts.jsonl")
     output = tmp_path / "run"
@@ -472,11 +459,11 @@ def test_train_and_fit_jlens_into_an_owned_output_stop_before_the_model_loads(
         fit = ["fit-jlens", "--data", str(data), "--output", str(output), "--no-progress"]
         assert cli_main(fit) == 2
         assert f"hooklens fit-jlens: {output} is in use by another run" in _stderr_line(capsys)
-    assert loads == []
+    assert tiny_models == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.jsonl"]
 
 
-def test_train_takes_over_a_killed_runs_lock_and_says_so(tmp_path, loads, capsys):
+def test_train_takes_over_a_killed_runs_lock_and_says_so(tmp_path, tiny_models, capsys):
     data = _write_texts(tmp_path / "texts.jsonl")
     output = tmp_path / "run"
     pid = _dead_pid()
@@ -492,7 +479,7 @@ def test_train_takes_over_a_killed_runs_lock_and_says_so(tmp_path, loads, capsys
     assert {p.name for p in output.iterdir()} == {"run.json", "checkpoint", "lens", "history.json"}
 
 
-def test_train_on_a_full_disk_says_so_in_one_line(tmp_path, loads, capsys, monkeypatch):
+def test_train_on_a_full_disk_says_so_in_one_line(tmp_path, tiny_models, capsys, monkeypatch):
     data = _write_texts(tmp_path / "texts.jsonl")
     output = tmp_path / "run"
 

@@ -36,7 +36,7 @@ from hooklens.errors import (
 from hooklens.training import run as training
 from hooklens.training.data import check_data_source, data_fingerprint
 from hooklens.training.loop import CHECKPOINT_FILE, TrainConfig, train_lens
-from tests.conftest import VOCAB, make_bridge
+from tests.conftest import VOCAB
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,19 +54,6 @@ def _write_texts(path: Path, seed: int = 0, n: int = 40) -> Path:
 @pytest.fixture
 def corpus(tmp_path) -> Path:
     return _write_texts(tmp_path / "texts.jsonl")
-
-
-@pytest.fixture
-def tiny_models(monkeypatch, word_tokenizer) -> list[str]:
-    """`models.load` builds a tiny random bridge; returns the names it was asked for."""
-    loaded: list[str] = []
-
-    def load(name, **_):
-        loaded.append(name)
-        return make_bridge(word_tokenizer)
-
-    monkeypatch.setattr(models, "load", load)
-    return loaded
 
 
 def _arguments(data: Path, output: Path, *extra: str) -> list[str]:
