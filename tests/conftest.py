@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -239,6 +240,21 @@ class _ModelZoo(dict):
             raise KeyError(kind)
         self[kind] = build_model(kind, self.tokenizer)
         return self[kind]
+
+
+def flip_in_zip_member(path, member_suffix: str, offset: int = 3, mask: int = 0x10) -> None:
+    """XOR `mask` into byte `offset` of the data of the zip member (of a `torch.save`
+    file) whose name ends with `member_suffix`: a tensor's bytes, or the pickle."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(member_suffix))
+    data = bytearray(Path(path).read_bytes())
+    header = info.header_offset  # local header: 30 bytes, then the name and extra field
+    name_length = int.from_bytes(data[header + 26 : header + 28], "little")
+    extra_length = int.from_bytes(data[header + 28 : header + 30], "little")
+    data[header + 30 + name_length + extra_length + offset] ^= mask
+    Path(path).write_bytes(bytes(data))
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ bad files and bad fit arguments are refused by name, before anything expensive."
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from hooklens import JacobianLens, LensFileError, LensMismatchError, RunStateErr
 from hooklens.errors import InputError, InputTypeError
 from hooklens.model import ModelAdapter
 from hooklens.training import jacobian_fit
-from tests.conftest import D_MODEL, N_LAYERS, VOCAB
+from tests.conftest import D_MODEL, N_LAYERS, VOCAB, flip_in_zip_member
 
 
 def content_sha256(value) -> str:
@@ -79,18 +78,6 @@ def _edit(path: Path, edit) -> None:
     payload = torch.load(path, weights_only=True)
     edit(payload)
     torch.save(payload, path)
-
-
-def _flip_in_member(path: Path, member_suffix: str, offset: int = 3) -> None:
-    """Flip one bit inside a zip member's data (a tensor's bytes, say)."""
-    with zipfile.ZipFile(path) as archive:
-        info = next(i for i in archive.infolist() if i.filename.endswith(member_suffix))
-    data = bytearray(path.read_bytes())
-    header = info.header_offset
-    name_length = int.from_bytes(data[header + 26 : header + 28], "little")
-    extra_length = int.from_bytes(data[header + 28 : header + 30], "little")
-    data[header + 30 + name_length + extra_length + offset] ^= 0x10
-    path.write_bytes(bytes(data))
 
 
 # --- case 3: our .pt records the model, and a model of another depth is refused -----------
@@ -225,7 +212,7 @@ def test_foreign_files_load_as_before(bridge, tmp_path):
 def test_a_flipped_bit_in_a_matrix_is_refused_by_name(bridge, tmp_path):
     path = tmp_path / "jlens.pt"
     _lens(bridge).save(path)
-    _flip_in_member(path, "data/0")
+    flip_in_zip_member(path, "data/0")
     with pytest.raises(LensFileError, match="CRC-32") as info:
         JacobianLens.load(path, model=bridge)
     assert str(path) in str(info.value)
@@ -235,7 +222,7 @@ def test_a_flipped_bit_in_a_foreign_file_is_refused_too(tmp_path):
     """No checksum of ours there: the zip archive's CRC-32 catches it."""
     path = tmp_path / "params.pt"
     torch.save({"0.weight": torch.randn(8, 8)}, path)
-    _flip_in_member(path, "data/0", offset=17)
+    flip_in_zip_member(path, "data/0", offset=17)
     with pytest.raises(LensFileError, match="CRC-32") as info:
         load_weights_only(path, "a tuned-lens parameter file")
     assert str(path) in str(info.value)
@@ -333,7 +320,7 @@ def test_resume_from_an_edited_checkpoint_is_refused_by_name(bridge, checkpoint,
 
 
 def test_resume_from_a_checkpoint_with_a_flipped_byte_is_refused_by_name(bridge, checkpoint):
-    _flip_in_member(checkpoint, "data.pkl", offset=40)
+    flip_in_zip_member(checkpoint, "data.pkl", offset=40)
     with pytest.raises(RunStateError) as info:
         _fit(bridge, checkpoint)
     assert str(checkpoint) in str(info.value)

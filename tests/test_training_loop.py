@@ -7,7 +7,7 @@ import torch
 
 from hooklens import TunedLens
 from hooklens.training.loop import CHECKPOINT_FILE, TrainConfig, batch_loss, train_lens
-from tests.conftest import VOCAB
+from tests.conftest import VOCAB, flip_in_zip_member
 
 
 def _batches(n: int = 12, seed: int = 0) -> list[torch.Tensor]:
@@ -136,20 +136,6 @@ def _edit(path, edit, *, reseal: bool = False) -> None:
     torch.save(state, path)
 
 
-def _flip_in_member(path, member_suffix: str, offset: int) -> None:
-    """Flip one bit inside a zip member's data (a tensor's bytes, or the pickle)."""
-    import zipfile
-
-    with zipfile.ZipFile(path) as archive:
-        info = next(i for i in archive.infolist() if i.filename.endswith(member_suffix))
-    data = bytearray(path.read_bytes())
-    header = info.header_offset
-    name_length = int.from_bytes(data[header + 26 : header + 28], "little")
-    extra_length = int.from_bytes(data[header + 28 : header + 30], "little")
-    data[header + 30 + name_length + extra_length + offset] ^= 0x04
-    path.write_bytes(bytes(data))
-
-
 def test_a_checkpoint_records_the_checksum_of_its_content(hooked, tmp_path):
     from hooklens.artifacts import content_sha256
 
@@ -166,8 +152,8 @@ def _truncate(path) -> None:
 @pytest.mark.parametrize(
     "damage",
     [
-        lambda path: _flip_in_member(path, "data/0", offset=5),
-        lambda path: _flip_in_member(path, "data.pkl", offset=60),
+        lambda path: flip_in_zip_member(path, "data/0", offset=5, mask=0x04),
+        lambda path: flip_in_zip_member(path, "data.pkl", offset=60, mask=0x04),
         _truncate,
         lambda path: path.write_bytes(path.read_bytes()[:-1]),
         lambda path: _edit(path, lambda state: state.update(step=1)),
