@@ -140,7 +140,7 @@ def word_tokenizer(tmp_path_factory):
     return AutoTokenizer.from_pretrained(folder)
 
 
-def _tiny_hf(architecture: str, seed: int = 0) -> torch.nn.Module:
+def _tiny_hf(architecture: str, seed: int = 0, n_layers: int = N_LAYERS) -> torch.nn.Module:
     from transformers import (
         Gemma2Config,
         Gemma2ForCausalLM,
@@ -156,7 +156,7 @@ def _tiny_hf(architecture: str, seed: int = 0) -> torch.nn.Module:
             vocab_size=VOCAB,
             hidden_size=D_MODEL,
             intermediate_size=64,
-            num_hidden_layers=N_LAYERS,
+            num_hidden_layers=n_layers,
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=64,
@@ -164,14 +164,14 @@ def _tiny_hf(architecture: str, seed: int = 0) -> torch.nn.Module:
         )
         model = LlamaForCausalLM(config)
     elif architecture == "gpt2":
-        config = GPT2Config(vocab_size=VOCAB, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=4)
+        config = GPT2Config(vocab_size=VOCAB, n_embd=D_MODEL, n_layer=n_layers, n_head=4)
         model = GPT2LMHeadModel(config)
     elif architecture == "gemma2":  # RMSNorm with (1 + w) gains and a logit softcap
         config = Gemma2Config(
             vocab_size=VOCAB,
             hidden_size=D_MODEL,
             intermediate_size=64,
-            num_hidden_layers=N_LAYERS,
+            num_hidden_layers=n_layers,
             num_attention_heads=4,
             num_key_value_heads=2,
             head_dim=8,
@@ -190,11 +190,17 @@ def _tiny_hf(architecture: str, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def make_bridge(tokenizer, architecture: str = "llama", processing: bool = False, seed: int = 0):
+def make_bridge(
+    tokenizer,
+    architecture: str = "llama",
+    processing: bool = False,
+    seed: int = 0,
+    n_layers: int = N_LAYERS,
+):
     """A TransformerBridge around a tiny random HF model (raw, or compatibility mode)."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    hf_model = _tiny_hf(architecture, seed)
+    hf_model = _tiny_hf(architecture, seed, n_layers)
     bridge = TransformerBridge.boot_transformers(
         f"tiny-{architecture}", hf_model=copy.deepcopy(hf_model), tokenizer=tokenizer, device="cpu"
     )

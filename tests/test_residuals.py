@@ -15,7 +15,7 @@ from hooklens import (
     iter_residuals,
     residual_stack,
 )
-from tests.conftest import D_MODEL, N_LAYERS, VOCAB, make_hooked
+from tests.conftest import D_MODEL, N_LAYERS, make_bridge, make_hooked
 
 
 @pytest.mark.parametrize("component", ["resid_pre", "resid_mid", "resid_post"])
@@ -70,27 +70,6 @@ def test_a_bridge_cache_under_canonical_names_is_read_like_the_aliases(model_zoo
 # --- a cache of another model ------------------------------------------------------------
 
 
-def _bridge(tokenizer, n_layers: int):
-    """A tiny llama TransformerBridge with `n_layers` blocks (conftest's has N_LAYERS)."""
-    from transformer_lens.model_bridge import TransformerBridge
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=D_MODEL,
-        intermediate_size=64,
-        num_hidden_layers=n_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return TransformerBridge.boot_transformers(
-        "tiny-llama", hf_model=LlamaForCausalLM(config).eval(), tokenizer=tokenizer, device="cpu"
-    )
-
-
 def _every_read_refuses(cache, model, match: str) -> None:
     for read in (
         lambda: residual_stack(cache, model=model),
@@ -122,7 +101,7 @@ def test_a_deeper_models_cache_is_refused_by_model_equals_hooked(hooked, tokens)
 
 def test_a_deeper_models_cache_is_refused_by_model_equals_bridge(model_zoo, tokens):
     bridge = model_zoo["bridge-llama"]
-    deeper = _bridge(model_zoo.tokenizer, N_LAYERS + 1)
+    deeper = make_bridge(model_zoo.tokenizer, n_layers=N_LAYERS + 1)
     _, cache = deeper.run_with_cache(tokens)
     _every_read_refuses(cache, bridge, rf"model with {N_LAYERS + 1} blocks.*has {N_LAYERS}")
     _every_read_refuses(dict(cache.cache_dict), bridge, rf"blocks up to {N_LAYERS}, but")
