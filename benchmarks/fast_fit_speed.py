@@ -17,7 +17,7 @@ import time
 import torch
 
 from hooklens import models
-from hooklens.allocator import retain_freed_memory
+from hooklens.core.precision import retain_freed_memory
 from hooklens.training.data import batches, load_texts, pack, split_texts
 from hooklens.training.fast_fit import fit_tuned_lens
 

@@ -58,13 +58,13 @@ def reference_step(model, lens, tokens, autocast: bool) -> None:
 
 def child(variant: str, batch: int, seq: int, steps: int) -> None:
     from hooklens import TunedLens, models
-    from hooklens.allocator import retain_freed_memory
+    from hooklens.core.precision import retain_freed_memory
     from hooklens.training.data import batches, load_texts, pack, split_texts
     from hooklens.training.loop import TrainConfig, batch_loss
 
     if variant.endswith("-retain") or not variant.startswith("reference"):
         # the reference as tuned-lens runs it keeps glibc's defaults
-        retain_freed_memory()  # hooklens/allocator.py (train_lens sets it too)
+        retain_freed_memory()  # hooklens/core/precision.py (train_lens sets it too)
     model = models.load("smollm2-135m")
     model.requires_grad_(False)
     texts = load_texts("wikipedia-summaries")["text"]

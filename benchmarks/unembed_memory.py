@@ -42,7 +42,7 @@ def _rss_mib(field: str) -> float:
 def run_case(mode: str, chunk: int, layers: int, pos: int) -> dict:
     import torch
 
-    from hooklens.unembed import Unembed
+    from hooklens.core.unembed import Unembed
 
     torch.manual_seed(0)
     torch.set_grad_enabled(False)

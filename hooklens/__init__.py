@@ -1,6 +1,11 @@
 """hooklens: logit and tuned lenses over TransformerLens activation caches."""
 
 from hooklens.artifacts import LensNotFoundError
+from hooklens.core import precision as precision  # `from hooklens import precision`, as taught
+from hooklens.core.adapter import ModelAdapter, ModelFingerprint, WeightProcessing
+from hooklens.core.inversion import InversionOutput
+from hooklens.core.residuals import get_residual, iter_residuals, residual_stack
+from hooklens.core.unembed import Unembed
 from hooklens.errors import (
     DataError,
     HooklensError,
@@ -18,7 +23,6 @@ from hooklens.errors import (
     RunStateError,
     UnknownModelError,
 )
-from hooklens.inversion import InversionOutput
 from hooklens.lenses import (
     JacobianLens,
     Lens,
@@ -27,12 +31,9 @@ from hooklens.lenses import (
     TunedLensConfig,
     transformer_lens_translator,
 )
-from hooklens.model import ModelAdapter, ModelFingerprint, WeightProcessing
 from hooklens.plotting import TokenFormatter, TrajectoryLabels, TrajectoryStatistic
-from hooklens.residuals import get_residual, iter_residuals, residual_stack
 from hooklens.stats import LogitStats, js_distance
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
-from hooklens.unembed import Unembed
 
 __version__ = "0.1.0"
 

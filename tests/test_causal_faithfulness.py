@@ -20,9 +20,9 @@ from hooklens.causal.faithfulness import (
     lens_faithfulness,
     spearman,
 )
+from hooklens.core.adapter import ModelAdapter
+from hooklens.core.residuals import get_residual
 from hooklens.errors import InputError, LayerIndexError, LensMismatchError
-from hooklens.model import ModelAdapter
-from hooklens.residuals import get_residual
 from tests.conftest import D_MODEL, N_LAYERS, VOCAB, make_hooked
 
 KINDS = ["hooked-rms-processed", "bridge-llama"]

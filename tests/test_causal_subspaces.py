@@ -19,6 +19,7 @@ from hooklens.causal.subspaces import (
     residual_hook_name,
     subspace_ablation,
 )
+from hooklens.core.adapter import ModelAdapter
 from hooklens.errors import (
     InputError,
     InputTypeError,
@@ -26,7 +27,6 @@ from hooklens.errors import (
     LensMismatchError,
     NonFiniteActivationError,
 )
-from hooklens.model import ModelAdapter
 from tests.conftest import D_MODEL, N_LAYERS
 
 KINDS = ["hooked-rms-processed", "bridge-llama"]

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from hooklens.training import distributed
+from hooklens.core import distributed
 from hooklens.training.data import batches
 from hooklens.training.fast_fit import fit_tuned_lens
 from hooklens.training.loop import TrainConfig, train_lens

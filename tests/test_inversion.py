@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hooklens import Unembed
-from hooklens.inversion import InversionOutput
+from hooklens.core.inversion import InversionOutput
 
 
 def kl(target_logits, logits):

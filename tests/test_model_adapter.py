@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hooklens import ModelAdapter
-from hooklens.model import fingerprint_differences
+from hooklens.core.fingerprint import fingerprint_differences
 from tests.conftest import D_MODEL, N_LAYERS, VOCAB
 
 

@@ -9,9 +9,10 @@ import warnings
 import pytest
 import torch
 
-from hooklens import TunedLens, Unembed, precision
+from hooklens import TunedLens, Unembed
+from hooklens.core import precision
+from hooklens.core.chunked_kl import kl_to_target
 from hooklens.training.loop import LensKL, TrainConfig
-from hooklens.training.loss import kl_to_target
 from tests.conftest import D_MODEL
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hooklens import TunedLens, Unembed
-from hooklens.training.loss import kl_to_target
+from hooklens.core.chunked_kl import kl_to_target
 from tests.conftest import D_MODEL
 
 

@@ -23,9 +23,9 @@ from jaxtyping import Int
 from numpy.typing import NDArray
 from torch import Tensor
 
+from hooklens.core.adapter import ModelAdapter
 from hooklens.errors import InputError
 from hooklens.lenses.base import Lens
-from hooklens.model import ModelAdapter
 from hooklens.plotting.statistic import TrajectoryStatistic
 from hooklens.trajectory import PredictionTrajectory
 
@@ -152,8 +152,9 @@ class LayerEffect:
         )
 
 
-def _set_log_prob(log_probs: Tensor, ids: Tensor) -> Tensor:
-    """log Σ_{t ∈ ids} p(t) per row; `ids` is `[batch, k]` with −1 as padding."""
+def set_log_prob(log_probs: Tensor, ids: Tensor) -> Tensor:
+    """log Σ_{t ∈ ids} p(t) per row: the log-probability of a set of tokens; `ids` is
+    `[batch, k]` with −1 as padding."""
     picked = log_probs.gather(-1, ids.clamp(min=0).expand(*log_probs.shape[:-1], -1))
     return picked.masked_fill(ids < 0, -torch.inf).logsumexp(-1)
 
@@ -190,7 +191,7 @@ def answer_log_prob_diff(
             rows.append(torch.log_softmax(lens(hidden, layer).float(), -1))
         rows.append(torch.log_softmax(logits[:, position].float(), -1))
         log_probs = torch.stack(rows, 1).cpu()  # [batch, layer + 1, vocab]
-        diff = _set_log_prob(log_probs, targets[:, None]) - _set_log_prob(
+        diff = set_log_prob(log_probs, targets[:, None]) - set_log_prob(
             log_probs, anti_targets[:, None]
         )
     return diff.numpy()

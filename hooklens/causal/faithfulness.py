@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,7 @@ from numpy.typing import ArrayLike, NDArray
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from hooklens._checks import check_id_range, positive_int, token_id_tensor
 from hooklens.causal.subspaces import (
     ABLATION_MODES,
     AblationMode,
@@ -61,15 +62,15 @@ from hooklens.causal.subspaces import (
     extract_causal_bases,
     subspace_ablation,
 )
+from hooklens.core.adapter import ModelAdapter, check_same_model
+from hooklens.core.residuals import get_residual, row_hook_names
+from hooklens.core.unembed import VOCAB_CHUNK, vocab_chunks
 from hooklens.errors import InputError, InputTypeError
 from hooklens.lenses.base import Lens
-from hooklens.model import ModelAdapter, check_same_model
-from hooklens.residuals import get_residual, row_hook_names
 from hooklens.streaming import logsumexp_chunks, vocab_stats
 from hooklens.trajectory import checked_attention_mask
-from hooklens.validation import check_id_range, positive_int, token_id_tensor
 
-CHUNK_SIZE = 8192  # vocabulary tokens per block of logits
+CHUNK_SIZE = VOCAB_CHUNK  # the old name of the vocabulary block size here
 
 
 # --- rank correlation --------------------------------------------------------------------
@@ -323,7 +324,7 @@ def lens_faithfulness(
         ...                                                              # doctest: +SKIP
     """
     adapter = _checked_pair(model, lens)
-    component = lens._check_component(component)
+    component = lens.resolve_component(component)
     rows = _rows(lens, layers)
     k = positive_int(k, "k")
     if k > adapter.d_model:
@@ -398,7 +399,7 @@ def direction_effects(
         ...                                                              # doctest: +SKIP
     """
     adapter = _checked_pair(model, lens)
-    component = lens._check_component(component)
+    component = lens.resolve_component(component)
     (row,) = _rows(lens, [layer])
     vectors = _checked_directions(directions, adapter.d_model)
     effects = _effects(
@@ -485,11 +486,11 @@ class _Readout:
     """A fixed reference distribution (the model's clean output, as logits `[rows,
     vocab]`) to measure KL(reference ‖ other) against, streamed over vocabulary chunks."""
 
-    def __init__(self, logits: Float[Tensor, "rows vocab"], chunk_size: int = CHUNK_SIZE):
+    def __init__(self, logits: Float[Tensor, "rows vocab"], chunk_size: int = VOCAB_CHUNK):
         self.logits = logits
         self.chunk_size = chunk_size
         self.logsumexp = logsumexp_chunks(
-            logits[:, vocab].float() for vocab in _vocab_slices(logits.shape[-1], chunk_size)
+            logits[:, vocab].float() for vocab in vocab_chunks(logits.shape[-1], chunk_size)
         )
 
     def reference(self, vocab: slice) -> Float[Tensor, "rows chunk"]:
@@ -499,7 +500,7 @@ class _Readout:
         """KL(self ‖ other) per row; `other`'s logits are shifted in place (discard it)."""
         chunks = (
             (vocab, other[:, vocab].float())
-            for vocab in _vocab_slices(other.shape[-1], self.chunk_size)
+            for vocab in vocab_chunks(other.shape[-1], self.chunk_size)
         )
         return _reference_kl(chunks, self.reference)
 
@@ -513,7 +514,7 @@ class _LensReadout:
         self.unembed = lens.unembed
         self.normed = self.unembed.normalize(self._translated(hidden))
         self.logsumexp = logsumexp_chunks(
-            self._logits(vocab) for vocab in _vocab_slices(self.unembed.d_vocab, CHUNK_SIZE)
+            self._logits(vocab) for vocab in vocab_chunks(self.unembed.d_vocab, VOCAB_CHUNK)
         )
 
     def _translated(self, hidden: Tensor) -> Float[Tensor, "rows d_model"]:
@@ -530,7 +531,7 @@ class _LensReadout:
         translated = self._translated(hidden)
         chunks = (
             (vocab, logits.float())
-            for vocab, logits in self.unembed.logit_chunks(translated, CHUNK_SIZE)
+            for vocab, logits in self.unembed.logit_chunks(translated, VOCAB_CHUNK)
         )
         return _reference_kl(chunks, self.reference)
 
@@ -542,11 +543,6 @@ def _reference_kl(
     stats = vocab_stats(chunks, k=1, reference=reference)
     assert stats.reference_kl is not None  # vocab_stats sets it when given a reference
     return stats.reference_kl
-
-
-def _vocab_slices(vocab: int, chunk_size: int) -> Iterator[slice]:
-    for start in range(0, vocab, chunk_size):
-        yield slice(start, min(start + chunk_size, vocab))
 
 
 def _residual_rows(
@@ -564,11 +560,11 @@ def _residual_rows(
     residuals of SmolLM2 when 3 are asked for.
     """
     names = {name for row in rows for name in row_hook_names(adapter, row, component)}
-    # A HookedTransformer can stop after the deepest block needed (no head, no logits).
+    # A model that can stop after the deepest block needed runs no head and no logits.
     deepest = max(rows)
     stop = (
         {"stop_at_layer": deepest + 1}
-        if adapter.kind == "HookedTransformer" and deepest < adapter.n_layers
+        if adapter.can_stop_at_layer and deepest < adapter.n_layers
         else {}
     )
     parts: dict[int, list[Tensor]] = {row: [] for row in rows}

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hooklens.core.adapter import ModelAdapter, check_same_model
 from hooklens.errors import InputError, LayerIndexError, MissingHookError
-from hooklens.model import ModelAdapter, check_same_model
 
 Hook = tuple[str, Callable[..., Tensor]]
 Positions = int | Sequence[int] | slice | None

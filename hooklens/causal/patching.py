@@ -6,10 +6,11 @@ answer position at every layer: a `[patched layer, position, read layer]` array.
 
 Cost. The corrupted and clean runs are cached once. Layers below ℓ are the corrupted
 run's own (read from its cache, no forward pass), layer ℓ is the patched residual itself,
-and only the blocks from ℓ on run again: on a HookedTransformer the patched residuals of
-all positions go through `forward(start_at_layer=ℓ)` as one batch (in groups of
-`position_batch`, which bounds memory). A TransformerBridge cannot start mid-network,
-so there each group runs the whole model with a patching hook. Only the answer
+and only the blocks from ℓ on run again: where the model can start mid-network
+(`ModelAdapter.can_start_at_layer`: a HookedTransformer) the patched residuals of all
+positions go through `forward(start_at_layer=ℓ)` as one batch (in groups of
+`position_batch`, which bounds memory). A TransformerBridge cannot, so there each group
+runs the whole model with a patching hook. Only the answer
 position's residual is kept per read layer.
 
 Examples:
@@ -33,10 +34,10 @@ from numpy.typing import NDArray
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooklens.causal.effects import _set_log_prob
+from hooklens.causal.effects import set_log_prob
+from hooklens.core.adapter import ModelAdapter
 from hooklens.errors import InputError
 from hooklens.lenses.base import Lens
-from hooklens.model import ModelAdapter, _is_hooked_transformer
 
 
 @dataclass
@@ -142,7 +143,7 @@ def _readout(
     ]
     rows.append(torch.log_softmax(logits.float(), -1))
     log_probs = torch.stack(rows, 1).cpu()  # [rows, layer + 1, vocab]
-    return _set_log_prob(log_probs, targets.expand(log_probs.shape[0], 1, -1)) - _set_log_prob(
+    return set_log_prob(log_probs, targets.expand(log_probs.shape[0], 1, -1)) - set_log_prob(
         log_probs, anti.expand(log_probs.shape[0], 1, -1)
     )
 
@@ -187,7 +188,7 @@ def patching_sweep(
     positions = list(range(n_pos)) if positions is None else [p % n_pos for p in positions]
     answer = answer_position % n_pos
     names = adapter.residual_hook_names("resid_pre")
-    starts_mid = _is_hooked_transformer(model)
+    starts_mid = adapter.can_start_at_layer
     groups = [positions[i : i + position_batch] for i in range(0, len(positions), position_batch)]
 
     values = np.full((n_prompts, len(layers), len(positions), adapter.n_layers + 1), np.nan)

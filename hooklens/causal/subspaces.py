@@ -21,9 +21,8 @@ and direction j maximises it over unit vectors orthogonal to v₁ … v_{j−1};
 that expected KL in nats (with `labels`: the increase of next-token cross-entropy). The
 vectors, sorted by decreasing energy, form an orthonormal `CausalBasis`.
 
-Layer convention. Rows count like a lens's (`hooklens.lenses.base.Lens`): row ℓ <
-n_layers is `component` of block ℓ (`resid_pre`, the block's input, by default) and row
-n_layers is the final residual, the last block's `resid_post`, for every component.
+Layer convention. Rows count like a lens's, as the table in `hooklens.core.residuals`
+states (row n_layers is the final residual for every component).
 `ablate_subspace(model, basis, ℓ, component=lens.component)` therefore changes exactly
 the tensor that `lens` reads at row ℓ (and everything the model computes from it).
 
@@ -52,25 +51,25 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooklens.causal.derangement import derange, sample_derangement
-from hooklens.causal.interventions import Hook
-from hooklens.errors import InputError, InputTypeError, LensMismatchError, NonFiniteActivationError
-from hooklens.lenses.base import Lens
-from hooklens.model import ModelAdapter, normalize_component
-from hooklens.residuals import row_hook_names
-from hooklens.training import distributed
-from hooklens.training.loss import (
-    kl_to_target,
-    target_distribution,
-    target_projection,
-    weight_chunks,
-)
-from hooklens.validation import (
+from hooklens._checks import (
     check_id_range,
     positive_int,
     token_id_tensor,
     validate_hidden,
 )
+from hooklens.causal.derangement import derange, sample_derangement
+from hooklens.causal.interventions import Hook
+from hooklens.core import distributed
+from hooklens.core.adapter import ModelAdapter, normalize_component
+from hooklens.core.chunked_kl import (
+    kl_to_target,
+    target_distribution,
+    target_projection,
+    weight_chunks,
+)
+from hooklens.core.residuals import row_hook_names
+from hooklens.errors import InputError, InputTypeError, LensMismatchError, NonFiniteActivationError
+from hooklens.lenses.base import Lens
 
 AblationMode = Literal["zero", "mean", "resample"]
 ABLATION_MODES: tuple[str, ...] = get_args(AblationMode)
@@ -360,7 +359,7 @@ def extract_causal_bases(
     `transform_hidden` is `h ↦ M h + c`). See the module docstring for the definition.
 
     The KL is taken to the lens's own unablated readout and computed chunk by chunk
-    over the vocabulary, forward and backward (`hooklens.training.loss.kl_to_target`):
+    over the vocabulary, forward and backward (`hooklens.core.chunked_kl.kl_to_target`):
     one `[tokens, vocab]` target per row, never logits, probabilities and their
     gradient at once. The lens is not changed and gets no gradients. Under
     torch.distributed each rank passes its own tokens; loss and gradient are averaged

@@ -7,24 +7,24 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from hooklens._checks import layer_index, validate_hidden
+from hooklens.core.adapter import ModelAdapter, normalize_component
+from hooklens.core.residuals import check_cache, get_residual
+from hooklens.core.unembed import Unembed
 from hooklens.errors import InputError
-from hooklens.generation import generate as generate_from_layer
-from hooklens.model import ModelAdapter, normalize_component
-from hooklens.residuals import check_cache, get_residual
-from hooklens.unembed import Unembed
-from hooklens.validation import layer_index, validate_hidden
+from hooklens.lenses import _generate
+from hooklens.lenses._generate import Prompts
 
 
 class Lens(nn.Module, ABC):
     """Abstract lens over a model with `n_layers` blocks.
 
-    Layer indices run over `0..n_layers`: index `l < n_layers` reads the residual
-    stream at block `l` (by default `resid_pre`, the input of the block), and index
-    `n_layers` (or `-1`) reads the final residual, which every lens decodes exactly as
-    the model does.
+    Layer indices are rows `0..n_layers` of the residual stream, as the table in
+    `hooklens.core.residuals` states (row `n_layers`, or `-1`, is the final residual,
+    which every lens decodes exactly as the model does).
     """
 
     unembed: Unembed
@@ -59,7 +59,15 @@ class Lens(nn.Module, ABC):
 
     # --- reading an ActivationCache ----------------------------------------------------
 
+    def resolve_component(self, component: str | None = None) -> str:
+        """The residual component this lens reads when asked for `component` (None: its
+        own, `self.component`); `"hook_resid_pre"` spellings are accepted. A lens trained
+        on one component refuses another (`LensMismatchError`)."""
+        return self._check_component(component)
+
     def _check_component(self, component: str | None) -> str:
+        # The rule `resolve_component` applies; lenses that read only their own component
+        # extend it. Callers outside the class use `resolve_component`.
         return normalize_component(component or self.component)
 
     def _check_cache(self, cache: Any) -> None:
@@ -76,7 +84,7 @@ class Lens(nn.Module, ABC):
             >>> lens.log_probs(cache, layer=5).shape                   # doctest: +SKIP
             torch.Size([1, 12, 49152])
         """
-        component = self._check_component(component)
+        component = self.resolve_component(component)
         self._check_cache(cache)
         row = self.layer_index(layer)
         h = get_residual(cache, row, component, self.adapter)
@@ -94,5 +102,55 @@ class Lens(nn.Module, ABC):
         for layer in rows:
             yield self.layer_index(layer), self.log_probs(cache, layer, component)
 
-    # Lens.generate(model, layer, input_ids, do_sample=True, temp=1.0, max_new_tokens=100)
-    generate = generate_from_layer
+    def generate(
+        self,
+        model: Any,
+        layer: int,
+        input_ids: Prompts,
+        do_sample: bool = True,
+        temp: float = 1.0,
+        max_new_tokens: int = 100,
+        *,
+        attention_mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Int[Tensor, "batch pos_and_new"]:
+        """Continue prompts by decoding layer `layer`'s residual with this lens.
+
+        Each step runs the model up to block `layer` (its `resid_pre`; `n_layers` or -1
+        for the final residual), reads the lens's next-token distribution at the last
+        position, and samples from it (`do_sample=True`, at temperature `temp`) or
+        takes its argmax. With the logit lens at the last layer and `do_sample=False`
+        this is the model's own greedy decoding.
+
+        Args:
+            model: the HookedTransformer or TransformerBridge the lens reads.
+            layer: which layer's residual to decode.
+            input_ids: a string, a list of strings or of token-id lists (of any
+                lengths: they are left-padded and masked), or a `[batch, pos]` tensor
+                (with `attention_mask` if it is left-padded).
+            do_sample: sample (True) or decode greedily (False).
+            temp: sampling temperature.
+            max_new_tokens: how many tokens to add (always that many; no stop at EOS).
+            attention_mask: `[batch, pos]`, 0 on left padding, for a tensor `input_ids`.
+            generator: a `torch.Generator` for reproducible sampling.
+
+        Returns:
+            `[batch, pos + max_new_tokens]`: the left-padded prompts and the new tokens;
+            `model.to_string(out[:, -max_new_tokens:])` decodes the continuations.
+
+        Examples:
+            >>> out = lens.generate(model, 15, ["The capital of France is"], max_new_tokens=8)
+            ...                                                         # doctest: +SKIP
+            >>> model.to_string(out[:, -8:])                            # doctest: +SKIP
+        """
+        return _generate.generate(
+            self,
+            model,
+            layer,
+            input_ids,
+            do_sample,
+            temp,
+            max_new_tokens,
+            attention_mask=attention_mask,
+            generator=generator,
+        )

@@ -5,10 +5,10 @@ from __future__ import annotations
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from hooklens.core.adapter import ModelAdapter
+from hooklens.core.unembed import Unembed
 from hooklens.errors import InputError
 from hooklens.lenses.base import Lens
-from hooklens.model import ModelAdapter
-from hooklens.unembed import Unembed
 
 
 class LogitLens(Lens):

@@ -23,11 +23,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooklens.allocator import retain_freed_memory
+from hooklens.core import distributed
+from hooklens.core.adapter import ModelAdapter
+from hooklens.core.precision import retain_freed_memory
 from hooklens.errors import InputError
 from hooklens.lenses.tuned import TunedLens
-from hooklens.model import ModelAdapter
-from hooklens.training import distributed
 
 
 class LeastSquaresMoments:
@@ -112,9 +112,9 @@ def fit_tuned_lens(
     lens = TunedLens.from_model(adapter, bias=bias, component=component)
     names = adapter.residual_hook_names(lens.component)
     moments = LeastSquaresMoments(adapter.n_layers, adapter.d_model, adapter.device)
-    # The fit needs residuals only: a HookedTransformer can stop after its last block and
-    # skip the final norm and the [tokens, vocab] logits (~14% of a SmolLM2 forward).
-    no_head = {"stop_at_layer": adapter.n_layers} if adapter.kind == "HookedTransformer" else {}
+    # The fit needs residuals only: a model that can stop after its last block skips the
+    # final norm and the [tokens, vocab] logits (~14% of a SmolLM2 forward).
+    no_head = {"stop_at_layer": adapter.n_layers} if adapter.can_stop_at_layer else {}
     retain_freed_memory()
     show = progress and distributed.is_primary()
     bar = tqdm(token_batches, desc="fast fit", unit="batch", disable=not show)
