@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import importlib
+import warnings
 
 import pytest
 import torch
@@ -94,3 +96,35 @@ def test_fingerprint_differences_name_each_field(model_zoo):
     assert any(line.startswith("weight processing center_unembed") for line in found)
     assert any(line.startswith("unembedding") for line in found)
     assert fingerprint_differences(raw, raw) == []
+
+
+def test_what_the_model_class_can_do_is_the_adapters_to_say(any_model, tokens):
+    adapter = ModelAdapter(any_model)
+    hooked = adapter.kind == "HookedTransformer"
+    capabilities = (adapter.can_stop_at_layer, adapter.can_start_at_layer, adapter.has_kv_cache)
+    assert capabilities == (hooked, hooked, hooked)
+    if adapter.can_stop_at_layer:
+        _, cache = any_model.run_with_cache(tokens)
+        stopped = any_model(tokens, stop_at_layer=1)
+        torch.testing.assert_close(stopped, cache["blocks.1.hook_resid_pre"])
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("hooklens.model", "hooklens.core.adapter"),
+        ("hooklens.residuals", "hooklens.core.residuals"),
+        ("hooklens.unembed", "hooklens.core.unembed"),
+        ("hooklens.inversion", "hooklens.core.inversion"),
+        ("hooklens.precision", "hooklens.core.precision"),
+        ("hooklens.allocator", "hooklens.core.precision"),
+        ("hooklens.training.loss", "hooklens.core.chunked_kl"),
+        ("hooklens.training.distributed", "hooklens.core.distributed"),
+        ("hooklens.generation", "hooklens.lenses._generate"),
+        ("hooklens.validation", "hooklens._checks"),
+    ],
+)
+def test_old_module_paths_are_the_moved_modules(old, new):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert importlib.import_module(old) is importlib.import_module(new)

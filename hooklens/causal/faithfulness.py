@@ -16,9 +16,9 @@ Belrose et al., "Eliciting Latent Predictions from Transformers with the Tuned L
 3. Spearman's ρ between the k lens effects and the k model effects: a faithful lens
    ranks directions by how much they matter to it in the order they matter to the model.
 
-Conventions. Row ℓ < n_layers is `component` (the lens's own, `resid_pre` by default) of
-block ℓ; row n_layers is the final residual (resid_post of the last block), where every
-lens reads exactly what the model does, so there the two effects agree by construction.
+Conventions. Rows count as the table in `hooklens.core.residuals` states; at row
+n_layers (the final residual) every lens reads exactly what the model does, so there the
+two effects agree by construction.
 The model's run is ablated with `subspace_ablation` at that same tensor, and the lens
 reads the residual as that hook left it (captured in the same run), so lens and model see
 one ablated tensor for every mode. "mean" and "resample" ablation take their mean (or
