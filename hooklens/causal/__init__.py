@@ -1,6 +1,25 @@
 """Everything that changes the model's run: ablation and patching hooks, clean-vs-corrupted
 comparisons, the patching sweep, prompt tasks, and causal experiments on lenses.
 
+Above the lenses and trajectories (it reads both). The modules, one job each:
+
+- interventions: hooks that ablate, replace or patch an activation (`zero_ablation`,
+  `mean_ablation`, `resample_ablation`, `replace_with`, `patch`).
+- effects: a clean and an intervened run compared per layer (`compare`,
+  `TrajectoryComparison`), answer log-prob differences, `LayerEffect` with bootstrap
+  confidence bands, and `set_log_prob` (the log-probability of a set of tokens).
+- patching: `patching_sweep`, the clean residual patched into the corrupted run at each
+  layer and position, read by a lens at every layer.
+- tasks: prompt sets with answers (`greater_than`).
+- derangement: permutations that move every row, for resample ablation.
+- _projection: internal; `CausalBasis`, `remove_subspace` and the projection arithmetic
+  the next module builds on.
+- subspaces: removing a subspace as a hook (`subspace_ablation`, `ablate_subspace`) and
+  the causal-basis extraction (`extract_causal_bases`).
+- faithfulness: does a lens depend on the directions the model depends on
+  (`lens_faithfulness`, `direction_effects`).
+- faithfulness_result: its result types, rank correlation, table and figure.
+
     >>> from hooklens.causal import zero_ablation, compare, patching_sweep
 """
 

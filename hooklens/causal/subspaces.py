@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -57,6 +57,16 @@ from hooklens._checks import (
     token_id_tensor,
     validate_hidden,
 )
+from hooklens.causal._projection import (
+    ABLATION_MODES,
+    AblationMode,
+    CausalBasis,
+    checked_basis,
+    checked_mode,
+    pooled_rows,
+    remove,
+    remove_subspace,
+)
 from hooklens.causal.derangement import derange, sample_derangement
 from hooklens.causal.interventions import Hook
 from hooklens.core import distributed
@@ -68,11 +78,8 @@ from hooklens.core.chunked_kl import (
     weight_chunks,
 )
 from hooklens.core.residuals import row_hook_names
-from hooklens.errors import InputError, InputTypeError, LensMismatchError, NonFiniteActivationError
+from hooklens.errors import InputError, InputTypeError, NonFiniteActivationError
 from hooklens.lenses.base import Lens
-
-AblationMode = Literal["zero", "mean", "resample"]
-ABLATION_MODES: tuple[str, ...] = get_args(AblationMode)
 
 __all__ = [
     "ABLATION_MODES",
@@ -86,181 +93,6 @@ __all__ = [
     "sample_derangement",
     "subspace_ablation",
 ]
-
-
-class CausalBasis(NamedTuple):
-    """An orthonormal basis of the directions a lens reads at one layer, most causal first.
-
-    The first two fields are tuned-lens's own (`energies, vectors = basis[:2]` ports).
-
-    Attributes:
-        energies: `[k]`, decreasing: the mean KL (nats) of the lens's readout when that
-            direction alone is removed (or the increase of next-token cross-entropy, for
-            a basis extracted with labels).
-        vectors: `[d_model, k]`, orthonormal columns in the order of `energies`.
-        layer: the lens row the basis was extracted at (`n_layers` = final residual).
-    """
-
-    energies: Float[Tensor, " k"]
-    vectors: Float[Tensor, "d_model k"]
-    layer: int
-
-    @property
-    def k(self) -> int:
-        return int(self.vectors.shape[-1])
-
-    @property
-    def d_model(self) -> int:
-        return int(self.vectors.shape[0])
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{e:.4g}" for e in self.energies[:4].tolist())
-        more = ", …" if self.k > 4 else ""
-        return (
-            f"CausalBasis(layer={self.layer}, k={self.k}, d_model={self.d_model}, "
-            f"energies=[{shown}{more}])"
-        )
-
-
-# --- removing a subspace ---------------------------------------------------------------
-
-
-def remove_subspace(
-    u: Float[Tensor, "... d_model"],
-    basis: Float[Tensor, "d_model k"] | Float[Tensor, " d_model"] | CausalBasis,
-    mode: AblationMode = "zero",
-    orthonormal: bool = False,
-    *,
-    generator: torch.Generator | None = None,
-) -> Float[Tensor, "... d_model"]:
-    """Remove what `u` holds along the column space of `basis` (see the module docstring).
-
-    Args:
-        u: vectors `[..., d_model]`; "mean" and "resample" pool over all leading axes.
-        basis: `[d_model, k]` (its column space is removed), a `[d_model]` vector (its
-            span), or a `CausalBasis` (orthonormal by construction).
-        mode: "zero", "mean" or "resample".
-        orthonormal: promise that the columns are orthonormal (skips the solve and the
-            rank check; a wrong promise gives a wrong projection).
-        generator: random source of the "resample" derangement.
-
-    Returns:
-        `u`'s shape and dtype; computed in the wider of `u`'s and `basis`'s dtypes,
-        and at least float32 (a bfloat16 or float16 basis is solved in float32).
-        Differentiable in `u` and `basis`.
-    """
-    if not isinstance(u, Tensor):
-        raise InputTypeError(f"u must be a torch.Tensor, got {type(u).__name__}")
-    vectors, orthonormal = _checked_basis(basis, orthonormal, u.shape[-1] if u.ndim else None)
-    mode = _checked_mode(mode)
-    if u.ndim == 0 or u.shape[-1] != vectors.shape[0]:
-        raise InputError(
-            f"u has shape {tuple(u.shape)}, but the basis is {tuple(vectors.shape)} "
-            f"(d_model={vectors.shape[0]}): the last axis of u must be d_model"
-        )
-    if not u.is_floating_point():
-        raise InputTypeError(f"u must be floating point, got {u.dtype}")
-    permutation = None
-    if mode != "zero":
-        rows = _pooled_rows(u, mode)
-        if mode == "resample":
-            permutation = sample_derangement(rows, device=u.device, generator=generator)
-    return _remove(u, vectors, mode, orthonormal, permutation)
-
-
-def _remove(
-    u: Float[Tensor, "... d_model"],
-    vectors: Float[Tensor, "d_model k"],
-    mode: str,
-    orthonormal: bool,
-    permutation: Int[Tensor, " rows"] | None = None,
-) -> Float[Tensor, "... d_model"]:
-    """`remove_subspace` without the checks (for hooks and the optimiser's inner loop).
-
-    Works on coordinates `c = u A (AᵀA)⁻¹` (`[rows, k]`), so no `[d, d]` projection is
-    ever built: `P u = c Aᵀ`, and the mean (or deranged rows) of `P u` is that of `c`.
-    """
-    # At least float32: torch has no half-precision solve on the CPU (`lu_cpu`), and in
-    # bfloat16 the Gram matrix AᵀA alone loses half the digits the result keeps.
-    dtype = torch.promote_types(torch.promote_types(u.dtype, vectors.dtype), torch.float32)
-    flat = u.reshape(-1, u.shape[-1]).to(dtype)
-    A = vectors.to(device=u.device, dtype=dtype)
-    coords = flat @ A
-    if not orthonormal:
-        coords = torch.linalg.solve(A.mT @ A, coords, left=False)  # c G = u A, G = AᵀA
-    if mode == "zero":
-        replacement = torch.zeros((), dtype=dtype, device=u.device)
-    elif mode == "mean":
-        replacement = coords.mean(0, keepdim=True)
-    else:
-        assert permutation is not None, "resample needs a derangement of the rows"
-        replacement = coords[permutation]
-    return (flat + (replacement - coords) @ A.mT).to(u.dtype).reshape(u.shape)
-
-
-def _checked_mode(mode: Any) -> AblationMode:
-    if mode not in ABLATION_MODES:
-        raise InputError(
-            f"mode must be one of {', '.join(map(repr, ABLATION_MODES))}; got {mode!r}"
-        )
-    return mode  # type: ignore[no-any-return]
-
-
-def _pooled_rows(u: Tensor, mode: str) -> int:
-    rows = u.numel() // u.shape[-1]
-    if rows < 2:
-        raise InputError(
-            f"{mode} ablation replaces each vector's component by one pooled over the "
-            f"others, so it needs at least 2 vectors; u has shape {tuple(u.shape)}. "
-            'Pass a batch (several positions or prompts), or use mode="zero"'
-        )
-    return rows
-
-
-def _checked_basis(basis: Any, orthonormal: bool, d_model: int | None) -> tuple[Tensor, bool]:
-    """`basis` as a `[d, k]` matrix (and whether it is orthonormal), or a clear error."""
-    if isinstance(basis, CausalBasis):
-        basis, orthonormal = basis.vectors, True
-    if not isinstance(basis, Tensor):
-        raise InputTypeError(
-            f"basis must be a [d_model, k] tensor, a [d_model] vector or a CausalBasis; "
-            f"got {type(basis).__name__}"
-        )
-    if not basis.is_floating_point():
-        raise InputTypeError(f"basis must be floating point, got {basis.dtype}")
-    if basis.ndim == 1:
-        basis = basis[:, None]
-    if basis.ndim != 2:
-        raise InputError(
-            f"basis has shape {tuple(basis.shape)}; expected [d_model, k] (columns span the "
-            "subspace) or a [d_model] vector"
-        )
-    d, k = basis.shape
-    if d_model is not None and d != d_model:
-        raise LensMismatchError(
-            f"basis is {tuple(basis.shape)} (d_model={d}), but the activations have "
-            f"d_model={d_model}: was the basis made for another model? Columns are the "
-            "directions, so a [k, d_model] basis needs .T"
-        )
-    if k < 1 or k > d:
-        raise InputError(
-            f"basis is {tuple(basis.shape)}: a subspace of a {d}-dimensional space needs "
-            f"1 to {d} columns, got {k}"
-        )
-    if not bool(torch.isfinite(basis).all()):
-        raise InputError("basis holds NaN or infinite values")
-    if not orthonormal:
-        # In the basis's own precision (≥ float32): the solve below runs in it, so a basis
-        # that is only numerically independent in float64 would still give garbage.
-        check = basis.detach().to(torch.promote_types(basis.dtype, torch.float32))
-        rank = int(torch.linalg.matrix_rank(check))
-        if rank < k:
-            raise InputError(
-                f"basis is {tuple(basis.shape)} but has rank {rank}: its {k} columns are "
-                f"linearly dependent, so the subspace is {rank}-dimensional. Drop the "
-                "dependent columns, or orthonormalise them (torch.linalg.qr(basis).Q)"
-            )
-    return basis, orthonormal
 
 
 # --- as a TransformerLens hook -----------------------------------------------------------
@@ -296,17 +128,17 @@ def subspace_ablation(
     """
     adapter = ModelAdapter(model)
     name = residual_hook_name(adapter, layer, component)
-    vectors, orthonormal = _checked_basis(basis, orthonormal, adapter.d_model)
+    vectors, orthonormal = checked_basis(basis, orthonormal, adapter.d_model)
     vectors = vectors.detach()
-    mode = _checked_mode(mode)
+    mode = checked_mode(mode)
 
     def hook(activation: Tensor, hook: Any = None) -> Tensor:
         permutation = None
         if mode != "zero":
-            rows = _pooled_rows(activation, mode)
+            rows = pooled_rows(activation, mode)
             if mode == "resample":
                 permutation = sample_derangement(rows, device=activation.device)
-        return _remove(activation, vectors, mode, orthonormal, permutation)
+        return remove(activation, vectors, mode, orthonormal, permutation)
 
     return name, hook
 
@@ -398,7 +230,7 @@ def extract_causal_bases(
     d_model = lens.unembed.d_model
     k = positive_int(k, "k", at_most=d_model)
     max_iter = positive_int(max_iter, "max_iter")
-    mode = _checked_mode(mode)
+    mode = checked_mode(mode)
     hiddens = list(hiddens)  # a residual_stack tensor, or a list of tensors
     if len(hiddens) != lens.n_layers + 1:
         raise InputError(
@@ -411,7 +243,7 @@ def extract_causal_bases(
         hidden = hiddens[row]
         validate_hidden(hidden, d_model, f"hiddens[{row}]")
         if mode != "zero":
-            _pooled_rows(hidden, mode)
+            pooled_rows(hidden, mode)
     if labels is not None:
         labels = token_id_tensor(labels, "labels")
         check_id_range(labels, "labels", lens.unembed.d_vocab, allow_missing=True)
@@ -547,7 +379,7 @@ def _energy_function(
             baseline = float(_mean_over_ranks_(divergence(hidden)))
 
     def energy(direction: Tensor) -> Tensor:
-        ablated = _remove(hidden, direction[:, None], mode, True, permutation)
+        ablated = remove(hidden, direction[:, None], mode, True, permutation)
         return divergence(ablated) - baseline
 
     return energy
