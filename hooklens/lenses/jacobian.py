@@ -38,18 +38,24 @@ from torch import Tensor, nn
 
 from hooklens.artifacts import (
     FIX_CONFIG,
-    LensNotFoundError,
+    atomic_write,
     check_fingerprint,
     check_json_fields,
     load_weights_only,
     read_lens_dir,
+    resolve_jacobian_lens,
     seal_matches,
     sealed,
+    verify_fit_checkpoint,
     write_lens_dir,
 )
-from hooklens.errors import InputError, InputTypeError, LensFileError, LensMismatchError
-from hooklens.files import atomic_write
-from hooklens.hub import resolve_jacobian_lens
+from hooklens.errors import (
+    InputError,
+    InputTypeError,
+    LensFileError,
+    LensMismatchError,
+    LensNotFoundError,
+)
 from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter, ModelFingerprint, _same_model_name, normalize_component
 from hooklens.unembed import Unembed
@@ -359,7 +365,7 @@ class JacobianLens(Lens):
         registry (`"gpt2-small"`, or a model id such as `"google/gemma-2-2b"`), or a hub
         file: `repo_id=` and `filename=` (optionally `revision=`), or
         `"owner/repo/path/in/repo.pt"`. Hub files download through huggingface_hub's
-        cache (`HF_HUB_OFFLINE=1` reads only the cache); `hooklens.hub.jacobian_lens_file`
+        cache (`HF_HUB_OFFLINE=1` reads only the cache); `hooklens.artifacts.jacobian_lens_file`
         says how the arguments combine.
 
         What is verified. Every `.pt` file written by `torch.save` (a zip archive) is
@@ -580,9 +586,7 @@ def _verified_record(payload: Any, path: Path) -> _Record | None:
     if not isinstance(payload, dict):
         return None
     if "jacobian_sum" in payload:  # a fit checkpoint: its own record and checksum
-        from hooklens.training.jacobian_fit import verify_checkpoint
-
-        verify_checkpoint(payload, path, error=LensFileError)
+        verify_fit_checkpoint(payload, path, error=LensFileError)
         return None
     ours = [key for key in (RECORD_KEY, CHECKSUM_KEY) if key in payload]
     if not ours:
