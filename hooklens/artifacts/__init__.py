@@ -3,22 +3,22 @@
 Below the lenses and above the model (`hooklens.model`): nothing here imports a lens, a
 trajectory or training. The modules, one job each:
 
-    - atomic: atomic file writes (`atomic_write`, `StagedWrites`): a reader, or a run
-      killed mid-write, never sees half a file; a full or read-only disk is one line.
-    - locks: `output_lock`, one run owning its outputs while it runs.
-    - lens_dir: our lens directories (`params.safetensors` + `config.json`, which records
-      the parameters' and its own SHA-256) and tuned-lens's, the JSON field check, and
-      `check_fingerprint`, the model check of a saved lens.
-    - reference_pt: `.pt` files read with `weights_only=True` and their zip CRC-32s
-      checked (tuned-lens `params.pt`, J-lens artifacts, fit checkpoints), and the
-      content checksums (`sealed`, `seal_matches`) our own `.pt` files carry.
-    - _hf: internal huggingface_hub plumbing (the offline test, downloads, the cache,
-      error wording); the only module that talks to the network, and it imports
-      huggingface_hub only inside its functions.
-    - hub: the tuned-lens catalogue (`load_artifacts`, `available_lens_artifacts`,
-      `lens_repository`).
-    - jlens_registry: TransformerLens's registry of published Jacobian lenses
-      (`jacobian_lens_registry`, `resolve_jacobian_lens`).
+- atomic: atomic file writes (`atomic_write`, `StagedWrites`): a reader, or a run
+  killed mid-write, never sees half a file; a full or read-only disk is one line.
+- locks: `output_lock`, one run owning its outputs while it runs.
+- lens_dir: our lens directories (`params.safetensors` + `config.json`, which records
+  the parameters' and its own SHA-256) and tuned-lens's, the JSON field check, and
+  `check_fingerprint`, the model check of a saved lens.
+- reference_pt: `.pt` files read with `weights_only=True` and their zip CRC-32s
+  checked (tuned-lens `params.pt`, J-lens artifacts, fit checkpoints), and the
+  content checksums (`sealed`, `seal_matches`) our own `.pt` files carry.
+- _hf: internal huggingface_hub plumbing (the offline test, downloads, the cache,
+  error wording); the only module that talks to the network, and it imports
+  huggingface_hub only inside its functions.
+- hub: the tuned-lens catalogue (`load_artifacts`, `available_lens_artifacts`,
+  `lens_repository`).
+- jlens_registry: TransformerLens's registry of published Jacobian lenses
+  (`jacobian_lens_registry`, `resolve_jacobian_lens`).
 
 Every exception and warning these raise is defined in `hooklens.errors`
 (`LensNotFoundError`, `HubUnreachableError`, `StaleLockWarning` are re-exported here).
