@@ -12,6 +12,8 @@ trajectory or training. The modules, one job each:
 - reference_pt: `.pt` files read with `weights_only=True` and their zip CRC-32s
   checked (tuned-lens `params.pt`, J-lens artifacts, fit checkpoints), and the
   content checksums (`sealed`, `seal_matches`) our own `.pt` files carry.
+- jlens_pt: J-lens `.pt` payloads, the reference's keys and ours: `parse_reference`,
+  `verified_record`, and `verify_fit_checkpoint` for fit checkpoints.
 - _hf: internal huggingface_hub plumbing (the offline test, downloads, the cache,
   error wording); the only module that talks to the network, and it imports
   huggingface_hub only inside its functions.
@@ -44,6 +46,16 @@ from hooklens.artifacts.hub import (
     available_lens_artifacts,
     lens_repository,
     load_artifacts,
+)
+from hooklens.artifacts.jlens_pt import (
+    FIT_CHECKSUM_KEY,
+    FIT_RECORD_KEY,
+    START_OVER,
+    JLensRecord,
+    parse_reference,
+    recorded_component,
+    verified_record,
+    verify_fit_checkpoint,
 )
 from hooklens.artifacts.jlens_registry import (
     JACOBIAN_LENS_REGISTRY_FILE,
@@ -78,19 +90,15 @@ from hooklens.artifacts.lens_dir import (
 )
 from hooklens.artifacts.locks import LOCK_ADVICE, OutputLock, lock_file, output_lock, read_lock
 from hooklens.artifacts.reference_pt import (
-    FIT_CHECKSUM_KEY,
-    FIT_RECORD_KEY,
     PAYLOAD_HASH_FORMAT,
     SAVE_AGAIN,
     SHA256_HEX,
-    START_OVER,
     ZIP_MAGIC,
     content_sha256,
     load_weights_only,
     read_tuned_lens_params,
     seal_matches,
     sealed,
-    verify_fit_checkpoint,
 )
 from hooklens.errors import HubUnreachableError, LensNotFoundError, StaleLockWarning
 
@@ -119,6 +127,7 @@ __all__ = [
     "ZIP_MAGIC",
     "HubFile",
     "HubUnreachableError",
+    "JLensRecord",
     "JacobianLensEntry",
     "LensFiles",
     "LensNotFoundError",
@@ -145,17 +154,20 @@ __all__ = [
     "lock_file",
     "output_lock",
     "parameter_device",
+    "parse_reference",
     "process_exists",
     "read_lens_dir",
     "read_lens_files",
     "read_lock",
     "read_tuned_lens_params",
+    "recorded_component",
     "remove_stale_temporaries",
     "resolve_jacobian_lens",
     "seal_matches",
     "sealed",
     "sha256_file",
     "temporary_pattern",
+    "verified_record",
     "verify_fit_checkpoint",
     "write_error",
     "write_failure",

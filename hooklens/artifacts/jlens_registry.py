@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hooklens.artifacts import _hf
+from hooklens.artifacts.jlens_pt import REFERENCE_SUFFIX
 from hooklens.errors import HubUnreachableError, InputError, LensMismatchError, LensNotFoundError
 from hooklens.model import _same_model_name
 
@@ -42,7 +43,6 @@ __all__ = [
 
 JACOBIAN_LENS_REGISTRY_PACKAGE = "transformer_lens.tools.analysis"
 JACOBIAN_LENS_REGISTRY_FILE = "jacobian_lens_registry.json"
-_PT_SUFFIX = ".pt"  # the reference format's file suffix (jacobian.REFERENCE_SUFFIX)
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 
 
@@ -315,7 +315,11 @@ def _implicit_file(source: str, revision: str | None) -> Path | HubFile:
     if _is_hub_file_reference(source):
         owner, repo, path = source.split("/", 2)
         return HubFile(f"{owner}/{repo}", path, revision)
-    if source.endswith(_PT_SUFFIX) or source.count("/") > 1 or source.startswith(_LOCAL_PREFIXES):
+    if (
+        source.endswith(REFERENCE_SUFFIX)
+        or source.count("/") > 1
+        or source.startswith(_LOCAL_PREFIXES)
+    ):
         raise LensNotFoundError(
             f"no Jacobian lens at {source}: no such local file or folder (a file of a hub "
             "repository reads 'owner/repo/path/in/repo.pt', or pass repo_id= and filename=)"
@@ -329,7 +333,7 @@ def _is_hub_file_reference(source: str) -> bool:
     return (
         len(parts) >= 3
         and all(parts)
-        and source.endswith(_PT_SUFFIX)
+        and source.endswith(REFERENCE_SUFFIX)
         and not source.startswith(_LOCAL_PREFIXES)
         and "\\" not in source
     )

@@ -5,7 +5,7 @@ of translators), the reference's and TransformerLens's J-lens artifacts and fit
 checkpoints. `load_weights_only` reads any of them without running code, after checking a
 zip archive's CRC-32s (torch does not). Our own `.pt` files (J-lenses, fit and training
 checkpoints) also record a SHA-256 over their content (`sealed`, `seal_matches`), so a
-load-edit-save is caught too; `verify_fit_checkpoint` checks a J-lens fit checkpoint's.
+load-edit-save is caught too.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import re
-import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hooklens.errors import HooklensError, LensFileError, RunStateError
+from hooklens.errors import HooklensError, LensFileError
 
 SAVE_AGAIN = "Save the lens again (or download it again) to replace the directory."
 """The advice of a refusal to read a lens file: what replaces it."""
@@ -200,54 +199,3 @@ def _translator_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
             continue
         renamed[key if key.startswith("layer_translators.") else f"layer_translators.{key}"] = value
     return renamed
-
-
-FIT_RECORD_KEY = "hooklens_fit"
-"""Our entry in a J-lens fit checkpoint, beside the reference's keys: what a resume must
-repeat. TransformerLens's and our `JacobianLens.load` read a checkpoint without it."""
-FIT_CHECKSUM_KEY = "hooklens_fit_sha256"
-"""`content_sha256` of every other entry of our fit checkpoint: the sums, the count, the
-position and the settings, checked on resume and on `JacobianLens.load`."""
-START_OVER = (
-    "Delete it to start the fit over (hooklens fit-jlens: pass --overwrite instead of --resume)"
-)
-"""The advice of a refusal to resume a fit checkpoint."""
-
-
-def verify_fit_checkpoint(
-    state: dict[str, Any], path: Path, *, error: type[HooklensError] = RunStateError
-) -> dict[str, Any] | None:
-    """Check a fit checkpoint's checksum (`FIT_CHECKSUM_KEY`); return our record
-    (`FIT_RECORD_KEY`), or `None` for a reference checkpoint (neither key).
-
-    A checkpoint of hooklens before the checksum (the record without it) is accepted
-    with a warning: the zip archive's CRC-32 (`load_weights_only`) still covers its
-    bytes, and a resume checks its count against the prompts it went through.
-
-    Raises:
-        `error` (`RunStateError` for a resume, `LensFileError` for a load): the
-            checksum does not match (the sums, count or settings were changed or
-            damaged after saving), or the checksum is there without the record.
-    """
-    if FIT_CHECKSUM_KEY in state:
-        if FIT_RECORD_KEY not in state or not seal_matches(state, FIT_CHECKSUM_KEY):
-            raise error(
-                f"{path} does not match the checksum it records ({FIT_CHECKSUM_KEY}): its "
-                "running sums, prompt count or settings were changed or damaged after it "
-                "was saved, so it would resume or load to another lens. "
-                f"{START_OVER}"
-            )
-    elif FIT_RECORD_KEY in state:
-        warnings.warn(
-            f"{path} was written by a hooklens without checkpoint checksums: its sums "
-            "cannot be verified beyond the file's CRC-32. If in doubt, delete it and fit "
-            "again (hooklens fit-jlens: --overwrite)",
-            stacklevel=3,
-        )
-    record = state.get(FIT_RECORD_KEY)
-    if record is not None and not isinstance(record, dict):
-        raise error(
-            f"{path}: entry {FIT_RECORD_KEY!r} should be a dict (the model and settings of the "
-            f"fit), found {type(record).__name__}. {START_OVER}"
-        )
-    return record
