@@ -1,16 +1,16 @@
-"""Collection rules for the whole repository: tests/ and the docstring examples in hooklens/.
+"""pytest at the repository root: the doctest collection of the package skips old module
+paths that moved (`hooklens._compat.moved` shims): such a path *is* the module at its new
+path, which is collected there, and pytest refuses a module whose file is another."""
 
-An old import path that moved is a shim (`hooklens._compat.moved`): importing it warns and
-hands back the new module, so collecting its doctests would run the new module's examples a
-second time. Shims are skipped; their targets are collected under their own paths.
-"""
+from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE = Path(__file__).parent / "hooklens"
+PACKAGE = Path(__file__).resolve().parent / "hooklens"
 
-collect_ignore = [
-    str(path)
-    for path in _PACKAGE.rglob("*.py")
-    if "moved(__name__," in path.read_text(encoding="utf-8")
-]
+
+def pytest_ignore_collect(collection_path: Path) -> bool | None:
+    if collection_path.suffix != ".py" or PACKAGE not in collection_path.resolve().parents:
+        return None
+    text = collection_path.read_text(encoding="utf-8")
+    return True if "from hooklens._compat import moved\n" in text else None

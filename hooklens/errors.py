@@ -4,6 +4,9 @@ Every error hooklens raises on purpose is a `HooklensError`, and also the built-
 exception a caller would otherwise catch (`ValueError`, `TypeError`, ...), so existing
 `except ValueError` code keeps working. The command line prints any `HooklensError` as
 one line and exits 2.
+
+Every exception and warning class of hooklens is defined here, and only here (a test
+parses the package to keep it so); modules that raised them first re-export them.
 """
 
 from __future__ import annotations
@@ -87,3 +90,19 @@ class OutputWriteError(HooklensError, OSError):
 
     def __str__(self) -> str:  # OSError would show "[Errno 28] None: 'path'"; we want the line
         return str(self.args[0]) if self.args else ""
+
+
+class LensNotFoundError(HooklensError, FileNotFoundError, ValueError):
+    """No lens with that name where we looked; the message lists the ones there are.
+
+    A `FileNotFoundError`, and also a `ValueError`: tuned-lens raised `ValueError` for
+    a lens it could not find, so ported `except ValueError` code still catches it.
+    """
+
+
+class HubUnreachableError(HooklensError, ConnectionError):
+    """The lens is not in the local cache and the hub cannot be reached."""
+
+
+class StaleLockWarning(UserWarning):
+    """A lock file left by a run that ended without releasing it was taken over."""

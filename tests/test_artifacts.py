@@ -138,3 +138,29 @@ def test_overwriting_a_lens_leaves_no_temporary_files(hooked, tmp_path):
     _trained(hooked, seed=1).save(tmp_path)
     _trained(hooked, seed=2).save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "params.safetensors"]
+
+
+def test_old_paths_of_the_lens_file_modules_keep_their_names_with_a_warning():
+    """hooklens.files, hooklens.hub and the module hooklens.artifacts became the package
+    hooklens.artifacts: the names users imported from them still import, the moved
+    modules with a DeprecationWarning naming the new path."""
+    import importlib
+    import sys
+
+    import hooklens.artifacts as artifacts
+    from hooklens.errors import HubUnreachableError, LensNotFoundError, StaleLockWarning
+
+    for old in ("hooklens.files", "hooklens.hub"):
+        sys.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning, match="hooklens.artifacts"):
+            importlib.import_module(old)
+    files, hub = sys.modules["hooklens.files"], sys.modules["hooklens.hub"]
+    assert files is artifacts
+    for name in ("StagedWrites", "atomic_write", "atomic_write_text", "output_lock", "read_lock"):
+        assert getattr(files, name) is getattr(artifacts, name)
+    for name in ("load_artifacts", "available_lens_artifacts", "jacobian_lens_registry"):
+        assert getattr(hub, name) is getattr(artifacts, name)
+    assert hub.hub_model_name.__module__ == "hooklens.lenses.tuned"
+    assert artifacts.LensNotFoundError is hub.LensNotFoundError is LensNotFoundError
+    assert artifacts.HubUnreachableError is hub.HubUnreachableError is HubUnreachableError
+    assert artifacts.StaleLockWarning is StaleLockWarning

@@ -358,3 +358,38 @@ def test_every_error_the_package_raises_by_name_is_a_hooklens_error():
                 if name in builtin:
                     found.append(f"{path.name}:{node.lineno} raises {name}")
     assert found == []
+
+
+def _classes_outside_errors_py() -> list[str]:
+    """Exception and warning classes defined in a hooklens module other than errors.py."""
+    import ast
+    from pathlib import Path
+
+    import hooklens
+    import hooklens.errors
+
+    ours = {name for name, value in vars(hooklens.errors).items() if isinstance(value, type)}
+    suffixes = ("Error", "Exception", "Warning")
+    package = Path(hooklens.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path == package / "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            bases = [getattr(b, "id", None) or getattr(b, "attr", "") for b in node.bases]
+            if any(b in ours or b.endswith(suffixes) for b in bases):
+                found.append(f"{path.relative_to(package.parent)}:{node.lineno} {node.name}")
+    return found
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="FewerTokensWarning (training/evaluate.py) and TextCutWarning (validation.py) "
+    "move to errors.py in the helpers' branches that own those files (issue 24)",
+)
+def test_every_exception_and_warning_class_is_defined_in_errors():
+    """One place to look: every exception and warning class of hooklens is in
+    hooklens/errors.py (the modules that raised them first re-export them)."""
+    assert _classes_outside_errors_py() == []

@@ -17,14 +17,14 @@ import torch
 from huggingface_hub import constants
 
 from hooklens import LensMismatchError, TunedLens
-from hooklens.hub import (
+from hooklens.artifacts import (
     HubUnreachableError,
     LensNotFoundError,
     available_lens_artifacts,
-    hub_model_name,
     lens_repository,
     load_artifacts,
 )
+from hooklens.lenses.tuned import hub_model_name
 from tests.test_artifacts import _trained, _write_tuned_lens_artifact
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -143,7 +143,7 @@ def test_online_missing_lens_lists_the_repositorys_lenses(hooked, monkeypatch):
     import huggingface_hub
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
-    import hooklens.hub as hub
+    from hooklens.artifacts import _hf
 
     def not_found(*args, **kwargs):
         response = types.SimpleNamespace(status_code=404, headers={}, request=None)
@@ -157,7 +157,7 @@ def test_online_missing_lens_lists_the_repositorys_lenses(hooked, monkeypatch):
     ]
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", not_found)
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, *a, **k: files)
-    monkeypatch.setattr(hub, "_offline", lambda: False)
+    monkeypatch.setattr(_hf, "offline", lambda: False)
     with pytest.raises(LensNotFoundError, match=r"Available: EleutherAI/pythia-160m, gpt2"):
         TunedLens.from_model_and_pretrained(hooked, "llama-7b")
 

@@ -21,18 +21,19 @@ import pytest
 import torch
 from huggingface_hub import constants
 
-import hooklens.hub as hub
+import hooklens.artifacts.jlens_registry as jlens_registry
 from hooklens import JacobianLens, LensMismatchError
-from hooklens.errors import InputError
-from hooklens.hub import (
+from hooklens.artifacts import (
     HubFile,
     HubUnreachableError,
     LensNotFoundError,
+    _hf,
     jacobian_lens_file,
     jacobian_lens_names,
     jacobian_lens_registry,
     resolve_jacobian_lens,
 )
+from hooklens.errors import InputError
 from tests.conftest import D_MODEL, N_LAYERS
 
 REPO = "test-org/jacobian-lenses"
@@ -100,7 +101,7 @@ def registry_json(**extra: object) -> str:
 @pytest.fixture
 def test_registry(monkeypatch):
     """Point the resolver at the test registry instead of TransformerLens's."""
-    monkeypatch.setattr(hub, "_registry_text", registry_json)
+    monkeypatch.setattr(jlens_registry, "_registry_text", registry_json)
 
 
 def installed_registry_or_skip() -> dict:
@@ -218,7 +219,9 @@ def test_a_registry_that_pins_a_revision_downloads_that_commit(
     install_in_cache(
         cached, REPO, {FILE: saved_bytes(pinned, tmp_path, "pinned")}, commit=OTHER_COMMIT, ref=None
     )
-    monkeypatch.setattr(hub, "_registry_text", lambda: registry_json(revision=OTHER_COMMIT))
+    monkeypatch.setattr(
+        jlens_registry, "_registry_text", lambda: registry_json(revision=OTHER_COMMIT)
+    )
     assert jacobian_lens_file("tiny-llama").revision == OTHER_COMMIT
     assert_same_matrices(JacobianLens.load("tiny-llama", bridge), pinned)
     assert_same_matrices(JacobianLens.load("tiny-llama", bridge, revision="main"), lens)
@@ -325,7 +328,9 @@ def test_the_installed_registry_refuses_another_models_lens(bridge, monkeypatch)
 def test_without_a_registry_short_names_say_so_and_hub_files_still_load(
     bridge, lens, cached, monkeypatch
 ):
-    monkeypatch.setattr(hub, "JACOBIAN_LENS_REGISTRY_PACKAGE", "transformer_lens_without_one")
+    monkeypatch.setattr(
+        jlens_registry, "JACOBIAN_LENS_REGISTRY_PACKAGE", "transformer_lens_without_one"
+    )
     with pytest.raises(
         LensNotFoundError, match=r"TransformerLens .* has no jacobian_lens_registry"
     ):
@@ -377,7 +382,7 @@ def test_online_errors_say_what_is_missing(monkeypatch):
 def test_strict_false_warns_and_loads_another_models_registry_lens(
     bridge, lens, tmp_path, offline_cache, monkeypatch
 ):
-    monkeypatch.setattr(hub, "_registry_text", registry_json)
+    monkeypatch.setattr(jlens_registry, "_registry_text", registry_json)
     other_file = jacobian_lens_registry()["other-model"].filename
     install_in_cache(offline_cache, REPO, {other_file: saved_bytes(lens, tmp_path, "other")})
     with pytest.warns(UserWarning, match="lens of 'other-model'"):
@@ -397,7 +402,7 @@ def test_an_unreachable_hub_reads_the_cache_without_retrying(bridge, lens, cache
         return real_download(*args, **kwargs)
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "_offline", lambda: True)  # what hub_reachable() finds here
+    monkeypatch.setattr(_hf, "offline", lambda: True)  # what hub_reachable() finds here
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", recording)
     assert_same_matrices(JacobianLens.load(None, bridge, repo_id=REPO, filename=FILE), lens)
     with pytest.raises(HubUnreachableError, match="not in the huggingface_hub cache"):
@@ -445,3 +450,21 @@ def test_hooklens_eval_refuses_an_unknown_or_uncached_name_before_the_model_load
     assert "hf download" in capsys.readouterr().err
     assert main(["eval", "--lens", "other-model", "--model", "tiny-llama"]) == 2
     assert "tiny-llama" in capsys.readouterr().err
+
+
+def test_importing_the_jacobian_lens_loads_no_network_module():
+    """huggingface_hub (and the old network module hooklens.hub) load only when a lens is
+    fetched, not when the lens module is imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hooklens.lenses.jacobian; "
+        "print(sorted(m for m in sys.modules if m in ('huggingface_hub', 'hooklens.hub')))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.strip() == "[]"

@@ -23,9 +23,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hooklens import LensFileError, LensMismatchError, OutputExistsError, TunedLens
-from hooklens.artifacts import LensNotFoundError, config_digest
+from hooklens.artifacts import (
+    STALE_AFTER_S,
+    LensNotFoundError,
+    StagedWrites,
+    atomic_write,
+    atomic_write_text,
+    config_digest,
+)
 from hooklens.errors import OutputWriteError
-from hooklens.files import STALE_AFTER_S, StagedWrites, atomic_write, atomic_write_text
 from hooklens.models import has_hooked_transformer
 from tests.conftest import D_MODEL, N_LAYERS, VOCAB, make_hooked, skip_without_hooked_transformer
 from tests.test_artifacts import _trained, _write_tuned_lens_artifact
@@ -197,7 +203,7 @@ def test_a_failed_save_leaves_the_previous_lens_and_no_temporary_files(model, sa
         Path(filename).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("hooklens.artifacts.save_file", disk_full)
+    monkeypatch.setattr("hooklens.artifacts.lens_dir.save_file", disk_full)
     # One line naming the real file (not its temporary), the cause, and what was kept.
     params = saved / "params.safetensors"
     kept = f"could not write {params}: the disk is full; the earlier params.safetensors is kept"

@@ -1,6 +1,6 @@
 """One run at a time owns an output, and a write that fails says why in one line.
 
-`hooklens train`, `fit-jlens` and `eval` take `hooklens.files.output_lock` before the
+`hooklens train`, `fit-jlens` and `eval` take `hooklens.artifacts.output_lock` before the
 model loads: a second run into the same output stops at once naming the owner, a lock
 left by a killed run is reported and taken over, and nothing of the lock stays behind.
 A write onto a full or read-only disk raises `OutputWriteError` naming the real target,
@@ -22,18 +22,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from hooklens import files
-from hooklens.cli import main as cli_main
-from hooklens.errors import HooklensError, OutputLockedError, OutputWriteError
-from hooklens.files import (
+from hooklens.artifacts import (
     StagedWrites,
     StaleLockWarning,
+    atomic,
     atomic_write,
     atomic_write_text,
     lock_file,
+    locks,
     output_lock,
     read_lock,
 )
+from hooklens.cli import main as cli_main
+from hooklens.errors import HooklensError, OutputLockedError, OutputWriteError
 from hooklens.training import distributed
 from hooklens.training import run as training
 from tests.conftest import VOCAB, _tiny_hf
@@ -141,7 +142,7 @@ def test_a_lock_of_a_sigkilled_run_is_taken_over(tmp_path):
 
 _HOLD_AND_DIE = """
 import os, signal, sys
-from hooklens.files import output_lock
+from hooklens.artifacts import output_lock
 output_lock(sys.argv[1], "x").__enter__()
 os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -185,12 +186,12 @@ def test_a_lock_file_removed_while_being_taken_is_taken_afresh(tmp_path, monkeyp
                 os.unlink(lock_file(output))
             fcntl.flock(fd, operation)
 
-    monkeypatch.setattr(files, "fcntl", Racing)
+    monkeypatch.setattr(locks, "fcntl", Racing)
     with output_lock(output, "hooklens train"):
         assert len(calls) == 2
         assert read_lock(output)["pid"] == os.getpid()  # in the file at the path
         with pytest.raises(OutputLockedError):  # and it excludes the next run
-            monkeypatch.setattr(files, "fcntl", fcntl)
+            monkeypatch.setattr(locks, "fcntl", fcntl)
             with output_lock(output, "hooklens eval"):
                 pass
     assert _hidden(tmp_path) == []
@@ -198,7 +199,7 @@ def test_a_lock_file_removed_while_being_taken_is_taken_afresh(tmp_path, monkeyp
 
 def test_without_flock_a_live_owner_is_refused_and_a_dead_one_taken_over(tmp_path, monkeypatch):
     """Windows: the lock file is created with O_EXCL and its pid is checked."""
-    monkeypatch.setattr(files, "fcntl", None)
+    monkeypatch.setattr(locks, "fcntl", None)
     output = tmp_path / "run"
     with output_lock(output, "hooklens train"):
         refused = pytest.raises(OutputLockedError, match=f"process {os.getpid()} on")
@@ -304,12 +305,12 @@ def test_torch_saves_unexpected_pos_on_a_full_disk_is_said_to_be_a_full_disk(tmp
         raise RuntimeError(TORCH_FULL)
 
     monkeypatch.setattr(torch, "save", torch_on_a_full_disk)
-    monkeypatch.setattr(files, "_free_bytes", lambda directory: 0)  # what statvfs says then
+    monkeypatch.setattr(atomic, "_free_bytes", lambda directory: 0)  # what statvfs says then
     with pytest.raises(OutputWriteError, match=r"the disk is full \(0 bytes free\); the earlier"):
         atomic_write(target, lambda tmp: torch.save({}, tmp))
     _unchanged(target)
     # The same error with space to spare: still one line, torch's words in it.
-    monkeypatch.setattr(files, "_free_bytes", lambda directory: 10 * 2**30)
+    monkeypatch.setattr(atomic, "_free_bytes", lambda directory: 10 * 2**30)
     with pytest.raises(OutputWriteError, match=r"the write failed \(\[enforce fail"):
         atomic_write(target, lambda tmp: torch.save({}, tmp))
     _unchanged(target)
@@ -487,7 +488,7 @@ def test_train_on_a_full_disk_says_so_in_one_line(tmp_path, tiny_models, capsys,
         raise RuntimeError(TORCH_FULL)
 
     monkeypatch.setattr(torch, "save", torch_on_a_full_disk)
-    monkeypatch.setattr(files, "_free_bytes", lambda directory: 0)
+    monkeypatch.setattr(atomic, "_free_bytes", lambda directory: 0)
     assert cli_main(_train_arguments(data, output)) == 2
     checkpoint = output / "checkpoint" / "checkpoint.pt"
     assert f"hooklens train: could not write {checkpoint}: the disk is full" in _stderr_line(capsys)

@@ -209,7 +209,7 @@ def saved(model, tmp_path):
 @pytest.mark.parametrize("location", ["cpu", torch.device("cpu")], ids=["str", "torch.device"])
 @pytest.mark.parametrize("format", ["hooklens", "tuned-lens"])
 def test_map_location_reaches_the_parameter_reader(model, saved, monkeypatch, location, format):
-    import hooklens.artifacts as artifacts
+    import hooklens.artifacts.lens_dir as artifacts
 
     lens, folders = saved
     seen: list[object] = []
@@ -294,7 +294,7 @@ def hub_answers(monkeypatch):
     """Stand in for the online hub: `hf_hub_download` and `list_repo_files` raise `error`."""
     import huggingface_hub
 
-    import hooklens.hub as hub
+    from hooklens.artifacts import _hf
 
     def answer(error):
         def fail(*args, **kwargs):
@@ -302,7 +302,7 @@ def hub_answers(monkeypatch):
 
         monkeypatch.setattr(huggingface_hub, "hf_hub_download", fail)
         monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, *a, **k: fail())
-        monkeypatch.setattr(hub, "_offline", lambda: False)
+        monkeypatch.setattr(_hf, "offline", lambda: False)
 
     return answer
 

@@ -1,4 +1,16 @@
-"""Lenses: maps from a layer's hidden state to the model's vocabulary."""
+"""Lenses: maps from a layer's hidden state to the model's vocabulary.
+
+- base: `Lens`, the interface (`transform_hidden`, `forward`, `log_probs`,
+  `iter_log_probs`, `generate`) and the input checks every lens shares.
+- logit: `LogitLens`, every layer read with the model's own final norm and unembedding.
+- tuned: `TunedLens` and `TunedLensConfig`, one learned affine translator per layer,
+  saved and loaded through `hooklens.artifacts` (and `hub_model_name`, the hub id
+  published lenses are named after).
+- jacobian: `JacobianLens`, each layer moved into the last block's basis by its average
+  Jacobian; `.pt` and directory files through `hooklens.artifacts`.
+- interop: `transformer_lens_translator`, our lenses as the `lens=` translator of
+  TransformerLens 4's `logit_lens` tool.
+"""
 
 from hooklens.lenses.base import Lens
 from hooklens.lenses.interop import TransformerLensTranslator, transformer_lens_translator

@@ -38,30 +38,37 @@ from torch import Tensor, nn
 
 from hooklens.artifacts import (
     FIX_CONFIG,
-    LensNotFoundError,
+    atomic_write,
     check_fingerprint,
     check_json_fields,
     load_weights_only,
     read_lens_dir,
-    seal_matches,
+    resolve_jacobian_lens,
     sealed,
     write_lens_dir,
 )
-from hooklens.errors import InputError, InputTypeError, LensFileError, LensMismatchError
-from hooklens.files import atomic_write
-from hooklens.hub import resolve_jacobian_lens
+from hooklens.artifacts.jlens_pt import (
+    CHECKSUM_KEY,
+    RECORD_FORMAT,
+    RECORD_KEY,
+    REFERENCE_SUFFIX,
+    JLensRecord,
+    parse_reference,
+    recorded_component,
+    verified_record,
+)
+from hooklens.errors import (
+    InputError,
+    InputTypeError,
+    LensFileError,
+    LensMismatchError,
+    LensNotFoundError,
+)
 from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter, ModelFingerprint, _same_model_name, normalize_component
 from hooklens.unembed import Unembed
 
 LENS_TYPE = "jacobian_lens"
-REFERENCE_SUFFIX = ".pt"
-RECORD_KEY = "hooklens"
-"""Our entry in a `.pt` lens, beside the reference's keys: what a load checks (the
-model's layer count and fingerprint, the target layer, the lens's component)."""
-CHECKSUM_KEY = "hooklens_sha256"
-"""Our `.pt` lens's checksum: `artifacts.content_sha256` of every other entry."""
-RECORD_FORMAT = 1
 SAVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 """What `save` stores a `.pt` lens's matrices as (the reference's default: float16)."""
 _NEEDS_RAW = (
@@ -359,7 +366,7 @@ class JacobianLens(Lens):
         registry (`"gpt2-small"`, or a model id such as `"google/gemma-2-2b"`), or a hub
         file: `repo_id=` and `filename=` (optionally `revision=`), or
         `"owner/repo/path/in/repo.pt"`. Hub files download through huggingface_hub's
-        cache (`HF_HUB_OFFLINE=1` reads only the cache); `hooklens.hub.jacobian_lens_file`
+        cache (`HF_HUB_OFFLINE=1` reads only the cache); `hooklens.artifacts.jacobian_lens_file`
         says how the arguments combine.
 
         What is verified. Every `.pt` file written by `torch.save` (a zip archive) is
@@ -400,12 +407,12 @@ class JacobianLens(Lens):
         if not path.is_file():
             raise LensNotFoundError(f"no Jacobian lens at {path}")
         payload = load_weights_only(path, "a Jacobian lens (.pt artifact or fit checkpoint)")
-        record = _verified_record(payload, path)
+        record = verified_record(payload, path)
         if record is not None:
             _check_layer_count(path, record.n_layers, record.fingerprint.model_name, adapter)
             _require_raw_weights(adapter, source=str(path))
             _check_fingerprint_of(path, record.fingerprint, adapter, strict=strict)
-        jacobians, n_prompts, metadata = _parse_reference(payload, path)
+        jacobians, n_prompts, metadata = parse_reference(payload, path)
         if record is not None:
             _check_record_against_matrices(record, jacobians, path)
         saved_component = record.component if record is not None else "resid_pre"
@@ -447,7 +454,7 @@ class JacobianLens(Lens):
             raise LensFileError(
                 f"{source}: key 'n_prompts' should be 0 or more, found {n_prompts}. {FIX_CONFIG}"
             )
-        saved_component = _recorded_component(config.get("component", "resid_pre"), source)
+        saved_component = recorded_component(config.get("component", "resid_pre"), source)
         _check_layer_count(path, fingerprint.n_layers, fingerprint.model_name, adapter)
         _check_fingerprint_of(path, fingerprint, adapter, strict=strict)
         jacobians = {}
@@ -524,25 +531,6 @@ class _DirectoryConfig:
     component: str = "resid_pre"
 
 
-@dataclass
-class _Record:
-    """Our entry of a `.pt` lens (`RECORD_KEY`), checked."""
-
-    n_layers: int
-    target_layer: int
-    component: str
-    fingerprint: ModelFingerprint
-
-
-@dataclass
-class _RecordSchema:
-    format: int
-    n_layers: int
-    target_layer: int
-    component: str
-    fingerprint: dict[str, Any]
-
-
 def _check_save_dtype(dtype: Any) -> None:
     if not isinstance(dtype, torch.dtype):
         raise InputTypeError(
@@ -557,75 +545,8 @@ def _check_save_dtype(dtype: Any) -> None:
         )
 
 
-def _recorded_component(value: Any, source: str) -> str:
-    try:
-        component = normalize_component(value)
-    except (InputError, InputTypeError) as error:
-        raise LensFileError(f"{source}: key 'component': {error}. {FIX_CONFIG}") from None
-    if component == "resid_mid":
-        raise LensFileError(
-            f"{source}: key 'component' is 'resid_mid', but a Jacobian lens reads "
-            f"resid_pre or resid_post. {FIX_CONFIG}"
-        )
-    return component
-
-
-def _verified_record(payload: Any, path: Path) -> _Record | None:
-    """Our entry of a `.pt` lens or fit checkpoint, after checking the file's checksum;
-    `None` for a foreign file (no hooklens keys at all).
-
-    A file with some of our keys but not all (a damaged key name, or an edit) is
-    refused: it cannot be told from a file whose checksum was removed.
-    """
-    if not isinstance(payload, dict):
-        return None
-    if "jacobian_sum" in payload:  # a fit checkpoint: its own record and checksum
-        from hooklens.training.jacobian_fit import verify_checkpoint
-
-        verify_checkpoint(payload, path, error=LensFileError)
-        return None
-    ours = [key for key in (RECORD_KEY, CHECKSUM_KEY) if key in payload]
-    if not ours:
-        return None
-    if len(ours) == 1:
-        missing = CHECKSUM_KEY if ours == [RECORD_KEY] else RECORD_KEY
-        raise LensFileError(
-            f"{path} has the key {ours[0]!r} of a hooklens Jacobian lens but not "
-            f"{missing!r}: the file was damaged or edited, and cannot be verified. Save "
-            "or fit the lens again."
-        )
-    if not seal_matches(payload, CHECKSUM_KEY):
-        raise LensFileError(
-            f"{path} does not match the checksum it records ({CHECKSUM_KEY}): an entry "
-            "(a matrix, n_prompts, a key) was changed or damaged after saving, so it would "
-            "load with other numbers. Save or fit the lens again (or download it again)."
-        )
-    source = f"{path} (entry {RECORD_KEY!r})"
-    entry = payload[RECORD_KEY]
-    check_json_fields(_RecordSchema, entry, source, f"{RECORD_KEY}.")
-    if entry["format"] != RECORD_FORMAT:
-        raise LensFileError(
-            f"{path} was saved by a newer hooklens (its {RECORD_KEY} format is "
-            f"{entry['format']}, this version reads {RECORD_FORMAT}): upgrade hooklens"
-        )
-    check_json_fields(ModelFingerprint, entry["fingerprint"], source, f"{RECORD_KEY}.fingerprint.")
-    fingerprint = ModelFingerprint.from_dict(entry["fingerprint"])
-    if not entry["n_layers"] == fingerprint.n_layers == entry["target_layer"] + 1:
-        raise LensFileError(
-            f"{source}: n_layers {entry['n_layers']}, target_layer {entry['target_layer']} "
-            f"and the fingerprint's n_layers {fingerprint.n_layers} disagree (the target is "
-            "the last block). Save or fit the lens again."
-        )
-    return _Record(
-        n_layers=entry["n_layers"],
-        target_layer=entry["target_layer"],
-        component=_recorded_component(entry["component"], source),
-        fingerprint=fingerprint,
-    )
-
-
 def _check_record_against_matrices(
-    record: _Record, jacobians: dict[int, Tensor], path: Path
+    record: JLensRecord, jacobians: dict[int, Tensor], path: Path
 ) -> None:
     widths = {matrix.shape[0] for matrix in jacobians.values()}
     if widths != {record.fingerprint.d_model}:
@@ -678,119 +599,3 @@ def _require_raw_weights(adapter: ModelAdapter, *, source: str) -> None:
 
 def _buffer_name(layer: int) -> str:
     return f"J_{layer}"
-
-
-def _parse_reference(payload: Any, path: Path) -> tuple[dict[int, Tensor], int, dict[str, Any]]:
-    """`(jacobians, n_prompts, metadata)` of a reference artifact or fit checkpoint.
-
-    Raises:
-        LensFileError: neither format, or an entry of the wrong type or value (naming
-            the file and the key).
-    """
-    if not isinstance(payload, dict):
-        raise LensFileError(
-            f"{path} holds a {type(payload).__name__}, not a Jacobian lens: expected a dict "
-            "with a 'J' key (artifact) or 'jacobian_sum' (fit checkpoint)"
-        )
-    if "J" in payload:
-        matrices_key = "J"
-        n_prompts = _count(payload, "n_prompts", path)
-        divide = 1
-    elif "jacobian_sum" in payload:  # running sums of a fit in progress
-        matrices_key = "jacobian_sum"
-        count_key = "n_done" if payload.get("n_done") is not None else "n_prompts"
-        n_prompts = _count(payload, count_key, path)
-        if n_prompts <= 0:
-            raise LensFileError(
-                f"{path} is a fit checkpoint of {n_prompts} prompts: nothing fitted yet. "
-                "Let the fit run further (it resumes from the checkpoint), then load it"
-            )
-        next_idx: Any = payload.get("next_idx")
-        if _is_int(next_idx) and n_prompts > int(next_idx):
-            raise LensFileError(
-                f"{path}: {count_key} is {n_prompts}, more than the {next_idx} prompts the "
-                "fit had gone through (next_idx): the checkpoint is damaged or was edited. "
-                "Delete it and fit again"
-            )
-        divide = n_prompts
-    else:
-        found = sorted(map(str, payload))[:6]
-        raise LensFileError(
-            f"{path} is not a Jacobian lens: expected a 'J' key (artifact) or "
-            f"'jacobian_sum' (fit checkpoint), found {found}"
-        )
-    matrices = payload[matrices_key]
-    if not isinstance(matrices, dict) or not matrices:
-        raise LensFileError(
-            f"{path}: key {matrices_key!r} should be a non-empty {{layer: tensor}} dict, found "
-            f"{_kind(matrices)}"
-        )
-    jacobians: dict[int, Tensor] = {}
-    for layer, matrix in matrices.items():
-        where = f"{path}: {matrices_key}[{layer!r}]"
-        if _is_int(layer) or (isinstance(layer, str) and layer.isdigit()):
-            index = int(layer)
-        else:
-            raise LensFileError(
-                f"{where}: a layer should be an integer (a block index), found {_kind(layer)}"
-            )
-        if not isinstance(matrix, Tensor) or not matrix.is_floating_point():
-            raise LensFileError(f"{where} should be a floating-point tensor, found {_kind(matrix)}")
-        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-            raise LensFileError(
-                f"{where} should be a square [d_model, d_model] matrix, found shape "
-                f"{tuple(matrix.shape)}"
-            )
-        if not bool(torch.isfinite(matrix).all()):
-            raise LensFileError(f"{where} holds NaN or infinite entries")
-        if index in jacobians:
-            raise LensFileError(f"{where}: layer {index} appears twice")
-        jacobians[index] = matrix.float() / divide
-    metadata = payload.get("metadata")
-    if metadata is None:
-        metadata = {}
-    elif not isinstance(metadata, dict):
-        raise LensFileError(
-            f"{path}: key 'metadata' should be a dict (model_name, corpus, ...), found "
-            f"{_kind(metadata)}"
-        )
-    if "target_layer" in payload:
-        metadata = {**metadata, "target_layer": payload["target_layer"]}
-    target = metadata.get("target_layer")
-    if target is not None and not _is_int(target):
-        raise LensFileError(
-            f"{path}: target_layer should be an integer (the last block's index), found "
-            f"{_kind(target)}"
-        )
-    d_model = payload.get("d_model")
-    first = next(iter(jacobians.values()))
-    if d_model is not None and not _is_int(d_model):
-        raise LensFileError(f"{path}: key 'd_model' should be an integer, found {_kind(d_model)}")
-    if d_model is not None and int(d_model) != first.shape[0]:
-        raise LensFileError(f"{path}: d_model is {d_model}, but J is {tuple(first.shape)}")
-    return jacobians, n_prompts, dict(metadata)
-
-
-def _is_int(value: Any) -> bool:
-    """A Python or 0-d tensor integer (not a bool): what `int()` may take from a file."""
-    if isinstance(value, Tensor):
-        return value.ndim == 0 and not value.is_floating_point() and value.dtype != torch.bool
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _count(payload: dict[str, Any], key: str, path: Path) -> int:
-    value = payload.get(key, 0)
-    if not _is_int(value) or int(value) < 0:
-        raise LensFileError(
-            f"{path}: key {key!r} should be a number of prompts (an integer ≥ 0), found "
-            f"{_kind(value)}"
-        )
-    return int(value)
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    shown = repr(value)
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    return f"{type(value).__name__} {shown}"

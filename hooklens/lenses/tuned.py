@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import warnings
@@ -23,9 +24,11 @@ from hooklens.artifacts import (
     read_lens_files,
     write_lens_dir,
 )
+from hooklens.artifacts.hub import load_artifacts
 from hooklens.errors import InputError, InputTypeError, LensFileError, LensMismatchError
 from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter, ModelFingerprint, _same_model_name, normalize_component
+from hooklens.models import EMBEDDED_MODELS
 from hooklens.unembed import Unembed
 
 
@@ -239,7 +242,7 @@ class TunedLens(Lens):
             map_location: the device the parameters are read onto and kept on (see
                 `load`); by default the model's unembedding's.
             **kwargs: `repo_id`, `repo_type`, `revision`, `cache_dir`, `subfolder`,
-                `config_file`, `ckpt_file` (see `hooklens.hub.load_artifacts`) and
+                `config_file`, `ckpt_file` (see `hooklens.artifacts.load_artifacts`) and
                 `strict` (see `load`).
 
         The lens is checked against the model like any other (`load`). Lenses of the
@@ -258,8 +261,6 @@ class TunedLens(Lens):
         """
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
         if lens_resource_id is None:
-            from hooklens.hub import hub_model_name
-
             lens_resource_id = hub_model_name(adapter)
         return cls.from_unembed_and_pretrained(
             Unembed.from_model(adapter), lens_resource_id, map_location=map_location, **kwargs
@@ -278,8 +279,6 @@ class TunedLens(Lens):
 
         Takes the same keyword arguments as `from_model_and_pretrained`.
         """
-        from hooklens.hub import load_artifacts
-
         strict = kwargs.pop("strict", True)
         allowed = set(inspect.signature(load_artifacts).parameters) - {"resource_id"}
         if unknown := sorted(set(kwargs) - allowed):
@@ -420,3 +419,29 @@ def _check_tuned_lens_artifact(
         if strict:
             raise LensMismatchError(message)
         warnings.warn(message, stacklevel=3)
+
+
+def hub_model_name(adapter: Any) -> str:
+    """The Hugging Face name of a model, which is what lenses are named after.
+
+    TransformerLens names models by their short alias (`pythia-160m-deduped`); the
+    tuned-lens repository uses the hub id (`EleutherAI/pythia-160m-deduped`).
+    """
+    name = adapter.model_name
+    for embedded in EMBEDDED_MODELS.values():
+        if name.lower() in (embedded.tl_name.lower(), embedded.hf_name.lower()):
+            return embedded.hf_name
+    if "/" in name:
+        return name
+    # TransformerLens 3.x keeps the official names beside HookedTransformer's loaders;
+    # 4.x, which removed those loaders, in `supported_models`.
+    for module in ("transformer_lens.loading_from_pretrained", "transformer_lens.supported_models"):
+        try:
+            official = importlib.import_module(module).get_official_model_name
+        except (ImportError, AttributeError):
+            continue
+        try:
+            return official(name)
+        except ValueError:
+            return name
+    return name

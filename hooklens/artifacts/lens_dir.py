@@ -1,8 +1,9 @@
-"""Lens files on disk: our format, the tuned-lens package's format, and the model check.
+"""Lens directories: our format, the tuned-lens package's format, and the model check.
 
 Our format is a directory with `config.json` and `params.safetensors`. The tuned-lens
 package writes `config.json` and `params.pt` (a pickled state dict of the translators),
-which we read with `torch.load(weights_only=True)`, never as an arbitrary pickle.
+which we read with `torch.load(weights_only=True)` (`reference_pt`), never as an
+arbitrary pickle.
 
 `config.json` is the commit record of a lens directory: it records the SHA-256 of the
 parameter file (`params_sha256`) and is renamed into place after it. A save killed
@@ -20,11 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import types
 import warnings
-import zipfile
-from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -33,14 +31,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from hooklens.artifacts.atomic import StagedWrites
+from hooklens.artifacts.reference_pt import SAVE_AGAIN, SHA256_HEX, read_tuned_lens_params
 from hooklens.errors import (
-    HooklensError,
     InputTypeError,
     LensFileError,
     LensMismatchError,
+    LensNotFoundError,
     OutputExistsError,
 )
-from hooklens.files import StagedWrites
 from hooklens.model import ModelAdapter, ModelFingerprint, fingerprint_differences
 from hooklens.validation import available_device
 
@@ -55,16 +54,7 @@ CONFIG_HASH_KEY = "config_sha256"
 SIZES = ("d_model", "n_layers", "d_vocab")
 """Fingerprint entries a lens must share with its model whatever `strict` says."""
 
-_SAVE_AGAIN = "Save the lens again (or download it again) to replace the directory."
 FIX_CONFIG = "The file is damaged or was edited by hand: fix it, or save the lens again."
-
-
-class LensNotFoundError(HooklensError, FileNotFoundError, ValueError):
-    """No lens with that name where we looked; the message lists the ones there are.
-
-    A `FileNotFoundError`, and also a `ValueError`: tuned-lens raised `ValueError` for
-    a lens it could not find, so ported `except ValueError` code still catches it.
-    """
 
 
 MapLocation = str | torch.device | None
@@ -165,7 +155,7 @@ def lens_dir_files(path: str | os.PathLike) -> tuple[Path, Path]:
         if params_path is not None:
             raise LensFileError(
                 f"{directory} has {params_path.name} but no {CONFIG_FILE}: a save was "
-                f"interrupted, or {CONFIG_FILE} was deleted. {_SAVE_AGAIN}"
+                f"interrupted, or {CONFIG_FILE} was deleted. {SAVE_AGAIN}"
             )
         raise LensNotFoundError(f"no lens at {directory}: no {CONFIG_FILE} there ({expected})")
     if params_path is None:
@@ -198,15 +188,15 @@ def read_lens_files(
     config = _read_config(config_path)
     _check_config_digest(config, config_path)
     recorded = config.pop(PARAMS_HASH_KEY, None)
-    if recorded is not None and not (isinstance(recorded, str) and _SHA256.fullmatch(recorded)):
+    if recorded is not None and not (isinstance(recorded, str) and SHA256_HEX.fullmatch(recorded)):
         raise LensFileError(
             f"{config_path}: key {PARAMS_HASH_KEY!r} should be 64 hexadecimal digits (the "
-            f"SHA-256 of {params_path.name}), found {recorded!r}. {_SAVE_AGAIN}"
+            f"SHA-256 of {params_path.name}), found {recorded!r}. {SAVE_AGAIN}"
         )
     if params_path.name.endswith(".safetensors"):
         tensors, format = _read_safetensors(params_path, device), "hooklens"
     else:
-        tensors, format = _translator_keys(_read_state_dict(params_path, device)), "tuned-lens"
+        tensors, format = read_tuned_lens_params(params_path, device), "tuned-lens"
     if recorded is not None:
         actual = sha256_file(params_path)
         if actual != recorded.lower():
@@ -215,7 +205,7 @@ def read_lens_files(
                 f"{recorded[:12]}… for the parameters, the file has {actual[:12]}…. A save "
                 "was interrupted between writing the two files (the parameters of one lens "
                 "under the config of another), or the parameter file was changed or "
-                f"damaged after saving. {_SAVE_AGAIN}"
+                f"damaged after saving. {SAVE_AGAIN}"
             )
     return LensFiles(config, tensors, format, config_path, params_path)
 
@@ -264,7 +254,7 @@ def _check_config_digest(config: dict[str, Any], config_path: Path) -> None:
     recorded = config.pop(CONFIG_HASH_KEY, None)
     if recorded is None:
         return
-    if not (isinstance(recorded, str) and _SHA256.fullmatch(recorded)):
+    if not (isinstance(recorded, str) and SHA256_HEX.fullmatch(recorded)):
         raise LensFileError(
             f"{config_path}: key {CONFIG_HASH_KEY!r} should be 64 hexadecimal digits (the "
             f"SHA-256 of the rest of the config), found {json.dumps(recorded)[:70]}. "
@@ -275,7 +265,7 @@ def _check_config_digest(config: dict[str, Any], config_path: Path) -> None:
         raise LensFileError(
             f"{config_path} was changed after it was saved: it records SHA-256 "
             f"{recorded[:12]}… of its content, the content has {actual[:12]}…. The file "
-            f"was damaged (a copy, a disk) or edited by hand. {_SAVE_AGAIN}"
+            f"was damaged (a copy, a disk) or edited by hand. {SAVE_AGAIN}"
         )
 
 
@@ -288,7 +278,6 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _LENS_FILE_NAMES = (CONFIG_FILE, PARAMS_FILE, TUNED_LENS_PARAMS_FILE)
 
 
@@ -351,12 +340,12 @@ def _read_config(config_path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         raise LensFileError(
             f"{config_path} is not UTF-8 text ({error.reason} at byte {error.start}); "
-            f"{expected}. {_SAVE_AGAIN}"
+            f"{expected}. {SAVE_AGAIN}"
         ) from None
     if not text.strip():
         raise LensFileError(
             f"{config_path} is empty; {expected}. A save was interrupted or the file was "
-            f"truncated. {_SAVE_AGAIN}"
+            f"truncated. {SAVE_AGAIN}"
         )
     try:
         config = json.loads(text)
@@ -367,7 +356,7 @@ def _read_config(config_path: Path) -> dict[str, Any]:
             "save the lens again."
         ) from None
     if not isinstance(config, dict):
-        raise LensFileError(f"{config_path} holds {_json_kind(config)}; {expected}. {_SAVE_AGAIN}")
+        raise LensFileError(f"{config_path} holds {_json_kind(config)}; {expected}. {SAVE_AGAIN}")
     return config
 
 
@@ -381,169 +370,8 @@ def _read_safetensors(params_path: Path, device: torch.device) -> dict[str, Tens
         found = "empty" if size == 0 else f"truncated or corrupt ({size} bytes)"
         raise LensFileError(
             f"{params_path} is {found}: safetensors cannot read it ({error}). A save was "
-            f"interrupted, or the file was damaged in a copy. {_SAVE_AGAIN}"
+            f"interrupted, or the file was damaged in a copy. {SAVE_AGAIN}"
         ) from None
-
-
-ZIP_MAGIC = b"PK\x03\x04"
-"""The first bytes of a `torch.save` file (a zip archive since torch 1.6)."""
-
-_PASS_THROUGH = (FileNotFoundError, PermissionError, IsADirectoryError)
-"""Errors of opening a file that say what they are (with its name) and reach the caller."""
-
-
-def load_weights_only(
-    path: str | os.PathLike,
-    what: str,
-    *,
-    map_location: str | torch.device = "cpu",
-    error: type[HooklensError] = LensFileError,
-    advice: str = _SAVE_AGAIN,
-) -> Any:
-    """`torch.load(path, weights_only=True, map_location=...)`, on the CPU by default: a
-    pickle that would run code, a truncated, empty or damaged file, or anything else
-    unreadable is an `error` (`LensFileError`, or `RunStateError` for a checkpoint)
-    naming `path`, `what` it should have been, and `advice` (nothing in it is executed).
-
-    A zip archive (what `torch.save` writes) is first checked member by member against
-    the CRC-32 its directory records: torch does not check them, so a flipped bit in a
-    tensor would otherwise load as other numbers. A file that cannot be opened
-    (`FileNotFoundError`, `PermissionError`, `IsADirectoryError`) raises as it is.
-    """
-    path = Path(path)
-    _check_zip_archive(path, what, error, advice)
-    try:
-        return torch.load(path, weights_only=True, map_location=map_location)
-    except _PASS_THROUGH:
-        raise
-    except Exception as caught:  # EOFError, UnpicklingError, RuntimeError, OSError, ...
-        reason = str(caught).strip().splitlines()[0] if str(caught).strip() else "no data"
-        if _size(path) == 0:
-            reason = "the file is empty"
-        raise error(
-            f"{path} cannot be read as {what} (read with weights_only=True): "
-            f"{type(caught).__name__}: {reason}. It may be truncated or damaged. {advice}"
-        ) from None
-
-
-def _check_zip_archive(path: Path, what: str, error: type[HooklensError], advice: str) -> None:
-    """Refuse a zip archive whose members do not match their CRC-32 (or that zipfile
-    cannot read: truncated, a damaged header); a file of another format is left to
-    `torch.load`."""
-    with open(path, "rb") as file:  # FileNotFoundError and friends: as they are
-        if file.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
-            return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()  # reads every member, checks its CRC-32
-    except _PASS_THROUGH:
-        raise
-    except Exception as caught:  # BadZipFile, EOFError, zlib.error, NotImplementedError, ...
-        reason = str(caught).strip().splitlines()[0] if str(caught).strip() else "no data"
-        raise error(
-            f"{path} cannot be read as {what}: its zip archive is truncated or damaged "
-            f"({type(caught).__name__}: {reason}; {_size(path)} bytes). {advice}"
-        ) from None
-    if damaged is not None:
-        raise error(
-            f"{path} is damaged: its member {damaged!r} does not match the CRC-32 checksum "
-            f"the archive records, so {what} would load with other numbers. {advice}"
-        )
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return -1
-
-
-PAYLOAD_HASH_FORMAT = "hooklens-content-sha256-v1"
-"""How `content_sha256` serialises a payload (recorded beside the digest it gives)."""
-
-
-def content_sha256(value: Any) -> str:
-    """The SHA-256 of a payload's content, the same before `torch.save` and after a
-    `weights_only` load: dicts by their items in a fixed key order, lists and tuples
-    item by item, tensors by dtype, shape and bytes (on the CPU, contiguous, whatever
-    their device or strides), other values by their canonical JSON (type included).
-
-    A renamed key, a changed count or one changed tensor entry changes the digest.
-    """
-    digest = hashlib.sha256(PAYLOAD_HASH_FORMAT.encode())
-    _hash_into(digest, value)
-    return digest.hexdigest()
-
-
-def _hash_into(digest: Any, value: Any) -> None:
-    if isinstance(value, Tensor):
-        flat = value.detach().to("cpu").contiguous().reshape(-1)
-        header = json.dumps(["tensor", str(value.dtype), list(value.shape)])
-        digest.update(f"{len(header)}:{header}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    elif isinstance(value, Mapping):
-        digest.update(f"dict:{len(value)}:".encode())
-        for key in sorted(value, key=lambda k: (type(k).__name__, repr(k))):
-            _hash_into(digest, key)
-            _hash_into(digest, value[key])
-    elif isinstance(value, (list, tuple)):
-        digest.update(f"{type(value).__name__}:{len(value)}:".encode())
-        for item in value:
-            _hash_into(digest, item)
-    else:
-        try:
-            text = json.dumps([type(value).__name__, value])
-        except (TypeError, ValueError):  # torch.Size, dtype, device, ...: their repr
-            text = json.dumps([type(value).__name__, repr(value)])
-        digest.update(f"{len(text)}:{text}".encode())
-
-
-def sealed(payload: dict[str, Any], key: str) -> dict[str, Any]:
-    """`payload` with `key` set to the `content_sha256` of every other entry."""
-    unsealed = {k: v for k, v in payload.items() if k != key}
-    return {**unsealed, key: content_sha256(unsealed)}
-
-
-def seal_matches(payload: dict[str, Any], key: str) -> bool:
-    """Whether `payload[key]` is the `content_sha256` of every other entry of `payload`."""
-    recorded = payload.get(key)
-    if not (isinstance(recorded, str) and _SHA256.fullmatch(recorded)):
-        return False
-    return content_sha256({k: v for k, v in payload.items() if k != key}) == recorded.lower()
-
-
-def _read_state_dict(params_path: Path, device: torch.device) -> dict[str, Tensor]:
-    state = load_weights_only(
-        params_path,
-        "a tuned-lens parameter file (a torch state dict of tensors)",
-        map_location=device,
-    )
-    if not isinstance(state, dict):
-        raise LensFileError(
-            f"{params_path} holds a {type(state).__name__}; expected a state dict of "
-            f"tensors ({{'0.weight': tensor, ...}}). {_SAVE_AGAIN}"
-        )
-    for key, value in state.items():
-        if not isinstance(key, str) or not isinstance(value, Tensor):
-            raise LensFileError(
-                f"{params_path}: entry {key!r} is a {type(value).__name__}; expected "
-                f"tensors under string keys. {_SAVE_AGAIN}"
-            )
-    return state
-
-
-def _translator_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Name tuned-lens parameters `layer_translators.{i}.weight` whichever way they were saved.
-
-    tuned-lens 0.2 saves `layer_translators.state_dict()` (`{i}.weight`); older
-    versions saved the whole lens, whose `unembed.*` entries we drop.
-    """
-    renamed = {}
-    for key, value in state.items():
-        if key.startswith("unembed."):
-            continue
-        renamed[key if key.startswith("layer_translators.") else f"layer_translators.{key}"] = value
-    return renamed
 
 
 def _processing_advice(saved: ModelFingerprint, actual: ModelFingerprint) -> str:
