@@ -87,3 +87,12 @@ class OutputWriteError(HooklensError, OSError):
 
     def __str__(self) -> str:  # OSError would show "[Errno 28] None: 'path'"; we want the line
         return str(self.args[0]) if self.args else ""
+
+
+class ProcessedWeightsError(LensMismatchError):
+    """A lens fitted on raw activations (a Jacobian lens) was given a model whose weights
+    TransformerLens processed (fold_ln, center_writing_weights, center_unembed)."""
+
+
+class FewerTokensWarning(UserWarning):
+    """The batches held fewer tokens than the evaluation was asked for."""

@@ -381,6 +381,6 @@ def test_a_jacobian_lens_beside_a_processed_tuned_lens_is_refused_before_loading
     # the raw tuned lens beside the same Jacobian lens is fine (checked, not refused)
     raw = tmp_path / "raw-lens"
     TunedLens.from_model(model).save(raw)
-    from hooklens.training.evaluate import check_lens_paths
+    from hooklens.cli.options import check_lens_paths
 
     check_lens_paths([str(raw), str(jacobian)])

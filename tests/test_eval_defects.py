@@ -16,10 +16,10 @@ import torch
 from safetensors import safe_open
 
 from hooklens import LogitLens, PredictionTrajectory, TunedLens, models, next_token_targets
+from hooklens.cli import eval as evaluation
 from hooklens.cli import main
-from hooklens.training import evaluate as evaluation
+from hooklens.evaluation import FewerTokensWarning, LayerMarginals, evaluate_lenses
 from hooklens.training.data import pack, split_texts
-from hooklens.training.evaluate import FewerTokensWarning, LayerMarginals, evaluate_lenses
 from tests.conftest import N_LAYERS, VOCAB, make_bridge
 
 SEQ_LEN = 16

@@ -47,9 +47,16 @@ from hooklens.artifacts import (
     sealed,
     write_lens_dir,
 )
-from hooklens.errors import InputError, InputTypeError, LensFileError, LensMismatchError
+from hooklens.errors import (
+    InputError,
+    InputTypeError,
+    LensFileError,
+    LensMismatchError,
+    ProcessedWeightsError,
+)
 from hooklens.files import atomic_write
 from hooklens.hub import resolve_jacobian_lens
+from hooklens.lenses._jacobian_estimator import fit_jacobians, verify_checkpoint
 from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter, ModelFingerprint, _same_model_name, normalize_component
 from hooklens.unembed import Unembed
@@ -164,7 +171,7 @@ class JacobianLens(Lens):
     ) -> JacobianLens:
         """Fit `J_ℓ` on `prompts` (strings or token ids) with the exact estimator of
         TransformerLens's `JacobianLens.fit` (same signature, same matrices): see
-        `hooklens.training.jacobian_fit`. `checkpoint` (a `.pt` path, written every
+        `hooklens.lenses._jacobian_estimator`. `checkpoint` (a `.pt` path, written every
         `checkpoint_every` prompts in the reference's running-sum format) makes it
         resumable: the same call continues where it stopped. Under torchrun (the process
         group initialised, `hooklens.training.distributed.init_from_environment()`) every
@@ -173,8 +180,6 @@ class JacobianLens(Lens):
         Examples:
             >>> lens = JacobianLens.fit(model, prompts, max_seq_len=64)   # doctest: +SKIP
         """
-        from hooklens.training.jacobian_fit import fit_jacobians
-
         adapter = ModelAdapter(model)
         _require_raw_weights(adapter, source="JacobianLens.fit")
         jacobians, n_prompts = fit_jacobians(
@@ -580,8 +585,6 @@ def _verified_record(payload: Any, path: Path) -> _Record | None:
     if not isinstance(payload, dict):
         return None
     if "jacobian_sum" in payload:  # a fit checkpoint: its own record and checksum
-        from hooklens.training.jacobian_fit import verify_checkpoint
-
         verify_checkpoint(payload, path, error=LensFileError)
         return None
     ours = [key for key in (RECORD_KEY, CHECKSUM_KEY) if key in payload]
@@ -669,7 +672,7 @@ def _require_raw_weights(adapter: ModelAdapter, *, source: str) -> None:
     residual basis."""
     processing = adapter.processing
     if processing.fold_ln or processing.center_writing_weights or processing.center_unembed:
-        raise LensMismatchError(
+        raise ProcessedWeightsError(
             f"{source}: this model's weights were processed by TransformerLens "
             f"({processing}), which changes the residual basis the lens was fitted in. "
             + _NEEDS_RAW
