@@ -4,15 +4,17 @@ Bad input (any `HooklensError`, a file that cannot be read or written, a model t
 cannot be loaded) ends the command with one line on stderr and exit status 2; anything
 else is a bug and keeps its traceback.
 
-All the package's argparse code is here, and nothing in the library imports it. Modules:
-    - options: the options several commands share (`--model`, `--model-class`,
-      `--processing`, `--device`, `--lens`), the `--output` and `--lens` checks made
-      before a model loads, and a lens mismatch worded in flags.
-    - report: `hooklens report`, one HTML page of a text's prediction trajectories.
-    - train: `hooklens train`, a resumable tuned-lens run into a directory (`run.json`,
-      checkpoint, lens), under torchrun too.
-    - eval: `hooklens eval`, per-layer numbers on held-out text (JSON and figures).
-    - fit_jlens: `hooklens fit-jlens`, a resumable Jacobian-lens fit.
+All the package's argparse code is here, and nothing in the library imports it. Its
+modules, one sentence each:
+
+- options: the options several commands share (`--model`, `--model-class`,
+  `--processing`, `--device`, `--lens`), the `--output` and `--lens` checks made
+  before a model loads, and a lens mismatch worded in flags.
+- report: `hooklens report`, one HTML page of a text's prediction trajectories.
+- train: `hooklens train`, a resumable tuned-lens run into a directory (`run.json`,
+  checkpoint, lens), under torchrun too.
+- eval: `hooklens eval`, per-layer numbers on held-out text (JSON and figures).
+- fit_jlens: `hooklens fit-jlens`, a resumable Jacobian-lens fit.
 """
 
 from __future__ import annotations

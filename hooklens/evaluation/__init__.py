@@ -1,16 +1,17 @@
 """Which lens to trust, per layer: the same numbers for every lens, on held-out text.
 
-Modules:
-    - per_layer: each lens's per-layer KL to the output, cross-entropy, entropy and top-1
-      agreement from one `PredictionTrajectory` (`layer_sums`, `layer_means`), and their
-      Markdown and HTML tables and figure (was `hooklens.comparison`).
-    - held_out: `evaluate_lenses` over batches of held-out text (with the marginals of
-      `LayerMarginals`), the tuned lens's `layer_transfer` matrix, their figures, and the
-      held-out split of a text source (`held_out_chunks`; was `hooklens.training.evaluate`).
+Its modules, one sentence each:
 
-Each module also has a `figure`: `per_layer.figure` draws `{lens: {metric: [per layer]}}`,
-`held_out.figure` the results of `evaluate_lenses`. The command line (`hooklens eval`)
-lives in `hooklens.cli`, which this package does not import.
+- per_layer: each lens's per-layer KL to the output, cross-entropy, entropy and top-1
+  agreement from one `PredictionTrajectory` (`layer_sums`, `layer_means`), and their
+  Markdown and HTML tables and figure (was `hooklens.comparison`).
+- held_out: `evaluate_lenses` over batches of held-out text (with the marginals of
+  `LayerMarginals`), the tuned lens's `layer_transfer` matrix, their figures, and the
+  held-out split of a text source (`held_out_chunks`; was `hooklens.training.evaluate`).
+
+`figure` (from `held_out`) draws the results of `evaluate_lenses`; `per_layer.figure` draws
+any `{lens: {metric: [per layer]}}`. The command line (`hooklens eval`) lives in
+`hooklens.cli`, which this package does not import.
 
 Examples:
     >>> from hooklens import evaluation
@@ -23,6 +24,7 @@ from hooklens.errors import FewerTokensWarning
 from hooklens.evaluation.held_out import (
     LayerMarginals,
     evaluate_lenses,
+    figure,
     held_out_chunks,
     held_out_token_count,
     layer_transfer,
@@ -48,6 +50,7 @@ __all__ = [
     "LayerMarginals",
     "PerLayer",
     "evaluate_lenses",
+    "figure",
     "held_out_chunks",
     "held_out_token_count",
     "html_table",

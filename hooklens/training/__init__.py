@@ -1,17 +1,18 @@
 """Training tuned lenses: text → packed token chunks → closed-form fit → KL fine-tune.
 
-Modules:
-    - data: text sources (local files, globs, hub datasets) → the train/held-out split
-      (`split_texts`) → packed `[seq_len]` token chunks (`pack`) → batches (`batches`).
-    - fast_fit: the closed-form initial fit of a tuned lens (`fit_tuned_lens`, ridge
-      regression on `LeastSquaresMoments`).
-    - loop: the KL fine-tune (`train_lens`, `TrainConfig`), resumable from its
-      checkpoint and data-parallel under torchrun.
-    - loss: the streamed KL(model ‖ lens) the loop minimises, without `[tokens, vocab]`
-      logits in memory.
-    - distributed: torchrun helpers (process group, sharding, reductions).
-    - jacobian_sketch: sketched Jacobian-lens estimators, measured against the exact one
-      and not recommended.
+Its modules, one sentence each:
+
+- data: text sources (local files, globs, hub datasets) → the train/held-out split
+  (`split_texts`) → packed `[seq_len]` token chunks (`pack`) → batches (`batches`).
+- fast_fit: the closed-form initial fit of a tuned lens (`fit_tuned_lens`, ridge
+  regression on `LeastSquaresMoments`).
+- loop: the KL fine-tune (`train_lens`, `TrainConfig`), resumable from its
+  checkpoint and data-parallel under torchrun.
+- loss: the streamed KL(model ‖ lens) the loop minimises, without `[tokens, vocab]`
+  logits in memory.
+- distributed: torchrun helpers (process group, sharding, reductions).
+- jacobian_sketch: sketched Jacobian-lens estimators, measured against the exact one
+  and not recommended.
 
 Moved away (the old paths still import, with a DeprecationWarning): `evaluate` to
 `hooklens.evaluation`, `jacobian_fit` to `JacobianLens.fit`'s estimator, `run` to the
