@@ -26,6 +26,7 @@ import torch
 
 from hooklens import LogitLens, TunedLens, models
 from hooklens.causal.faithfulness import faithfulness_table, lens_faithfulness
+from hooklens.cli.options import add_model_class_argument
 from hooklens.training.data import batches, load_texts, pack, split_texts
 from hooklens.training.fast_fit import fit_tuned_lens
 
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=512)
     parser.add_argument("--tuned-fit-tokens", type=int, default=8192)
     parser.add_argument("--lens", help="a saved tuned lens (default: demo-output/lens)")
-    models.add_model_class_argument(parser)
+    add_model_class_argument(parser)
     args = parser.parse_args()
 
     began = time.perf_counter()

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from hooklens import LogitLens, TunedLens, models, precision
+from hooklens.evaluation import evaluate_lenses
 from hooklens.training.data import batches, load_texts, pack, split_texts
-from hooklens.training.evaluate import evaluate_lenses
 from hooklens.training.fast_fit import fit_tuned_lens
 from hooklens.training.loop import TrainConfig, train_lens
 

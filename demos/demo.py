@@ -34,9 +34,10 @@ import numpy as np
 import torch
 
 from hooklens import LogitLens, ModelAdapter, TunedLens, models, precision
+from hooklens.cli.options import add_model_class_argument
+from hooklens.evaluation import evaluate_lenses
 from hooklens.report import trajectory_report
 from hooklens.training.data import batches, load_texts, pack, split_texts
-from hooklens.training.evaluate import evaluate_lenses
 from hooklens.training.fast_fit import fit_tuned_lens
 from hooklens.training.loop import TrainConfig, batch_loss, train_lens
 from hooklens.trajectory import PredictionTrajectory
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text", default=PARAGRAPH)
     parser.add_argument("--position", type=int, default=-1, help="token position for top-1")
-    models.add_model_class_argument(parser)
+    add_model_class_argument(parser)
     parser.add_argument(
         "--fit-tokens",
         type=int,

@@ -106,3 +106,12 @@ class HubUnreachableError(HooklensError, ConnectionError):
 
 class StaleLockWarning(UserWarning):
     """A lock file left by a run that ended without releasing it was taken over."""
+
+
+class ProcessedWeightsError(LensMismatchError):
+    """A lens fitted on raw activations (a Jacobian lens) was given a model whose weights
+    TransformerLens processed (fold_ln, center_writing_weights, center_unembed)."""
+
+
+class FewerTokensWarning(UserWarning):
+    """The batches held fewer tokens than the evaluation was asked for."""

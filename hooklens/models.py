@@ -10,7 +10,6 @@ TransformerLens know.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import difflib
 import importlib
@@ -57,27 +56,6 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
-
-
-def add_model_class_argument(parser: argparse.ArgumentParser) -> None:
-    """`--model-class hooked|bridge` for a command line; unset, `load` picks the default."""
-    parser.add_argument(
-        "--model-class",
-        choices=MODEL_CLASSES,
-        help="default: hooked on TransformerLens 3.x, bridge on 4.x (no HookedTransformer)",
-    )
-
-
-def add_processing_argument(parser: argparse.ArgumentParser) -> None:
-    """`--processing / --no-processing` for a command line; unset, `load` picks the
-    model class's own default."""
-    parser.add_argument(
-        "--processing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="TransformerLens weight processing (fold_ln, center_writing_weights, "
-        "center_unembed); default: on for hooked, off for bridge",
-    )
 
 
 def has_hooked_transformer() -> bool:

@@ -18,8 +18,8 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from hooklens import comparison
 from hooklens.errors import InputError
+from hooklens.evaluation import per_layer
 from hooklens.files import atomic_write_text
 from hooklens.lenses import Lens, LogitLens
 from hooklens.model import ModelAdapter
@@ -38,7 +38,7 @@ class ReportSection:
     text: str = ""
     figures: list[go.Figure] = field(default_factory=list)
     widgets: list[Widget] = field(default_factory=list)
-    # Markup we built and escaped ourselves (`comparison.html_table`), shown as is.
+    # Markup we built and escaped ourselves (`per_layer.html_table`), shown as is.
     html: str = ""
 
 
@@ -94,7 +94,7 @@ def trajectory_report(
     top 5) and two circuitsvis views; with more than one lens, the Jensen–Shannon
     divergence between the logit lens and each other lens, and a per-layer table and
     figures of KL to the output, cross-entropy and top-1 agreement for every lens
-    (`hooklens.comparison`).
+    (`hooklens.evaluation.per_layer`).
 
     A text longer than `max_tokens` tokens (or than the model's context) is cut to its
     first `max_tokens`: the report's Input section says so, and a `TextCutWarning`
@@ -183,7 +183,7 @@ def trajectory_report(
 
 def _comparison_section(trajectories: Mapping[str, PredictionTrajectory]) -> ReportSection:
     """Which lens to trust, per layer, on this text: a table and two figures."""
-    per_layer = {name: comparison.layer_means(t) for name, t in trajectories.items()}
+    layer_numbers = {name: per_layer.layer_means(t) for name, t in trajectories.items()}
     n_tokens = next(iter(trajectories.values())).num_tokens
     return ReportSection(
         "Which lens to trust, per layer",
@@ -192,7 +192,7 @@ def _comparison_section(trajectories: Mapping[str, PredictionTrajectory]) -> Rep
         "reads what the model will predict; `hooklens eval` gives the same table on "
         "held-out text.",
         figures=[
-            comparison.figure(per_layer, metric) for metric in ("kl_to_output", "top1_agreement")
+            per_layer.figure(layer_numbers, metric) for metric in ("kl_to_output", "top1_agreement")
         ],
-        html=comparison.html_table(per_layer),
+        html=per_layer.html_table(layer_numbers),
     )

@@ -163,6 +163,40 @@ def test_report_lens_for_unprocessed_weights_says_no_processing(
     assert err.rstrip().endswith("pass --no-processing")
 
 
+def test_the_lens_registry_words_the_same_mismatches_for_a_python_caller(
+    lens_dir, word_tokenizer, model, tmp_path
+):
+    """The command line's advice names flags; `registry.load_lens` names the same fix
+    for code that loads models itself, and finds the lens type from the file alone."""
+    import torch
+
+    from hooklens import JacobianLens
+    from hooklens.errors import LensMismatchError
+    from hooklens.lenses import registry
+
+    jacobian = tmp_path / "jlens.pt"
+    identity = {layer: torch.eye(model.cfg.d_model) for layer in range(model.cfg.n_layers - 1)}
+    JacobianLens.from_model(model, identity).save(jacobian)
+    assert registry.lens_file_type(lens_dir) is registry.TUNED_LENS
+    assert registry.lens_file_type(jacobian) is registry.JACOBIAN_LENS
+    assert registry.lens_file_type("gpt2-small") is registry.JACOBIAN_LENS  # a published name
+    with pytest.raises(LensMismatchError) as other:
+        registry.load_lens(str(lens_dir), make_bridge(word_tokenizer, "gpt2"))
+    assert str(other.value) == (
+        f"{lens_dir}: this lens was trained for 'tiny-llama', the model is 'tiny-gpt2'; "
+        "load 'tiny-llama' (hooklens.models.load)"
+    )
+    processed = make_bridge(word_tokenizer, "llama", processing=True)
+    with pytest.raises(LensMismatchError) as raw:
+        registry.load_lens(str(jacobian), processed)
+    assert str(raw.value).endswith(
+        "a Jacobian lens reads raw activations, and the model was loaded with "
+        "TransformerLens's weight processing; load the model with processing=False "
+        "(hooklens.models.load)"
+    )
+    assert isinstance(registry.load_lens(str(jacobian), model), JacobianLens)
+
+
 # --- model names ----------------------------------------------------------------------
 
 
@@ -381,6 +415,6 @@ def test_a_jacobian_lens_beside_a_processed_tuned_lens_is_refused_before_loading
     # the raw tuned lens beside the same Jacobian lens is fine (checked, not refused)
     raw = tmp_path / "raw-lens"
     TunedLens.from_model(model).save(raw)
-    from hooklens.training.evaluate import check_lens_paths
+    from hooklens.cli.options import check_lens_paths
 
     check_lens_paths([str(raw), str(jacobian)])

@@ -16,10 +16,10 @@ import torch
 from safetensors import safe_open
 
 from hooklens import LogitLens, PredictionTrajectory, TunedLens, models, next_token_targets
+from hooklens.cli import eval as evaluation
 from hooklens.cli import main
-from hooklens.training import evaluate as evaluation
+from hooklens.evaluation import FewerTokensWarning, LayerMarginals, evaluate_lenses
 from hooklens.training.data import pack, split_texts
-from hooklens.training.evaluate import FewerTokensWarning, LayerMarginals, evaluate_lenses
 from tests.conftest import N_LAYERS, VOCAB, make_bridge
 
 SEQ_LEN = 16
@@ -179,3 +179,17 @@ def test_record_logit_stats_writes_the_marginals_beside_the_json(
         main(["eval", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--record-logit-stats" in help_text and "marginal_kl_to_output" in help_text
+
+
+def test_the_held_out_split_is_a_library_function_of_plain_values(corpus, word_tokenizer):
+    """What `hooklens eval` reads, without a command line: the same chunks, the same
+    count, the same refusal."""
+    from hooklens.errors import DataError
+    from hooklens.evaluation import held_out_chunks, held_out_token_count
+
+    chunks = list(held_out_chunks(str(corpus), word_tokenizer, SEQ_LEN))
+    assert len(chunks) == _held_out_chunks(corpus, word_tokenizer, SEQ_LEN) > 0
+    found = held_out_token_count(str(corpus), word_tokenizer)
+    assert _held_out_chunks(corpus, word_tokenizer, found) == 1
+    with pytest.raises(DataError, match=f"the held-out split of .* has {found} tokens"):
+        held_out_chunks(str(corpus), word_tokenizer, found + 1)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from hooklens import LogitLens, PredictionTrajectory, TunedLens, next_token_targets
-from hooklens.comparison import SHOWN, html_table, layer_means, layer_sums, markdown_table
-from hooklens.training.evaluate import evaluate_lenses, figure, layer_transfer, transfer_figure
+from hooklens.evaluation.held_out import evaluate_lenses, figure, layer_transfer, transfer_figure
+from hooklens.evaluation.per_layer import SHOWN, html_table, layer_means, layer_sums, markdown_table
 from tests.conftest import N_LAYERS
 
 
@@ -272,7 +272,7 @@ def test_eval_into_files_another_run_owns_is_refused_before_loading(
 def test_eval_on_a_full_disk_says_so_and_keeps_the_earlier_files(
     eval_model, eval_corpus, tmp_path, capsys, monkeypatch
 ):
-    from hooklens.training import evaluate
+    from hooklens.cli import eval as evaluate
 
     output = tmp_path / "ev.json"
     assert _eval(eval_corpus, output) == 0

@@ -22,8 +22,9 @@ import torch
 
 from hooklens import JacobianLens
 from hooklens.errors import InputError, RunStateError
-from hooklens.training import distributed, jacobian_fit
-from hooklens.training.jacobian_fit import fit_jacobians, prompt_jacobians, prompt_tokens
+from hooklens.lenses import _jacobian_estimator as jacobian_fit
+from hooklens.lenses._jacobian_estimator import fit_jacobians, prompt_jacobians, prompt_tokens
+from hooklens.training import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"max_seq_len": 16, "skip_first_positions": 2, "dim_batch": 8, "progress": False}

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from hooklens.errors import InputError
+from hooklens.lenses._jacobian_estimator import prompt_jacobians, prompt_tokens
 from hooklens.training import jacobian_sketch
-from hooklens.training.jacobian_fit import prompt_jacobians, prompt_tokens
 from hooklens.training.jacobian_sketch import (
     output_basis,
     projected_prompt_jacobians,

@@ -10,7 +10,7 @@ import torch
 
 from hooklens import LogitLens, PredictionTrajectory, TunedLens, next_token_targets
 from hooklens.cli import main as cli_main
-from hooklens.comparison import layer_means
+from hooklens.evaluation.per_layer import layer_means
 from hooklens.report import trajectory_report
 from tests.browser import open_page
 from tests.conftest import N_LAYERS, make_bridge

@@ -26,6 +26,7 @@ import torch
 
 from hooklens import TunedLens, models
 from hooklens.cli import main as cli_main
+from hooklens.cli import train as training
 from hooklens.errors import (
     DataError,
     InputError,
@@ -33,7 +34,6 @@ from hooklens.errors import (
     RunStateError,
     UnknownModelError,
 )
-from hooklens.training import run as training
 from hooklens.training.data import check_data_source, data_fingerprint
 from hooklens.training.loop import CHECKPOINT_FILE, TrainConfig, train_lens
 from tests.conftest import VOCAB
@@ -392,7 +392,7 @@ import os, signal, sys
 from transformers import AutoTokenizer
 from hooklens import models
 from hooklens.cli import main
-from hooklens.training import run
+from hooklens.cli import train as run
 from tests.conftest import make_bridge
 
 tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])

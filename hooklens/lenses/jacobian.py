@@ -63,7 +63,9 @@ from hooklens.errors import (
     LensFileError,
     LensMismatchError,
     LensNotFoundError,
+    ProcessedWeightsError,
 )
+from hooklens.lenses._jacobian_estimator import fit_jacobians
 from hooklens.lenses.base import Lens
 from hooklens.model import ModelAdapter, ModelFingerprint, _same_model_name, normalize_component
 from hooklens.unembed import Unembed
@@ -171,7 +173,7 @@ class JacobianLens(Lens):
     ) -> JacobianLens:
         """Fit `J_ℓ` on `prompts` (strings or token ids) with the exact estimator of
         TransformerLens's `JacobianLens.fit` (same signature, same matrices): see
-        `hooklens.training.jacobian_fit`. `checkpoint` (a `.pt` path, written every
+        `hooklens.lenses._jacobian_estimator`. `checkpoint` (a `.pt` path, written every
         `checkpoint_every` prompts in the reference's running-sum format) makes it
         resumable: the same call continues where it stopped. Under torchrun (the process
         group initialised, `hooklens.training.distributed.init_from_environment()`) every
@@ -180,8 +182,6 @@ class JacobianLens(Lens):
         Examples:
             >>> lens = JacobianLens.fit(model, prompts, max_seq_len=64)   # doctest: +SKIP
         """
-        from hooklens.training.jacobian_fit import fit_jacobians
-
         adapter = ModelAdapter(model)
         _require_raw_weights(adapter, source="JacobianLens.fit")
         jacobians, n_prompts = fit_jacobians(
@@ -590,7 +590,7 @@ def _require_raw_weights(adapter: ModelAdapter, *, source: str) -> None:
     residual basis."""
     processing = adapter.processing
     if processing.fold_ln or processing.center_writing_weights or processing.center_unembed:
-        raise LensMismatchError(
+        raise ProcessedWeightsError(
             f"{source}: this model's weights were processed by TransformerLens "
             f"({processing}), which changes the residual basis the lens was fitted in. "
             + _NEEDS_RAW

@@ -1,0 +1,397 @@
+"""`hooklens train`: data → fast fit → KL fine-tune → saved lens, resumable.
+
+The token stream is deterministic (same data, tokenizer and split every run), so a run
+restarted with `--resume` after any interruption, SIGKILL included, reads the batches
+it had not yet consumed and ends with the same lens as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from hooklens import models
+from hooklens.cli import options
+from hooklens.errors import (
+    DataError,
+    HooklensError,
+    InputError,
+    MissingFileError,
+    OutputExistsError,
+    RunStateError,
+)
+from hooklens.files import atomic_write_text, output_lock
+from hooklens.lenses.tuned import TunedLens
+from hooklens.precision import MATMUL_DTYPES, describe
+from hooklens.training import distributed
+from hooklens.training.data import (
+    batches,
+    check_data_source,
+    data_fingerprint,
+    load_texts,
+    pack,
+    split_texts,
+)
+from hooklens.training.fast_fit import fit_tuned_lens
+from hooklens.training.loop import CHECKPOINT_FILE, TrainConfig, train_lens
+
+RUN_FILE = "run.json"  # written once the run has started: the settings a --resume repeats
+RUN_OUTPUTS = (RUN_FILE, "checkpoint", "lens", "history.json")  # what --overwrite removes
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    options.add_model_argument(parser, "model name (TransformerLens or hub)")
+    options.add_model_class_argument(parser)
+    parser.add_argument(
+        "--data",
+        default="wikipedia-summaries",
+        help="hub dataset name, or local .jsonl/.json/.txt/.parquet file(s) (a glob works)",
+    )
+    parser.add_argument("--text-field", default="text", help="the field of each record to read")
+    parser.add_argument("--output", required=True, help="directory for the lens and checkpoints")
+    parser.add_argument("--seq-len", type=int, default=512, help="tokens per packed sequence (≥ 2)")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="sequences per step, over all processes"
+    )
+    parser.add_argument(
+        "--fast-fit-tokens",
+        type=int,
+        default=25_600,
+        help="tokens for the closed-form initial fit (0: start from the identity)",
+    )
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimiser steps")
+    parser.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer, help="sgd is Nesterov"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=TrainConfig.lr, help="for sgd: tuned-lens's scale (1.0)"
+    )
+    parser.add_argument("--momentum", type=float, default=TrainConfig.momentum, help="sgd momentum")
+    parser.add_argument(
+        "--weight-decay", type=float, default=TrainConfig.weight_decay, help="L2 (adamw: decoupled)"
+    )
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=TrainConfig.warmup_steps,
+        help="steps of linear lr warm-up, before the linear decay to 0",
+    )
+    parser.add_argument(
+        "--grad-accumulation",
+        type=int,
+        default=TrainConfig.grad_accumulation,
+        help="batches summed into each step",
+    )
+    parser.add_argument(
+        "--matmul-dtype",
+        choices=MATMUL_DTYPES,
+        default=TrainConfig.matmul_dtype,
+        help="loss matmuls; auto: bf16 only where the device runs it natively fast",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=TrainConfig.checkpoint_every,
+        help="steps between checkpoints (one is also written at the end)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=TrainConfig.seed, help="torch seed of the fine-tune"
+    )
+    options.add_device_argument(parser)
+    parser.add_argument(
+        "--fsdp", action="store_true", help="shard the model's blocks over torchrun ranks"
+    )
+    parser.add_argument(
+        "--cpu-offload", action="store_true", help="with --fsdp: keep block shards on the CPU"
+    )
+    parser.add_argument("--wandb", metavar="PROJECT", help="log each step to this wandb project")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output from its checkpoint (same settings and data)",
+    )
+    resume.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace the run in --output ({', '.join(RUN_OUTPUTS)}; other files stay)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse what TrainConfig does not check, before anything loads."""
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.seq_len < 2:
+        raise InputError(
+            f"--seq-len must be at least 2 (each token predicts the next), got {args.seq_len}"
+        )
+    if args.fast_fit_tokens < 0:
+        raise InputError(
+            f"--fast-fit-tokens must be 0 (no fit: start from the identity) or more, got "
+            f"{args.fast_fit_tokens}"
+        )
+    if args.cpu_offload and not args.fsdp:
+        raise InputError("--cpu-offload offloads the --fsdp shards: pass --fsdp too")
+    if args.wandb is not None and not _importable("wandb"):
+        raise InputError("--wandb needs the wandb package: pip install wandb")
+
+
+def _importable(name: str) -> bool:
+    return name in sys.modules or importlib.util.find_spec(name) is not None
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        steps=args.steps,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        grad_accumulation=args.grad_accumulation,
+        matmul_dtype=args.matmul_dtype,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+
+
+def _run_settings(args: argparse.Namespace, config: TrainConfig) -> dict:
+    """What run.json records: the data settings, the fine-tune's config, the data hash."""
+    keys = ("model", "model_class", "data", "text_field", "seq_len", "batch_size")
+    return {key: getattr(args, key) for key in keys} | {
+        "fast_fit_tokens": args.fast_fit_tokens,
+        "world_size": distributed.world_size(),
+        "config": asdict(config),
+        "data_hash": data_fingerprint(args.data),  # None for a hub dataset
+    }
+
+
+def _run_entries(output: Path) -> list[Path]:
+    """What a run wrote in `output` (and temporaries a kill left of its atomic writes),
+    run.json first."""
+    found = []
+    for name in RUN_OUTPUTS:
+        found += [output / name, *sorted(output.glob(f".{name}.*.tmp"))]
+    return [path for path in found if path.exists()]
+
+
+def _holds_no_run(output: Path) -> bool:
+    """Nothing a run would lose: absent, empty, or what a run that stopped before its
+    first checkpoint leaves (its run.json, an empty checkpoint folder)."""
+    if not output.exists():
+        return True
+    if set(output.iterdir()) - set(_run_entries(output)):
+        return False  # files of the user's own
+    work = (output / "lens", output / "history.json", output / "checkpoint" / CHECKPOINT_FILE)
+    return not any(path.exists() for path in work)
+
+
+def _check_output(args: argparse.Namespace, output: Path, settings: dict) -> None:
+    """Refuse to touch an existing run unless asked; check a resume repeats its settings
+    and its data. Reads only: nothing is written before the run has started."""
+    if output.exists() and not output.is_dir():
+        raise OutputExistsError(f"--output {output} is a file: give a directory")
+    if not args.resume:
+        if not args.overwrite and not _holds_no_run(output):
+            raise OutputExistsError(
+                f"{output} is not empty: pass --resume to continue its run, --overwrite to "
+                "replace it, or choose another --output"
+            )
+        return
+    if not (output / "checkpoint" / CHECKPOINT_FILE).is_file():
+        stopped = (
+            " (its run stopped before its first checkpoint: start it again without --resume)"
+            if (output / RUN_FILE).is_file() and _holds_no_run(output)
+            else ""
+        )
+        raise MissingFileError(f"no checkpoint to resume in {output / 'checkpoint'}{stopped}")
+    if not (output / RUN_FILE).is_file():
+        raise RunStateError(
+            f"{output} has a checkpoint but no {RUN_FILE}, so its settings are unknown: "
+            "pass --overwrite to start again"
+        )
+    saved = json.loads((output / RUN_FILE).read_text())
+    saved_config, config = saved.pop("config", {}), settings["config"]
+    changed = [
+        f"{key}: {saved[key]!r} then, {value!r} now"
+        for key, value in settings.items()
+        if key not in ("config", "data_hash") and key in saved and saved[key] != value
+    ] + [
+        f"{key}: {saved_config[key]!r} then, {value!r} now"
+        for key, value in config.items()
+        if key in saved_config and saved_config[key] != value
+    ]
+    if changed:
+        raise RunStateError(
+            f"--resume must repeat the run's settings ({'; '.join(changed)}): pass the "
+            "values it started with, or --overwrite to start a new run"
+        )
+    if saved.get("data_hash") is not None and saved["data_hash"] != settings["data_hash"]:
+        raise RunStateError(
+            f"--resume: the content of --data {args.data} changed since the run started "
+            f"(blake2b {saved['data_hash'][:12]}… then, {str(settings['data_hash'])[:12]}… "
+            "now), so the rest of the run would train on other text: restore that data, or "
+            "--overwrite to start a new run"
+        )
+
+
+def _start_output(args: argparse.Namespace, output: Path, settings: dict) -> None:
+    """Mark the run as started: with --overwrite, remove the old run first (its run.json
+    before its lens, history and checkpoint, so that no kill leaves pieces of two runs
+    under one run.json); then write this run's run.json. A resume writes nothing."""
+    if distributed.is_primary() and not args.resume:
+        for path in _run_entries(output):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output / RUN_FILE, json.dumps(settings, indent=1) + "\n")
+    distributed.barrier()
+
+
+def _token_stream(args: argparse.Namespace, tokenizer) -> Iterator[torch.Tensor]:
+    """This process's batches of the train split (every rank its own chunks)."""
+    texts = (row[args.text_field] for row in load_texts(args.data, streaming=True))
+    chunks = pack(split_texts(texts, held_out=False), tokenizer, args.seq_len)
+    first = next(chunks, None)
+    if first is None:
+        raise DataError(
+            f"{args.data} gave no chunk of {args.seq_len} tokens (empty, or all its "
+            "training text is shorter): give more text or a smaller --seq-len"
+        )
+    chunks = itertools.chain([first], chunks)
+    return batches(distributed.shard(chunks), args.batch_size // distributed.world_size())
+
+
+def _wandb_logger(project: str | None, args: argparse.Namespace):
+    if project is None or not distributed.is_primary():
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise InputError("--wandb needs the wandb package: pip install wandb") from None
+    run = wandb.init(project=project, config=vars(args))
+    return lambda record: run.log(record, step=record["step"])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything cheap (arguments, data) before the model loads, take the lock of
+    --output, check the output under it, and write run.json only once the model and the
+    first chunk of data are in hand."""
+    _check_arguments(args)
+    config = _train_config(args)
+    check_data_source(args.data, args.text_field)
+    args.model_class = models.resolve_model_class(args.model_class)  # recorded in run.json
+    device = distributed.command_device(args.device)
+    distributed.init_from_environment(device)
+    world = distributed.world_size()
+    if args.batch_size % world:
+        raise InputError(
+            f"--batch-size {args.batch_size} is not divisible by {world} processes: give a "
+            f"multiple of {world}"
+        )
+    output = Path(args.output)
+    settings = _run_settings(args, config)
+    # Checked under the lock: a run that finished between our check and our start would
+    # otherwise be replaced without --overwrite.
+    with owned_output([output], "hooklens train"):
+        _check_output(args, output, settings)
+        _train(args, config, device, output, settings)
+    return 0
+
+
+@contextmanager
+def owned_output(paths: list[Path], command: str) -> Iterator[None]:
+    """Own `paths` for this run (`hooklens.files.output_lock`); under torchrun rank 0
+    owns them for all ranks. In a process group every rank learns whether it could, so
+    none waits for the others in vain; before the group is joined the other ranks go on,
+    and torchrun stops them when rank 0 fails."""
+    grouped = distributed.active()
+    primary = distributed.is_primary() if grouped else os.environ.get("RANK", "0") == "0"
+    with ExitStack() as stack:
+        refusal: HooklensError | None = None
+        if primary:
+            lock = output_lock(
+                paths,
+                command,
+                advice="wait for that run to end, or choose another --output",
+                on_stale=lambda message: print(f"{command}: {message}", file=sys.stderr),
+            )
+            try:
+                stack.enter_context(lock)
+            except HooklensError as error:
+                refusal = error
+        if grouped:
+            refusal = distributed.broadcast_object(refusal)
+        if refusal is not None:
+            raise refusal
+        yield
+
+
+def _train(
+    args: argparse.Namespace, config: TrainConfig, device: str, output: Path, settings: dict
+) -> None:
+    world = distributed.world_size()
+    if distributed.is_primary():
+        if args.resume and args.matmul_dtype == "auto":
+            print("matmul dtype: the one auto chose when the run began (its checkpoint says)")
+        else:
+            print(describe(args.matmul_dtype, distributed.rank_device(device)))
+    start = time.perf_counter()
+    model = models.load(
+        args.model, model_class=args.model_class, device=distributed.rank_device(device)
+    )
+    if args.fsdp:
+        distributed.shard_blocks(model, cpu_offload=args.cpu_offload)
+    stream = _token_stream(args, model.tokenizer)
+    _start_output(args, output, settings)
+    n_fit = args.fast_fit_tokens // (args.seq_len * args.batch_size)
+    fit_batches = list(itertools.islice(stream, n_fit))  # consumed on resume too: same order
+    if args.resume:
+        lens = TunedLens.from_model(model)  # its weights come from the checkpoint
+    elif fit_batches:
+        lens = fit_tuned_lens(model, fit_batches, progress=not args.no_progress)
+    else:
+        lens = TunedLens.from_model(model)
+    history = train_lens(
+        model,
+        lens,
+        stream,
+        config,
+        checkpoint_dir=output / "checkpoint",
+        resume=args.resume,
+        progress=not args.no_progress,
+        on_step=_wandb_logger(args.wandb, args),
+    )
+    if distributed.is_primary():
+        lens.save(output / "lens")
+        atomic_write_text(output / "history.json", json.dumps(history, indent=1) + "\n")
+        tokens = sum(record["tokens"] for record in history)
+        print(
+            f"trained {output / 'lens'}: {len(history)} steps, {tokens} tokens on {world} "
+            f"process(es), final loss {history[-1]['loss']:.3f}, "
+            f"{time.perf_counter() - start:.0f}s"
+        )
+    distributed.barrier()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hooklens train", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
