@@ -42,7 +42,7 @@ from hooklens.plotting.statistic import TrajectoryLabels, TrajectoryStatistic
 from hooklens.plotting.tokens import TokenFormatter
 from hooklens.residuals import check_cache, get_residual
 from hooklens.stats import LN2
-from hooklens.streaming import (
+from hooklens.stats.streaming import (
     PairStats,
     ReferenceTile,
     VocabAccumulator,

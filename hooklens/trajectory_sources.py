@@ -37,7 +37,7 @@ from hooklens.errors import (
     NonFiniteActivationError,
 )
 from hooklens.lenses.base import Lens
-from hooklens.streaming import finite_floor
+from hooklens.stats.streaming import finite_floor
 
 FLOOR = finite_floor(torch.float32)
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from hooklens.errors import InputError
 from hooklens.inversion import invert_unembed
 from hooklens.model import ModelAdapter
-from hooklens.streaming import logsumexp_chunks
+from hooklens.stats.streaming import logsumexp_chunks
 from hooklens.validation import validate_hidden
 
 DEFAULT_CHUNK_SIZE = 8192

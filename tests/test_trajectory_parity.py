@@ -18,7 +18,7 @@ from hooklens import (
     TunedLens,
 )
 from hooklens import trajectory as trajectory_module
-from hooklens.streaming import pair_stats
+from hooklens.stats.streaming import pair_stats
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
 from tests.conftest import N_LAYERS, VOCAB, randomised
 
