@@ -17,9 +17,9 @@ from hooklens import (
     NonFiniteActivationError,
     TunedLens,
 )
-from hooklens import trajectory as trajectory_module
 from hooklens.stats.streaming import pair_stats
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
+from hooklens.trajectory import readout as trajectory_module
 from tests.conftest import N_LAYERS, VOCAB, randomised
 
 CLOSE = dict(atol=2e-5, rtol=1e-5)
