@@ -28,10 +28,15 @@ from hooklens.lenses import (
     transformer_lens_translator,
 )
 from hooklens.model import ModelAdapter, ModelFingerprint, WeightProcessing
-from hooklens.plotting import TokenFormatter, TrajectoryLabels, TrajectoryStatistic
+from hooklens.plotting import TokenFormatter
 from hooklens.residuals import get_residual, iter_residuals, residual_stack
 from hooklens.stats import LogitStats, js_distance
-from hooklens.trajectory import PredictionTrajectory, next_token_targets
+from hooklens.trajectory import (
+    PredictionTrajectory,
+    TrajectoryLabels,
+    TrajectoryStatistic,
+    next_token_targets,
+)
 from hooklens.unembed import Unembed
 
 __version__ = "0.1.0"

@@ -21,7 +21,6 @@ order data flows through them:
 - `prediction`: `PredictionTrajectory`, the facade users build and read.
 """
 
-from hooklens.plotting.statistic import TrajectoryLabels, TrajectoryStatistic
 from hooklens.trajectory.inputs import (
     UNITS,
     Units,
@@ -33,6 +32,7 @@ from hooklens.trajectory.inputs import (
 from hooklens.trajectory.labels import LABEL_TOPK, MIN_PROB_DELTA
 from hooklens.trajectory.prediction import PredictionTrajectory
 from hooklens.trajectory.readout import ROW_BLOCK, VOCAB_CHUNK
+from hooklens.trajectory.statistic import TrajectoryLabels, TrajectoryStatistic
 
 __all__ = [
     "LABEL_TOPK",

@@ -13,9 +13,9 @@ import numpy as np
 from torch import Tensor
 
 from hooklens.errors import InputError, InputTypeError
-from hooklens.plotting.statistic import TrajectoryLabels
 from hooklens.plotting.tokens import TokenFormatter
 from hooklens.stats.streaming import PairStats
+from hooklens.trajectory.statistic import TrajectoryLabels
 
 # Label defaults of tuned-lens: hover lists 10 tokens; a Δp label needs |Δp| > float32 eps.
 LABEL_TOPK = 10

@@ -16,7 +16,6 @@ from torch import Tensor
 
 from hooklens.errors import InputError, InputTypeError
 from hooklens.lenses.base import Lens
-from hooklens.plotting.statistic import TrajectoryLabels, TrajectoryStatistic
 from hooklens.plotting.tokens import TokenFormatter
 from hooklens.stats.reference import LN2
 from hooklens.stats.streaming import PairStats
@@ -24,6 +23,7 @@ from hooklens.trajectory import inputs, labels, readout
 from hooklens.trajectory.layout import RowLayout
 from hooklens.trajectory.readout import Readout
 from hooklens.trajectory.rows import MaskedRows, RowSource
+from hooklens.trajectory.statistic import TrajectoryLabels, TrajectoryStatistic
 from hooklens.validation import positive_int
 
 S = TypeVar("S", bound="TrajectoryState")

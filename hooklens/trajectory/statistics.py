@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from hooklens.plotting.statistic import TrajectoryStatistic
 from hooklens.plotting.tokens import TokenFormatter
 from hooklens.stats.reference import LN2
 from hooklens.stats.streaming import PairStats
@@ -27,6 +26,7 @@ from hooklens.trajectory.inputs import Units
 from hooklens.trajectory.labels import LABEL_TOPK, MIN_PROB_DELTA
 from hooklens.trajectory.readout import Readout
 from hooklens.trajectory.state import TrajectoryState
+from hooklens.trajectory.statistic import TrajectoryStatistic
 from hooklens.validation import positive_int
 
 
