@@ -21,21 +21,9 @@ Examples:
     0.1495
 """
 
+from hooklens.stats import reference
 from hooklens.stats.logit_stats import EULER_GAMMA, LogitStats, inverse_digamma
-from hooklens.stats.reference import (
-    LN2,
-    cross_entropy,
-    entropy,
-    js_distance,
-    js_divergence,
-    kl_divergence,
-    log_prob_diff,
-    log_probs,
-    max_probability,
-    rank,
-    to_bits,
-    total_variation,
-)
+from hooklens.stats.reference import *  # noqa: F403 (its __all__: the textbook functions)
 from hooklens.stats.streaming import (
     LargestChanges,
     PairStats,
@@ -49,28 +37,17 @@ from hooklens.stats.streaming import (
 )
 
 __all__ = [
+    *reference.__all__,
     "EULER_GAMMA",
-    "LN2",
     "LargestChanges",
     "LogitStats",
     "PairStats",
     "ReferenceTile",
     "VocabAccumulator",
     "VocabStats",
-    "cross_entropy",
-    "entropy",
     "finite_floor",
     "inverse_digamma",
-    "js_distance",
-    "js_divergence",
-    "kl_divergence",
-    "log_prob_diff",
-    "log_probs",
     "logsumexp_chunks",
-    "max_probability",
     "pair_stats",
-    "rank",
-    "to_bits",
-    "total_variation",
     "vocab_stats",
 ]

@@ -29,6 +29,21 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+__all__ = [
+    "LN2",
+    "cross_entropy",
+    "entropy",
+    "js_distance",
+    "js_divergence",
+    "kl_divergence",
+    "log_prob_diff",
+    "log_probs",
+    "max_probability",
+    "rank",
+    "to_bits",
+    "total_variation",
+]
+
 LN2 = math.log(2.0)
 
 
