@@ -40,6 +40,7 @@ __all__ = [
     "log_probs",
     "max_probability",
     "rank",
+    "target_probability",
     "to_bits",
     "total_variation",
 ]
@@ -130,6 +131,14 @@ def cross_entropy(
 ) -> Float[Tensor, "..."]:
     """`-log p[target]`, the loss of predicting `targets`; NaN where target < 0."""
     return -_gather(log_probs(logits), targets)
+
+
+def target_probability(
+    logits: Float[Tensor, "... vocab"], targets: Int[Tensor, "..."]
+) -> Float[Tensor, "..."]:
+    """`p[target]`, the probability given to `targets` (`exp(-cross_entropy)`), in
+    [0, 1]; NaN where target < 0."""
+    return _gather(log_probs(logits), targets).exp()
 
 
 def log_prob_diff(

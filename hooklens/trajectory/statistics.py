@@ -86,6 +86,14 @@ RANK = Statistic("Rank", "", _rank, min=1.0, needs=("targets",), max_is_vocab=Tr
 MAX_PROBABILITY = Statistic(
     "Max Probability", "probs", lambda r: r.topk_log_probs[..., 0].exp(), min=0.0, max=1.0
 )
+TARGET_PROBABILITY = Statistic(
+    "Target Probability",
+    "probs",
+    lambda r: _cross_entropy(r).neg().exp(),
+    min=0.0,
+    max=1.0,
+    needs=("targets",),
+)
 LOG_PROB_DIFF = Statistic(
     "Log Prob Difference", "nats", _log_prob_diff, needs=("targets", "anti_targets")
 )
@@ -173,6 +181,18 @@ class TrajectoryStatistics(TrajectoryState):
 
         Label options as in `entropy`."""
         return self._single(CROSS_ENTROPY, units, min_prob, topk, formatter)
+
+    def target_probability(
+        self,
+        *,
+        min_prob: float = 0.0,
+        topk: int = LABEL_TOPK,
+        formatter: TokenFormatter | None = None,
+    ) -> TrajectoryStatistic:
+        """`p(target)`, the probability each layer gives the target token, in [0, 1]
+        (NaN where a position has no target): `exp(-cross_entropy)`, read off the same
+        pass. Label options as in `entropy`."""
+        return self._single(TARGET_PROBABILITY, "probs", min_prob, topk, formatter)
 
     def rank(
         self,
