@@ -31,9 +31,14 @@ from hooklens.lenses import (
     TunedLensConfig,
     transformer_lens_translator,
 )
-from hooklens.plotting import TokenFormatter, TrajectoryLabels, TrajectoryStatistic
+from hooklens.plotting import TokenFormatter
 from hooklens.stats import LogitStats, js_distance
-from hooklens.trajectory import PredictionTrajectory, next_token_targets
+from hooklens.trajectory import (
+    PredictionTrajectory,
+    TrajectoryLabels,
+    TrajectoryStatistic,
+    next_token_targets,
+)
 
 __version__ = "0.1.0"
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from hooklens import LogitLens
-from hooklens.plotting.statistic import TrajectoryLabels, TrajectoryStatistic
 from hooklens.plotting.tokens import TokenFormatter, decode_token
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
+from hooklens.trajectory.statistic import TrajectoryLabels, TrajectoryStatistic
 from tests.conftest import N_LAYERS, make_bridge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def test_figures_build_with_plotly_6(tmp_path):
     script = (
         "import numpy as np, plotly\n"
         "assert plotly.__version__.startswith('6.'), plotly.__version__\n"
-        "from hooklens.plotting.statistic import TrajectoryStatistic, TrajectoryLabels\n"
+        "from hooklens.trajectory.statistic import TrajectoryStatistic, TrajectoryLabels\n"
         "labels = TrajectoryLabels(np.full((4, 5), 'a'), np.full((4, 5, 3, 2), 'b'))\n"
         "stat = TrajectoryStatistic('x', np.random.rand(4, 5), units='nats',\n"
         "                           trajectory_labels=labels)\n"

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hooklens import stats
-from hooklens.streaming import finite_floor, pair_stats, vocab_stats
+from hooklens.stats.streaming import finite_floor, pair_stats, vocab_stats
 
 LN2 = math.log(2.0)
 

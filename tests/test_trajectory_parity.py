@@ -16,10 +16,11 @@ from hooklens import (
     LogitLens,
     NonFiniteActivationError,
     TunedLens,
+    stats,
 )
-from hooklens import trajectory as trajectory_module
-from hooklens.streaming import pair_stats
+from hooklens.stats.streaming import pair_stats
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
+from hooklens.trajectory import readout as trajectory_module
 from tests.conftest import N_LAYERS, VOCAB, randomised
 
 CLOSE = dict(atol=2e-5, rtol=1e-5)
@@ -264,6 +265,21 @@ def test_from_log_probs_equals_the_lens_built_trajectory(model_zoo, kind, batch,
         )
         assert (got.num_layers, got.batch_shape, got.vocab_size) == (N_LAYERS, (2,), VOCAB)
         _compare_all(got, lens_built, log_p64)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_target_probability_equals_a_float64_full_softmax(model_zoo, kind, batch, tiles):
+    """p(target) of the streamed pass is the textbook `stats.target_probability` of the
+    materialised float64 log-softmax, at every layer and the output; NaN without target."""
+    model = model_zoo[kind]
+    ids, targets, _ = batch
+    trajectory, log_p64 = _lens_trajectory(model, _tuned(model), ids, targets)
+    got = trajectory.target_probability()
+    expected = stats.target_probability(log_p64, targets[:, None, :].expand(log_p64.shape[:-1]))
+    assert (got.name, got.units, got.min, got.max) == ("Target Probability", "probs", 0.0, 1.0)
+    _close(got.stats, expected.numpy())
+    assert np.isnan(got.stats[..., -1]).all()  # the last position has no target
+    np.testing.assert_allclose(got.stats, np.exp(-trajectory.cross_entropy().stats), rtol=1e-6)
 
 
 def test_from_log_probs_accepts_logits_and_an_unbatched_input(model_zoo, batch):

@@ -26,8 +26,8 @@ from torch import Tensor
 from hooklens.core.adapter import ModelAdapter
 from hooklens.errors import InputError
 from hooklens.lenses.base import Lens
-from hooklens.plotting.statistic import TrajectoryStatistic
 from hooklens.trajectory import PredictionTrajectory
+from hooklens.trajectory.statistic import TrajectoryStatistic
 
 
 @dataclass

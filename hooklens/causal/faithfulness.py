@@ -27,7 +27,7 @@ sequences are unpadded rows of equal length: padding (given as an attention mask
 found the way trajectories find it) is refused, since every position counts in the
 averages and in the mean or resample ablation, and the model runs unmasked. Nothing holds
 `[tokens, vocab]` for more than one batch, nor `[layers, tokens, vocab]` at all: KLs
-stream over vocabulary chunks (`hooklens.streaming.vocab_stats`).
+stream over vocabulary chunks (`hooklens.stats.streaming.vocab_stats`).
 
 Examples:
     >>> from hooklens import LogitLens, models
@@ -71,7 +71,7 @@ from hooklens.core.residuals import get_residual, row_hook_names
 from hooklens.core.unembed import VOCAB_CHUNK, vocab_chunks
 from hooklens.errors import InputError, InputTypeError
 from hooklens.lenses.base import Lens
-from hooklens.streaming import logsumexp_chunks, vocab_stats
+from hooklens.stats.streaming import logsumexp_chunks, vocab_stats
 from hooklens.trajectory import checked_attention_mask
 
 CHUNK_SIZE = VOCAB_CHUNK  # the old name of the vocabulary block size here

@@ -24,7 +24,7 @@ from hooklens._checks import validate_hidden
 from hooklens.core.adapter import ModelAdapter
 from hooklens.core.inversion import InversionOutput, OptimizerName, invert_unembed
 from hooklens.errors import InputError
-from hooklens.streaming import logsumexp_chunks
+from hooklens.stats.streaming import logsumexp_chunks
 
 # Vocabulary tokens per block of logits: `[rows, 8192]` float32 is 32 KiB a row, small
 # beside W_U and large enough that each block is one efficient matmul.

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import html
 import uuid
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from hooklens.plotting.statistic import TrajectoryStatistic
 
 
 @lru_cache(maxsize=1)
@@ -68,20 +66,27 @@ class Widget:
         return path
 
 
-def colored_tokens_by_layer(statistic: TrajectoryStatistic) -> Widget:
-    """Input tokens coloured by `statistic`, one button per layer (ColoredTokensMulti)."""
-    matrix = np.nan_to_num(statistic.matrix.astype(float), nan=0.0)  # [layer, pos]
-    n_pos = matrix.shape[1]
-    for labels in (statistic.sequence_tokens, statistic.sequence_labels, range(n_pos)):
-        if labels is not None:
-            tokens = [str(t) for t in labels]
-            break
+def colored_tokens_by_layer(
+    tokens: Sequence[str],
+    values: np.ndarray,
+    layer_labels: Sequence[str],
+    title: str = "",
+) -> Widget:
+    """Input tokens coloured by `values`, one button per layer (ColoredTokensMulti).
+
+    Args:
+        tokens: `[pos]` the input tokens, as strings.
+        values: `[layer, pos]` the value of each token at each layer (NaN shows as 0).
+        layer_labels: `[layer]` the name of each layer's button.
+        title: a heading above the widget.
+    """
+    matrix = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)  # [layer, pos]
     return Widget(
         "ColoredTokensMulti",
-        title=f"{statistic.name} ({statistic.units})" if statistic.units else statistic.name,
-        tokens=tokens,
+        title=title,
+        tokens=[str(t) for t in tokens],
         values=matrix.T.tolist(),  # [pos, layer]
-        labels=[f"layer {label}" for label in statistic.layer_labels],
+        labels=[f"layer {label}" for label in layer_labels],
     )
 
 
