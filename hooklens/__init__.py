@@ -1,8 +1,8 @@
 """hooklens: logit and tuned lenses over TransformerLens activation caches."""
 
 from hooklens.artifacts import LensNotFoundError
+from hooklens.core import ModelAdapter, ModelFingerprint, WeightProcessing
 from hooklens.core import precision as precision  # `from hooklens import precision`, as taught
-from hooklens.core.adapter import ModelAdapter, ModelFingerprint, WeightProcessing
 from hooklens.core.inversion import InversionOutput
 from hooklens.core.residuals import get_residual, iter_residuals, residual_stack
 from hooklens.core.unembed import Unembed

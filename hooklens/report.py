@@ -18,14 +18,14 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
+from hooklens._checks import TextCutWarning, context_length, cut_notice
+from hooklens.artifacts import atomic_write_text
+from hooklens.core import ModelAdapter
 from hooklens.errors import InputError
 from hooklens.evaluation import per_layer
-from hooklens.files import atomic_write_text
 from hooklens.lenses import Lens, LogitLens
-from hooklens.model import ModelAdapter
 from hooklens.plotting.widgets import Widget, circuitsvis_bundle
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
-from hooklens.validation import TextCutWarning, context_length, cut_notice
 
 DEFAULT_STATISTICS = ("forward_kl", "entropy", "cross_entropy", "rank")
 

@@ -658,7 +658,7 @@ def test_jacobian_lens_load_returns_the_saved_matrices_or_a_hooklens_error(
     float64 answer (the artifact's matrices, or a checkpoint's sums over its count) or a
     HooklensError naming the file; never a raw error, never other numbers."""
     from hooklens import JacobianLens
-    from hooklens.model import ModelAdapter
+    from hooklens.core import ModelAdapter
 
     cfg = jlens_bridge.cfg
     name = ModelAdapter(jlens_bridge).model_name

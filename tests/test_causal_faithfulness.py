@@ -20,7 +20,7 @@ from hooklens.causal.faithfulness import (
     lens_faithfulness,
     spearman,
 )
-from hooklens.core.adapter import ModelAdapter
+from hooklens.core import ModelAdapter
 from hooklens.core.residuals import get_residual
 from hooklens.errors import InputError, LayerIndexError, LensMismatchError
 from tests.conftest import D_MODEL, N_LAYERS, VOCAB, make_hooked

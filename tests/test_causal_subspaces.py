@@ -19,7 +19,7 @@ from hooklens.causal.subspaces import (
     residual_hook_name,
     subspace_ablation,
 )
-from hooklens.core.adapter import ModelAdapter
+from hooklens.core import ModelAdapter
 from hooklens.errors import (
     InputError,
     InputTypeError,

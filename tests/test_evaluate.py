@@ -51,7 +51,7 @@ def test_evaluation_caches_only_the_residuals_its_lenses_read(model_zoo, monkeyp
     import weakref
 
     from hooklens import JacobianLens
-    from hooklens.model import ModelAdapter
+    from hooklens.core import ModelAdapter
 
     model = model_zoo["bridge-llama"]
     adapter = ModelAdapter(model)
@@ -256,7 +256,7 @@ def test_eval_into_files_another_run_owns_is_refused_before_loading(
     eval_model, eval_corpus, tmp_path, capsys
 ):
     """ev.json and ev.txt share their figures page ev.html: one run at a time owns it."""
-    from hooklens.files import output_lock
+    from hooklens.artifacts import output_lock
 
     with output_lock(tmp_path / "ev.html", "hooklens eval"):
         assert _eval(eval_corpus, tmp_path / "ev.txt") == 2

@@ -16,7 +16,7 @@ from hooklens.causal.interventions import (
     resample_ablation,
     zero_ablation,
 )
-from hooklens.core.adapter import ModelAdapter
+from hooklens.core import ModelAdapter
 from tests.conftest import N_LAYERS, VOCAB
 
 KINDS = ["hooked-rms-processed", "hooked-ln", "bridge-llama", "bridge-gpt2-compat"]

@@ -34,9 +34,9 @@ from hooklens.artifacts import (
     read_lock,
 )
 from hooklens.cli import main as cli_main
+from hooklens.cli import train as training
+from hooklens.core import distributed
 from hooklens.errors import HooklensError, OutputLockedError, OutputWriteError
-from hooklens.training import distributed
-from hooklens.training import run as training
 from tests.conftest import VOCAB, _tiny_hf
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from hooklens import JacobianLens, TunedLens
 from hooklens.causal.effects import LayerEffect, answer_log_prob_diff, bootstrap_ci
 from hooklens.causal.interventions import patch
 from hooklens.causal.patching import patching_sweep
-from hooklens.core.adapter import ModelAdapter
+from hooklens.core import ModelAdapter
 from tests.conftest import N_LAYERS
 
 

@@ -20,15 +20,15 @@ import torch
 from huggingface_hub import constants
 
 from hooklens import TunedLens, Unembed
-from hooklens.artifacts import LensNotFoundError
-from hooklens.errors import DataError, HooklensError, InputError, InputTypeError
-from hooklens.hub import (
+from hooklens.artifacts import (
     HubUnreachableError,
+    LensNotFoundError,
     available_lens_artifacts,
     hub_model_name,
     load_artifacts,
 )
-from hooklens.model import ModelAdapter
+from hooklens.core import ModelAdapter
+from hooklens.errors import DataError, HooklensError, InputError, InputTypeError
 from hooklens.training.data import chunk_and_tokenize
 from tests.conftest import VOCAB, skip_without_hooked_transformer
 from tests.test_artifacts import _trained

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from hooklens.artifacts.lens_dir import FIX_CONFIG, check_json_fields
 from hooklens.artifacts.reference_pt import seal_matches
+from hooklens.core import ModelFingerprint, normalize_component
 from hooklens.errors import HooklensError, InputError, InputTypeError, LensFileError, RunStateError
-from hooklens.model import ModelFingerprint, normalize_component
 
 REFERENCE_SUFFIX = ".pt"
 """The file suffix of the reference's J-lens format."""

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from hooklens.artifacts import _hf
 from hooklens.artifacts.jlens_pt import REFERENCE_SUFFIX
+from hooklens.core import same_model_name
 from hooklens.errors import HubUnreachableError, InputError, LensMismatchError, LensNotFoundError
-from hooklens.model import _same_model_name
 
 __all__ = [
     "JACOBIAN_LENS_REGISTRY_FILE",
@@ -70,7 +70,7 @@ class JacobianLensEntry:
     def fits(self, model_name: str) -> bool:
         """Whether the lens was fitted for `model_name` (its short name or an alias; an
         owner prefix and case do not matter, as everywhere in hooklens)."""
-        return any(_same_model_name(name, model_name) for name in (self.name, *self.aliases))
+        return any(same_model_name(name, model_name) for name in (self.name, *self.aliases))
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from hooklens._checks import available_device
 from hooklens.artifacts.atomic import StagedWrites
 from hooklens.artifacts.reference_pt import SAVE_AGAIN, SHA256_HEX, read_tuned_lens_params
+from hooklens.core import ModelAdapter, ModelFingerprint, fingerprint_differences
 from hooklens.errors import (
     InputTypeError,
     LensFileError,
@@ -40,8 +42,6 @@ from hooklens.errors import (
     LensNotFoundError,
     OutputExistsError,
 )
-from hooklens.model import ModelAdapter, ModelFingerprint, fingerprint_differences
-from hooklens.validation import available_device
 
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.safetensors"

@@ -23,7 +23,7 @@ from jaxtyping import Int
 from numpy.typing import NDArray
 from torch import Tensor
 
-from hooklens.core.adapter import ModelAdapter
+from hooklens.core import ModelAdapter
 from hooklens.errors import InputError
 from hooklens.lenses.base import Lens
 from hooklens.trajectory import PredictionTrajectory

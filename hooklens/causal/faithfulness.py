@@ -66,7 +66,7 @@ from hooklens.causal.subspaces import (
     extract_causal_bases,
     subspace_ablation,
 )
-from hooklens.core.adapter import ModelAdapter, check_same_model
+from hooklens.core import ModelAdapter, check_same_model
 from hooklens.core.residuals import get_residual, row_hook_names
 from hooklens.core.unembed import VOCAB_CHUNK, vocab_chunks
 from hooklens.errors import InputError, InputTypeError

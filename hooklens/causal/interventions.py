@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hooklens.core.adapter import ModelAdapter, check_same_model
+from hooklens.core import ModelAdapter, check_same_model
 from hooklens.errors import InputError, LayerIndexError, MissingHookError
 
 Hook = tuple[str, Callable[..., Tensor]]

@@ -35,7 +35,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hooklens.causal.effects import set_log_prob
-from hooklens.core.adapter import ModelAdapter
+from hooklens.core import ModelAdapter
 from hooklens.errors import InputError
 from hooklens.lenses.base import Lens
 

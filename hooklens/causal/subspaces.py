@@ -69,8 +69,7 @@ from hooklens.causal._projection import (
 )
 from hooklens.causal.derangement import derange, sample_derangement
 from hooklens.causal.interventions import Hook
-from hooklens.core import distributed
-from hooklens.core.adapter import ModelAdapter, normalize_component
+from hooklens.core import ModelAdapter, distributed, normalize_component
 from hooklens.core.chunked_kl import (
     kl_to_target,
     target_distribution,

@@ -26,8 +26,8 @@ import torch.distributed
 
 from hooklens.cli import eval as evaluation
 from hooklens.cli import fit_jlens, report, train
+from hooklens.core import distributed
 from hooklens.errors import HooklensError
-from hooklens.training import distributed
 
 DESCRIPTION = """`hooklens` command line: `hooklens report | train | eval ...`.
 

@@ -14,6 +14,7 @@ import numpy as np
 from safetensors.torch import save_file
 
 from hooklens import models, precision
+from hooklens.artifacts import StagedWrites, output_lock
 from hooklens.cli import options
 from hooklens.errors import InputError
 from hooklens.evaluation import held_out, per_layer
@@ -25,7 +26,6 @@ from hooklens.evaluation.held_out import (
     texts_of,
     transfer_figure,
 )
-from hooklens.files import StagedWrites, output_lock
 from hooklens.lenses import Lens, LogitLens, TunedLens
 from hooklens.training.data import batches, check_data_source, pack, split_texts
 

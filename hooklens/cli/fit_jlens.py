@@ -8,14 +8,14 @@ import itertools
 from pathlib import Path
 
 from hooklens import models
+from hooklens._checks import positive_int
 from hooklens.cli import options
 from hooklens.cli.train import owned_output
+from hooklens.core import distributed
 from hooklens.errors import InputError, MissingFileError, OutputExistsError
 from hooklens.lenses import JacobianLens
 from hooklens.lenses._jacobian_estimator import check_fit_lengths, checkpoint_path
-from hooklens.training import distributed
 from hooklens.training.data import check_data_source, load_texts, split_texts
-from hooklens.validation import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

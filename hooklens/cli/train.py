@@ -23,7 +23,10 @@ from pathlib import Path
 import torch
 
 from hooklens import models
+from hooklens.artifacts import atomic_write_text, output_lock
 from hooklens.cli import options
+from hooklens.core import distributed
+from hooklens.core.precision import MATMUL_DTYPES, describe
 from hooklens.errors import (
     DataError,
     HooklensError,
@@ -32,10 +35,7 @@ from hooklens.errors import (
     OutputExistsError,
     RunStateError,
 )
-from hooklens.files import atomic_write_text, output_lock
 from hooklens.lenses.tuned import TunedLens
-from hooklens.precision import MATMUL_DTYPES, describe
-from hooklens.training import distributed
 from hooklens.training.data import (
     batches,
     check_data_source,

@@ -24,7 +24,6 @@ from hooklens.core.fingerprint import (
     ModelFingerprint,
     WeightProcessing,
     fingerprint_differences,
-    same_model_name,
 )
 from hooklens.errors import InputError, InputTypeError, LayerIndexError, LensMismatchError
 
@@ -333,11 +332,6 @@ def fingerprint_of(model: Any) -> ModelFingerprint:
         cached = (key, adapter.fingerprint)
         _FINGERPRINTS[adapter.model] = cached
     return cached[1]
-
-
-# The old private name, for modules that still import it from `hooklens.model`; use
-# `hooklens.core.fingerprint.same_model_name`.
-_same_model_name = same_model_name
 
 
 def check_same_model(expected: ModelAdapter, model: Any, what: str = "this cache") -> None:

@@ -25,15 +25,15 @@ import torch
 from torch import Tensor
 
 from hooklens import precision
+from hooklens.core import ModelAdapter
+from hooklens.core.chunked_kl import kl_to_target, target_distribution, weight_chunks
 from hooklens.errors import DataError, FewerTokensWarning
 from hooklens.evaluation import per_layer
 from hooklens.evaluation.per_layer import layer_sums
 from hooklens.lenses import Lens, TunedLens
-from hooklens.model import ModelAdapter
 from hooklens.plotting.tokens import decode_token
 from hooklens.stats import LogitStats, kl_divergence
 from hooklens.training.data import load_texts, pack, split_texts
-from hooklens.training.loss import kl_to_target, target_distribution, weight_chunks
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
 
 __all__ = [

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hooklens.core.adapter import ModelAdapter
+from hooklens.core import ModelAdapter
 from hooklens.errors import InputError
 
 Prompts = str | Sequence[str] | Sequence[Sequence[int]] | Tensor

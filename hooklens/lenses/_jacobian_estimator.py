@@ -39,17 +39,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooklens.artifacts import load_weights_only, seal_matches, sealed
+from hooklens._checks import check_id_range, non_negative_int, positive_int, token_id_tensor
+from hooklens.artifacts import atomic_write, load_weights_only, seal_matches, sealed
+from hooklens.core import ModelAdapter, distributed, fingerprint_of, same_model_name
 from hooklens.errors import (
     HooklensError,
     InputError,
     InputTypeError,
     RunStateError,
 )
-from hooklens.files import atomic_write
-from hooklens.model import ModelAdapter, _same_model_name, fingerprint_of
-from hooklens.training import distributed
-from hooklens.validation import check_id_range, non_negative_int, positive_int, token_id_tensor
 
 # Our own checkpoint entry, beside the reference's keys: what a resume must repeat.
 # TransformerLens's and our `JacobianLens.load` read a checkpoint without it.
@@ -664,7 +662,7 @@ def _check_resumed_prompts(
 
 def _same_setting(name: str, then: Any, now: Any) -> bool:
     if name == "model model_name":  # "gpt2" and "openai-community/gpt2" are one model
-        return then is not None and _same_model_name(str(then), str(now))
+        return then is not None and same_model_name(str(then), str(now))
     return then == now
 
 

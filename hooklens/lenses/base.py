@@ -11,7 +11,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooklens._checks import layer_index, validate_hidden
-from hooklens.core.adapter import ModelAdapter, normalize_component
+from hooklens.core import ModelAdapter, normalize_component
 from hooklens.core.residuals import check_cache, get_residual
 from hooklens.core.unembed import Unembed
 from hooklens.errors import InputError

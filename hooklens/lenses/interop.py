@@ -41,11 +41,11 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
+from hooklens._checks import validate_hidden
+from hooklens.core import check_same_model
 from hooklens.errors import InputError, InputTypeError
 from hooklens.lenses.base import Lens
 from hooklens.lenses.jacobian import JacobianLens
-from hooklens.model import check_same_model
-from hooklens.validation import validate_hidden
 
 
 class TransformerLensTranslator:

@@ -57,6 +57,13 @@ from hooklens.artifacts.jlens_pt import (
     recorded_component,
     verified_record,
 )
+from hooklens.core import (
+    ModelAdapter,
+    ModelFingerprint,
+    normalize_component,
+    same_model_name,
+)
+from hooklens.core.unembed import Unembed
 from hooklens.errors import (
     InputError,
     InputTypeError,
@@ -67,8 +74,6 @@ from hooklens.errors import (
 )
 from hooklens.lenses._jacobian_estimator import fit_jacobians
 from hooklens.lenses.base import Lens
-from hooklens.model import ModelAdapter, ModelFingerprint, _same_model_name, normalize_component
-from hooklens.unembed import Unembed
 
 LENS_TYPE = "jacobian_lens"
 SAVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -496,7 +501,7 @@ class JacobianLens(Lens):
         if (
             not name_checked
             and fitted_for
-            and not _same_model_name(str(fitted_for), adapter.model_name)
+            and not same_model_name(str(fitted_for), adapter.model_name)
         ):
             message = (
                 f"{source} was fitted for {fitted_for!r}; the model is "

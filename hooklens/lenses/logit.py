@@ -5,7 +5,7 @@ from __future__ import annotations
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from hooklens.core.adapter import ModelAdapter
+from hooklens.core import ModelAdapter
 from hooklens.core.unembed import Unembed
 from hooklens.errors import InputError
 from hooklens.lenses.base import Lens

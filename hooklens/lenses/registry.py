@@ -25,14 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hooklens import hub, models
+from hooklens import artifacts as hub
+from hooklens import models
 from hooklens.artifacts import LensNotFoundError, lens_dir_files
+from hooklens.core import ModelAdapter, WeightProcessing, same_model_name
 from hooklens.errors import LensMismatchError, ProcessedWeightsError
 from hooklens.lenses.base import Lens
 from hooklens.lenses.jacobian import LENS_TYPE as JACOBIAN_LENS_TYPE
 from hooklens.lenses.jacobian import REFERENCE_SUFFIX, JacobianLens
 from hooklens.lenses.tuned import TunedLens, TunedLensConfig
-from hooklens.model import ModelAdapter, WeightProcessing, _same_model_name
 
 PROCESSING_FLAGS = tuple(flag.name for flag in dataclasses.fields(WeightProcessing))
 """The fingerprint entries that record TransformerLens weight processing."""
@@ -72,7 +73,7 @@ def _tuned_lens_mismatch(directory: Path, adapter: ModelAdapter) -> Mismatch | N
     sizes = {"d_model": config.get("d_model"), "n_layers": config.get("num_hidden_layers")}
     sizes |= {key: saved[key] for key in ("d_model", "n_layers", "d_vocab") if key in saved}
     found = {key: getattr(adapter, key) for key in sizes}
-    if not _same_model_name(name, adapter.model_name) or sizes != found:
+    if not same_model_name(name, adapter.model_name) or sizes != found:
         return Mismatch(
             f"this lens was trained for {name!r}, the model is {adapter.model_name!r}",
             model_name=name,

@@ -25,11 +25,16 @@ from hooklens.artifacts import (
     write_lens_dir,
 )
 from hooklens.artifacts.hub import load_artifacts
+from hooklens.core import (
+    ModelAdapter,
+    ModelFingerprint,
+    normalize_component,
+    same_model_name,
+)
+from hooklens.core.unembed import Unembed
 from hooklens.errors import InputError, InputTypeError, LensFileError, LensMismatchError
 from hooklens.lenses.base import Lens
-from hooklens.model import ModelAdapter, ModelFingerprint, _same_model_name, normalize_component
 from hooklens.models import EMBEDDED_MODELS
-from hooklens.unembed import Unembed
 
 
 @dataclass
@@ -393,7 +398,7 @@ def _check_tuned_lens_artifact(
     norms and centring W_U leave those unchanged (the lens output is the same), but
     centring the writing weights (LayerNorm models) shifts the residual stream itself.
     """
-    if not _same_model_name(config.base_model_name_or_path, adapter.model_name):
+    if not same_model_name(config.base_model_name_or_path, adapter.model_name):
         message = (
             f"this tuned-lens artifact was trained on {config.base_model_name_or_path!r}; "
             f"the model is {adapter.model_name!r}. Load that model, or pass strict=False to "

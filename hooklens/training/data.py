@@ -32,8 +32,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from hooklens.artifacts import atomic_write_text
 from hooklens.errors import DataError, InputError, InputTypeError, MissingFileError
-from hooklens.files import atomic_write_text
 from hooklens.models import cache_dir
 
 if TYPE_CHECKING:

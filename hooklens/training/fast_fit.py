@@ -23,8 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooklens.core import distributed
-from hooklens.core.adapter import ModelAdapter
+from hooklens.core import ModelAdapter, distributed
 from hooklens.core.precision import retain_freed_memory
 from hooklens.errors import InputError
 from hooklens.lenses.tuned import TunedLens

@@ -47,10 +47,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hooklens._checks import positive_int
+from hooklens.core import ModelAdapter
 from hooklens.errors import InputError
 from hooklens.lenses._jacobian_estimator import projected_prompt_jacobians
-from hooklens.model import ModelAdapter
-from hooklens.validation import positive_int
 
 
 def sketch_update(

@@ -24,8 +24,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooklens.allocator import retain_freed_memory
-from hooklens.artifacts import load_weights_only, seal_matches, sealed
+from hooklens.artifacts import atomic_write, load_weights_only, seal_matches, sealed
+from hooklens.core import ModelAdapter, distributed
+from hooklens.core.chunked_kl import (
+    kl_to_target,
+    target_distribution,
+    target_projection,
+    weight_chunks,
+)
+from hooklens.core.precision import MATMUL_DTYPES, matmul_dtype, retain_freed_memory
 from hooklens.errors import (
     DataError,
     InputError,
@@ -35,18 +42,8 @@ from hooklens.errors import (
     OutputExistsError,
     RunStateError,
 )
-from hooklens.files import atomic_write
 from hooklens.lenses.base import Lens
 from hooklens.lenses.tuned import TunedLens
-from hooklens.model import ModelAdapter
-from hooklens.precision import MATMUL_DTYPES, matmul_dtype
-from hooklens.training import distributed
-from hooklens.training.loss import (
-    kl_to_target,
-    target_distribution,
-    target_projection,
-    weight_chunks,
-)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKSUM_KEY = "checkpoint_sha256"

@@ -14,12 +14,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hooklens._checks import TextCutWarning, check_id_range, tokens_cut_notice
+from hooklens.core import ModelAdapter, check_same_model, normalize_component
+from hooklens.core.residuals import check_cache, get_residual
 from hooklens.errors import InputError, LensMismatchError
 from hooklens.lenses.base import Lens
-from hooklens.model import ModelAdapter, check_same_model, normalize_component
-from hooklens.residuals import check_cache, get_residual
 from hooklens.trajectory.inputs import as_long, attention_mask_tensor, model_padding
-from hooklens.validation import TextCutWarning, check_id_range, tokens_cut_notice
 
 
 def lens_component(lens: Any, residual_component: str | None) -> str:

@@ -13,9 +13,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from hooklens._checks import check_id_range, token_id_tensor
+from hooklens.core import ModelAdapter
 from hooklens.errors import InputError
-from hooklens.model import ModelAdapter
-from hooklens.validation import check_id_range, token_id_tensor
 
 Units = Literal["nats", "bits"]
 UNITS = ("nats", "bits")

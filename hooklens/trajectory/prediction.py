@@ -25,13 +25,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hooklens._checks import layer_index
 from hooklens.errors import InputError, InputTypeError
 from hooklens.lenses.base import Lens
 from hooklens.plotting.tokens import TokenFormatter
 from hooklens.trajectory import build, inputs
 from hooklens.trajectory.rows import LensSource, LogProbSource
 from hooklens.trajectory.statistics import TrajectoryStatistics
-from hooklens.validation import layer_index
 
 
 class PredictionTrajectory(TrajectoryStatistics):

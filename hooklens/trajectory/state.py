@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 from torch import Tensor
 
+from hooklens._checks import positive_int
 from hooklens.errors import InputError, InputTypeError
 from hooklens.lenses.base import Lens
 from hooklens.plotting.tokens import TokenFormatter
@@ -24,7 +25,6 @@ from hooklens.trajectory.layout import RowLayout
 from hooklens.trajectory.readout import Readout
 from hooklens.trajectory.rows import MaskedRows, RowSource
 from hooklens.trajectory.statistic import TrajectoryLabels, TrajectoryStatistic
-from hooklens.validation import positive_int
 
 S = TypeVar("S", bound="TrajectoryState")
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from hooklens._checks import positive_int
 from hooklens.plotting.tokens import TokenFormatter
 from hooklens.stats.reference import LN2
 from hooklens.stats.streaming import PairStats
@@ -27,7 +28,6 @@ from hooklens.trajectory.labels import LABEL_TOPK, MIN_PROB_DELTA
 from hooklens.trajectory.readout import Readout
 from hooklens.trajectory.state import TrajectoryState
 from hooklens.trajectory.statistic import TrajectoryStatistic
-from hooklens.validation import positive_int
 
 
 @dataclass(frozen=True)
