@@ -54,6 +54,8 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	# the layer rule and no import circles (contracts in pyproject.toml)
+	$(BIN)/lint-imports
 
 format: venv
 	$(BIN)/ruff format .

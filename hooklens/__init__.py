@@ -1,4 +1,27 @@
-"""hooklens: logit and tuned lenses over TransformerLens activation caches."""
+"""hooklens: logit, tuned and Jacobian lenses over TransformerLens activation caches.
+
+The map of the package, one line per part, bottom to top in the order data flows. A module
+imports only from parts below its own or from its own package (the import contracts in
+`pyproject.toml`, run by `make lint`); each package's `__init__` lists its modules.
+
+- `errors`: every exception and warning hooklens raises, each also the built-in to catch.
+- `_checks` (internal): argument checks shared by every layer (indices, token ids, devices).
+- `stats`: statistics of next-token distributions as tensor functions; the streaming kernel.
+- `plotting`: a drawing kit over arrays and strings (heatmap cells, tokens, widgets).
+- `core`: the model as a lens sees it (adapter, fingerprint, residual rows, unembedding).
+- `artifacts`: lens files and where they live (formats, safe writes, locks, the hub).
+- `models`: the embedded SmolLM2-135M and how model names resolve.
+- `lenses`: `Lens` and its kinds (logit, tuned, Jacobian), and which lens a file holds.
+- `trajectory`: `PredictionTrajectory`, every layer's prediction and its statistics.
+- `training`: text to packed chunks, the closed-form fit and the KL fine-tune.
+- `causal`: what changes the model's run (ablation, patching, causal bases, faithfulness).
+- `evaluation`: per-layer numbers of every lens on held-out text.
+- `report`: the self-contained HTML report of one text.
+- `cli`: the `hooklens` command line; nothing imports it.
+
+Old module paths that moved (`hooklens.hub`, `hooklens.unembed`, ...) still import, with a
+DeprecationWarning naming the new path (`hooklens._compat`).
+"""
 
 from hooklens.artifacts import LensNotFoundError
 from hooklens.core import ModelAdapter, ModelFingerprint, WeightProcessing

@@ -1,6 +1,6 @@
 """Lens files and where they live: formats on disk, safe writes, and the hub.
 
-Below the lenses and above the model (`hooklens.model`): nothing here imports a lens, a
+Below the lenses and above the model (`hooklens.core`): nothing here imports a lens, a
 trajectory or training. The modules, one job each:
 
 - atomic: atomic file writes (`atomic_write`, `StagedWrites`): a reader, or a run

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import save_file
 
-from hooklens import models, precision
+from hooklens import models
 from hooklens.artifacts import StagedWrites, output_lock
 from hooklens.cli import options
+from hooklens.core import precision
 from hooklens.errors import InputError
 from hooklens.evaluation import held_out, per_layer
 from hooklens.evaluation.held_out import (

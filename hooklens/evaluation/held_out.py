@@ -24,8 +24,7 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
-from hooklens import precision
-from hooklens.core import ModelAdapter
+from hooklens.core import ModelAdapter, precision
 from hooklens.core.chunked_kl import kl_to_target, target_distribution, weight_chunks
 from hooklens.errors import DataError, FewerTokensWarning
 from hooklens.evaluation import per_layer

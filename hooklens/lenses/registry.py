@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hooklens import artifacts as hub
 from hooklens import models
-from hooklens.artifacts import LensNotFoundError, lens_dir_files
+from hooklens.artifacts import LensNotFoundError, jlens_registry, lens_dir_files
 from hooklens.core import ModelAdapter, WeightProcessing, same_model_name
 from hooklens.errors import LensMismatchError, ProcessedWeightsError
 from hooklens.lenses.base import Lens
@@ -121,7 +120,8 @@ class LensFileType:
         lens_type: the `lens_type` its `config.json` records.
         file_suffix: the suffix of its single-file format, if it has one.
         find_published: for a source that is no local path, where the published lens
-            of that name is (a local `Path` or a `hub.HubFile`); None: no published lenses.
+            of that name is (a local `Path` or a `jlens_registry.HubFile`); None: no
+            published lenses.
         reads_raw_weights: it reads raw activations, so a TransformerLens-processed model
             is refused (`ProcessedWeightsError`).
         mismatch: what differs between a saved lens and a model, from its files.
@@ -132,7 +132,7 @@ class LensFileType:
     load: Callable[..., Lens]
     lens_type: str
     file_suffix: str | None = None
-    find_published: Callable[..., Path | hub.HubFile] | None = None
+    find_published: Callable[..., Path | jlens_registry.HubFile] | None = None
     reads_raw_weights: bool = False
     mismatch: Callable[[Path, ModelAdapter], Mismatch | None] | None = None
 
@@ -150,7 +150,7 @@ JACOBIAN_LENS = LensFileType(
     JacobianLens.load,
     JACOBIAN_LENS_TYPE,
     file_suffix=REFERENCE_SUFFIX,
-    find_published=hub.jacobian_lens_file,
+    find_published=jlens_registry.jacobian_lens_file,
     reads_raw_weights=True,
 )
 LENS_TYPES: tuple[LensFileType, ...] = (JACOBIAN_LENS, TUNED_LENS)
@@ -205,8 +205,8 @@ def check_lens_source(source: str, model_name: str | None = None) -> None:
                 if os.sep in source or path.suffix:
                     continue  # a path, not a name: say what is missing there, below
                 raise
-            if isinstance(found, hub.HubFile):
-                hub.download_hub_file(found)
+            if isinstance(found, jlens_registry.HubFile):
+                jlens_registry.download_hub_file(found)
                 return
     for kind in LENS_TYPES:
         if kind.file_suffix is not None and path.suffix == kind.file_suffix:
