@@ -171,10 +171,6 @@ def available_device(device: str | torch.device, what: str) -> torch.device:
     return checked
 
 
-class TextCutWarning(UserWarning):
-    """A text longer than what is read (`max_tokens`, the model's context) was cut."""
-
-
 def cut_notice(model: Any, text: str, max_tokens: int, option: str = "max_tokens=") -> str | None:
     """What reading at most `max_tokens` tokens of `text` leaves out (None: nothing), and
     how to read more; `option` spells the setting (`"--max-tokens "` on the command

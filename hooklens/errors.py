@@ -115,3 +115,7 @@ class ProcessedWeightsError(LensMismatchError):
 
 class FewerTokensWarning(UserWarning):
     """The batches held fewer tokens than the evaluation was asked for."""
+
+
+class TextCutWarning(UserWarning):
+    """A text longer than what is read (`max_tokens`, the model's context) was cut."""

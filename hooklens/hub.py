@@ -1,6 +1,6 @@
 """Moved: the tuned-lens catalogue to hooklens.artifacts.hub, TransformerLens's J-lens
 registry to hooklens.artifacts.jlens_registry (both re-exported by hooklens.artifacts),
-and hub_model_name to hooklens.lenses.tuned.
+and hub_model_name to hooklens.models.
 
 Importing this module warns (DeprecationWarning) and gives the names it had.
 """
@@ -27,7 +27,7 @@ from hooklens.artifacts.jlens_registry import (
     resolve_jacobian_lens,
 )
 from hooklens.errors import HubUnreachableError, LensNotFoundError
-from hooklens.lenses.tuned import hub_model_name
+from hooklens.models import hub_model_name
 
 __all__ = [
     "DEFAULT_REPO_ID",
@@ -52,7 +52,7 @@ __all__ = [
 
 warnings.warn(
     "hooklens.hub moved: import its names from hooklens.artifacts (hub_model_name from "
-    "hooklens.lenses.tuned); the old path will be removed",
+    "hooklens.models); the old path will be removed",
     DeprecationWarning,
     stacklevel=2,
 )

@@ -217,7 +217,7 @@ def loadable_name(model_name: str) -> str:
 
 def _transformer_lens_names_module() -> Any:
     # TransformerLens 3.x keeps the official names beside HookedTransformer's loaders;
-    # 4.x, which removed those loaders, in `supported_models` (hub.hub_model_name too).
+    # 4.x, which removed those loaders, in `supported_models` (hub_model_name below too).
     for module in ("transformer_lens.loading_from_pretrained", "transformer_lens.supported_models"):
         try:
             names = importlib.import_module(module)
@@ -437,3 +437,29 @@ def _hooked_from_hf(
         fold_value_biases=processing,
     )
     return model.to(device, print_details=False).eval()
+
+
+def hub_model_name(adapter: Any) -> str:
+    """The Hugging Face name of a model, which is what lenses are named after.
+
+    TransformerLens names models by their short alias (`pythia-160m-deduped`); the
+    tuned-lens repository uses the hub id (`EleutherAI/pythia-160m-deduped`).
+    """
+    name = adapter.model_name
+    for embedded in EMBEDDED_MODELS.values():
+        if name.lower() in (embedded.tl_name.lower(), embedded.hf_name.lower()):
+            return embedded.hf_name
+    if "/" in name:
+        return name
+    # TransformerLens 3.x keeps the official names beside HookedTransformer's loaders;
+    # 4.x, which removed those loaders, in `supported_models`.
+    for module in ("transformer_lens.loading_from_pretrained", "transformer_lens.supported_models"):
+        try:
+            official = importlib.import_module(module).get_official_model_name
+        except (ImportError, AttributeError):
+            continue
+        try:
+            return official(name)
+        except ValueError:
+            return name
+    return name

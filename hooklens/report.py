@@ -18,10 +18,10 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from hooklens._checks import TextCutWarning, context_length, cut_notice
+from hooklens._checks import context_length, cut_notice
 from hooklens.artifacts import atomic_write_text
 from hooklens.core import ModelAdapter
-from hooklens.errors import InputError
+from hooklens.errors import InputError, TextCutWarning
 from hooklens.evaluation import per_layer
 from hooklens.lenses import Lens, LogitLens
 from hooklens.plotting.widgets import Widget, circuitsvis_bundle

@@ -160,7 +160,7 @@ def test_old_paths_of_the_lens_file_modules_keep_their_names_with_a_warning():
         assert getattr(files, name) is getattr(artifacts, name)
     for name in ("load_artifacts", "available_lens_artifacts", "jacobian_lens_registry"):
         assert getattr(hub, name) is getattr(artifacts, name)
-    assert hub.hub_model_name.__module__ == "hooklens.lenses.tuned"
+    assert hub.hub_model_name.__module__ == "hooklens.models"
     assert artifacts.LensNotFoundError is hub.LensNotFoundError is LensNotFoundError
     assert artifacts.HubUnreachableError is hub.HubUnreachableError is HubUnreachableError
     assert artifacts.StaleLockWarning is StaleLockWarning

@@ -384,11 +384,6 @@ def _classes_outside_errors_py() -> list[str]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FewerTokensWarning (training/evaluate.py) and TextCutWarning (validation.py) "
-    "move to errors.py in the helpers' branches that own those files (issue 24)",
-)
 def test_every_exception_and_warning_class_is_defined_in_errors():
     """One place to look: every exception and warning class of hooklens is in
     hooklens/errors.py (the modules that raised them first re-export them)."""

@@ -24,7 +24,7 @@ from hooklens.artifacts import (
     lens_repository,
     load_artifacts,
 )
-from hooklens.lenses.tuned import hub_model_name
+from hooklens.models import hub_model_name
 from tests.test_artifacts import _trained, _write_tuned_lens_artifact
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

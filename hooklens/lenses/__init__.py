@@ -4,8 +4,8 @@
   `iter_log_probs`, `generate`) and the input checks every lens shares.
 - logit: `LogitLens`, every layer read with the model's own final norm and unembedding.
 - tuned: `TunedLens` and `TunedLensConfig`, one learned affine translator per layer,
-  saved and loaded through `hooklens.artifacts` (and `hub_model_name`, the hub id
-  published lenses are named after).
+  saved and loaded through `hooklens.artifacts` (published lenses are named after
+  `hooklens.models.hub_model_name`).
 - jacobian: `JacobianLens`, each layer moved into the last block's basis by its average
   Jacobian; `.pt` and directory files through `hooklens.artifacts`.
 - interop: `transformer_lens_translator`, our lenses as the `lens=` translator of

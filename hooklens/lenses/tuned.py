@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 import warnings
@@ -34,7 +33,7 @@ from hooklens.core import (
 from hooklens.core.unembed import Unembed
 from hooklens.errors import InputError, InputTypeError, LensFileError, LensMismatchError
 from hooklens.lenses.base import Lens
-from hooklens.models import EMBEDDED_MODELS
+from hooklens.models import hub_model_name
 
 
 @dataclass
@@ -424,29 +423,3 @@ def _check_tuned_lens_artifact(
         if strict:
             raise LensMismatchError(message)
         warnings.warn(message, stacklevel=3)
-
-
-def hub_model_name(adapter: Any) -> str:
-    """The Hugging Face name of a model, which is what lenses are named after.
-
-    TransformerLens names models by their short alias (`pythia-160m-deduped`); the
-    tuned-lens repository uses the hub id (`EleutherAI/pythia-160m-deduped`).
-    """
-    name = adapter.model_name
-    for embedded in EMBEDDED_MODELS.values():
-        if name.lower() in (embedded.tl_name.lower(), embedded.hf_name.lower()):
-            return embedded.hf_name
-    if "/" in name:
-        return name
-    # TransformerLens 3.x keeps the official names beside HookedTransformer's loaders;
-    # 4.x, which removed those loaders, in `supported_models`.
-    for module in ("transformer_lens.loading_from_pretrained", "transformer_lens.supported_models"):
-        try:
-            official = importlib.import_module(module).get_official_model_name
-        except (ImportError, AttributeError):
-            continue
-        try:
-            return official(name)
-        except ValueError:
-            return name
-    return name

@@ -14,10 +14,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from hooklens._checks import TextCutWarning, check_id_range, tokens_cut_notice
+from hooklens._checks import check_id_range, tokens_cut_notice
 from hooklens.core import ModelAdapter, check_same_model, normalize_component
 from hooklens.core.residuals import check_cache, get_residual
-from hooklens.errors import InputError, LensMismatchError
+from hooklens.errors import InputError, LensMismatchError, TextCutWarning
 from hooklens.lenses.base import Lens
 from hooklens.trajectory.inputs import as_long, attention_mask_tensor, model_padding
 

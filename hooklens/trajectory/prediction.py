@@ -181,7 +181,7 @@ class PredictionTrajectory(TrajectoryStatistics):
         TransformerLens added, if any (see `from_lens_and_cache`).
 
         A text longer than the model's context (`n_ctx` tokens) is cut to its first
-        `n_ctx` tokens with a `hooklens.validation.TextCutWarning` that says how many were
+        `n_ctx` tokens with a `hooklens.errors.TextCutWarning` that says how many were
         dropped, as `trajectory_report` does; token ids longer than that are refused.
         """
         ids, logits, cache, component = build.run_model(
