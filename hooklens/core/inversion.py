@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -26,6 +26,7 @@ OPTIMIZERS = ("lbfgs", "sgd")
 MOMENTUM = 0.9  # for "sgd": plain gradient descent crawls on this ill-conditioned objective
 
 
+@runtime_checkable
 class UnembedLike(Protocol):
     """What inversion reads of an unembedding (`hooklens.core.unembed.Unembed` is one)."""
 

@@ -11,7 +11,7 @@ so there every step reruns those blocks on the whole sequence.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
@@ -23,6 +23,7 @@ from hooklens.errors import InputError
 Prompts = str | Sequence[str] | Sequence[Sequence[int]] | Tensor
 
 
+@runtime_checkable
 class LensLike(Protocol):
     """What decoding reads of a lens (`hooklens.lenses.base.Lens` is one)."""
 

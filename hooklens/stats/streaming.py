@@ -52,12 +52,12 @@ class ReferenceTile:
     layers of a trajectory), so its `exp` and sums are paid once, not once per layer.
     """
 
-    probs: Float[Tensor, "rows chunk"]
-    mass: Float[Tensor, " rows"]  # Σ ρ over the chunk
-    plogp: Float[Tensor, " rows"]  # Σ ρ log ρ over the chunk
+    probs: Float[Tensor, "*rows chunk"]
+    mass: Float[Tensor, "*rows"]  # Σ ρ over the chunk
+    plogp: Float[Tensor, "*rows"]  # Σ ρ log ρ over the chunk
 
     @classmethod
-    def from_log_probs(cls, log_probs: Float[Tensor, "rows chunk"]) -> ReferenceTile:
+    def from_log_probs(cls, log_probs: Float[Tensor, "*rows chunk"]) -> ReferenceTile:
         """From finite log ρ (masked entries at the floor, not -inf)."""
         probs = log_probs.exp()
         return cls(probs=probs, mass=probs.sum(-1), plogp=_rowdot(probs, log_probs))
@@ -67,15 +67,15 @@ class ReferenceTile:
 class VocabStats:
     """Per-row statistics of one distribution over the whole vocabulary (nats)."""
 
-    logsumexp: Float[Tensor, " rows"]
-    entropy: Float[Tensor, " rows"]
-    topk_logits: Float[Tensor, "rows k"]
-    topk_ids: Int[Tensor, "rows k"]
-    reference_kl: Float[Tensor, " rows"] | None = None  # KL(reference ‖ this)
-    target_rank: Int[Tensor, " rows"] | None = None  # 1 = the most likely token
+    logsumexp: Float[Tensor, "*rows"]
+    entropy: Float[Tensor, "*rows"]
+    topk_logits: Float[Tensor, "*rows k"]
+    topk_ids: Int[Tensor, "*rows k"]
+    reference_kl: Float[Tensor, "*rows"] | None = None  # KL(reference ‖ this)
+    target_rank: Int[Tensor, "*rows"] | None = None  # 1 = the most likely token
 
     @property
-    def topk_log_probs(self) -> Float[Tensor, "rows k"]:
+    def topk_log_probs(self) -> Float[Tensor, "*rows k"]:
         return self.topk_logits - self.logsumexp[:, None]
 
 
@@ -93,8 +93,8 @@ class VocabAccumulator:
     def __init__(
         self,
         k: int = 10,
-        targets: Int[Tensor, " rows"] | None = None,
-        target_logits: Float[Tensor, " rows"] | None = None,
+        targets: Int[Tensor, "*rows"] | None = None,
+        target_logits: Float[Tensor, "*rows"] | None = None,
     ):
         if (targets is None) != (target_logits is None):
             raise InputError("pass targets and target_logits together")
@@ -116,7 +116,7 @@ class VocabAccumulator:
     def update(
         self,
         vocab: slice,
-        logits: Float[Tensor, "rows chunk"],
+        logits: Float[Tensor, "*rows chunk"],
         reference: ReferenceTile | None = None,
     ) -> None:
         """Fold in finite `logits` for the tokens `vocab` (overwritten in place)."""
@@ -187,12 +187,12 @@ class VocabAccumulator:
 
 
 def vocab_stats(
-    chunks: Iterable[tuple[slice, Float[Tensor, "rows chunk"]]],
+    chunks: Iterable[tuple[slice, Float[Tensor, "*rows chunk"]]],
     *,
     k: int = 10,
-    target_logits: Float[Tensor, " rows"] | None = None,
-    targets: Int[Tensor, " rows"] | None = None,
-    reference: Callable[[slice], Float[Tensor, "rows chunk"]] | None = None,
+    target_logits: Float[Tensor, "*rows"] | None = None,
+    targets: Int[Tensor, "*rows"] | None = None,
+    reference: Callable[[slice], Float[Tensor, "*rows chunk"]] | None = None,
 ) -> VocabStats:
     """One pass over `(vocab_slice, logits)` chunks covering the vocabulary in order.
 
@@ -206,7 +206,7 @@ def vocab_stats(
     return accumulator.finish()
 
 
-def logsumexp_chunks(chunks: Iterable[Float[Tensor, "rows chunk"]]) -> Float[Tensor, " rows"]:
+def logsumexp_chunks(chunks: Iterable[Float[Tensor, "*rows chunk"]]) -> Float[Tensor, "*rows"]:
     """`logsumexp` over the last axis of a sequence of chunks."""
     running = None
     for chunk in chunks:
@@ -225,11 +225,11 @@ class PairStats:
     changed most, largest |q − p| first: their ids and the signed changes q − p.
     """
 
-    kl: Float[Tensor, " rows"]  # KL(p ‖ q)
-    js: Float[Tensor, " rows"]  # Jensen–Shannon, in [0, ln 2]
-    tv: Float[Tensor, " rows"]  # total variation ½ Σ |p - q|, in [0, 1]
-    delta_ids: Int[Tensor, "rows k"] | None = None
-    deltas: Float[Tensor, "rows k"] | None = None  # q - p at delta_ids
+    kl: Float[Tensor, "*rows"]  # KL(p ‖ q)
+    js: Float[Tensor, "*rows"]  # Jensen–Shannon, in [0, ln 2]
+    tv: Float[Tensor, "*rows"]  # total variation ½ Σ |p - q|, in [0, 1]
+    delta_ids: Int[Tensor, "*rows k"] | None = None
+    deltas: Float[Tensor, "*rows k"] | None = None  # q - p at delta_ids
 
     @property
     def delta_k(self) -> int:
@@ -249,7 +249,7 @@ class LargestChanges:
         self.changes: Tensor  # q - p
         self.ids: Tensor
 
-    def update(self, vocab: slice, change: Float[Tensor, "rows chunk"]) -> None:
+    def update(self, vocab: slice, change: Float[Tensor, "*rows chunk"]) -> None:
         sizes, ids = change.abs().topk(min(self.k, change.shape[-1]), dim=-1)
         changes = change.gather(-1, ids)
         ids = ids + vocab.start
@@ -263,9 +263,9 @@ class LargestChanges:
 
 
 def pair_stats(
-    chunks: Iterable[tuple[slice, Float[Tensor, "rows chunk"], Float[Tensor, "rows chunk"]]],
-    logsumexp_p: Float[Tensor, " rows"],
-    logsumexp_q: Float[Tensor, " rows"],
+    chunks: Iterable[tuple[slice, Float[Tensor, "*rows chunk"], Float[Tensor, "*rows chunk"]]],
+    logsumexp_p: Float[Tensor, "*rows"],
+    logsumexp_q: Float[Tensor, "*rows"],
     delta_k: int = 0,
 ) -> PairStats:
     """One pass over `(vocab_slice, logits_p, logits_q)` chunks; normalisers known.
