@@ -24,7 +24,7 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
-from hooklens.core import ModelAdapter, precision
+from hooklens.core import VOCAB_CHUNK, ModelAdapter, precision
 from hooklens.core.chunked_kl import kl_to_target, target_distribution, weight_chunks
 from hooklens.errors import DataError, FewerTokensWarning
 from hooklens.evaluation import per_layer
@@ -212,7 +212,7 @@ def layer_transfer(
     names = set(adapter.residual_hook_names(lens.component))
     totals = np.zeros((lens.n_layers, lens.n_layers))
     W_U = lens.unembed.W_U
-    w_chunks = weight_chunks(W_U, 8192, precision.matmul_dtype(matmul_dtype, W_U.device))
+    w_chunks = weight_chunks(W_U, VOCAB_CHUNK, precision.matmul_dtype(matmul_dtype, W_U.device))
     n_rows = 0
     with torch.no_grad():
         for tokens in token_batches:

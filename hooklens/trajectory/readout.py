@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hooklens.core.unembed import vocab_chunks
 from hooklens.errors import NonFiniteActivationError
 from hooklens.stats.streaming import (
     PairStats,
@@ -30,7 +31,8 @@ from hooklens.stats.streaming import (
 from hooklens.trajectory.rows import Block, RowSource
 
 # Tiles of [ROW_BLOCK, VOCAB_CHUNK] float32 (4 MiB) stay in cache for the ~10
-# elementwise passes per tile, and are still big enough for an efficient matmul.
+# elementwise passes per tile, and are still big enough for an efficient matmul: half
+# the `core.unembed.VOCAB_CHUNK` blocks that code with one pass per block uses.
 ROW_BLOCK = 256
 VOCAB_CHUNK = 4096
 
@@ -89,8 +91,9 @@ class Readout:
         return select_rows(self, rows)
 
 
-def vocab_chunks(vocab_size: int) -> list[slice]:
-    return [slice(v, min(v + VOCAB_CHUNK, vocab_size)) for v in range(0, vocab_size, VOCAB_CHUNK)]
+def tile_chunks(vocab_size: int) -> list[slice]:
+    """The vocabulary in tile-wide blocks: hooklens's one chunker at this pass's width."""
+    return list(vocab_chunks(vocab_size, VOCAB_CHUNK))
 
 
 def row_blocks(n_rows: int) -> list[slice]:
@@ -117,7 +120,7 @@ def read(
     results: list[list[VocabStats]] = [[] for _ in range(n_layers + 1)]
     target_logits: list[list[Tensor]] = [[] for _ in range(n_layers + 1)]
     anti_logits: list[list[Tensor]] = [[] for _ in range(n_layers + 1)]
-    chunks = vocab_chunks(source.vocab_size)
+    chunks = tile_chunks(source.vocab_size)
     for rows in row_blocks(n_rows):
         blocks = [source.block(layer, rows) for layer in range(n_layers + 1)]
         output = blocks[-1]
@@ -186,7 +189,7 @@ def read_pair(
             block_a, block_b = a.block(layer, rows), b.block(layer, rows)
             pairs = (
                 (vocab, tile, b.tile(block_b, vocab).to(tile.device))
-                for vocab in vocab_chunks(a.vocab_size)
+                for vocab in tile_chunks(a.vocab_size)
                 for tile in (a.tile(block_a, vocab),)
             )
             results[layer].append(
