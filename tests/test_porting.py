@@ -24,11 +24,11 @@ from hooklens.artifacts import (
     HubUnreachableError,
     LensNotFoundError,
     available_lens_artifacts,
-    hub_model_name,
     load_artifacts,
 )
 from hooklens.core import ModelAdapter
 from hooklens.errors import DataError, HooklensError, InputError, InputTypeError
+from hooklens.lenses.tuned import hub_model_name
 from hooklens.training.data import chunk_and_tokenize
 from tests.conftest import VOCAB, skip_without_hooked_transformer
 from tests.test_artifacts import _trained
