@@ -5,7 +5,9 @@ A J-lens `.pt` (the reference's and TransformerLens's artifact format) is a dict
 `metadata`; a fit checkpoint holds running sums instead (`jacobian_sum`, `n_done`,
 `next_idx`, ...). Ours add `RECORD_KEY` (what a load checks: the model's layer count and
 fingerprint, the target layer, the component) and `CHECKSUM_KEY` (`content_sha256` of
-every other entry); our fit checkpoints `FIT_RECORD_KEY` and `FIT_CHECKSUM_KEY`.
+every other entry); our fit checkpoints `FIT_RECORD_KEY` and `FIT_CHECKSUM_KEY`, which
+`verify_fit_checkpoint` checks (here alone: the estimator's resume and
+`JacobianLens.load` both call it).
 `parse_reference` reads either format, `verified_record` checks our entries: each
 refusal is a `LensFileError` naming the file and the key. Reading the file itself is
 `reference_pt.load_weights_only`.

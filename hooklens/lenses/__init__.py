@@ -7,7 +7,18 @@
   saved and loaded through `hooklens.artifacts` (published lenses are named after
   `hooklens.models.hub_model_name`).
 - jacobian: `JacobianLens`, each layer moved into the last block's basis by its average
-  Jacobian; `.pt` and directory files through `hooklens.artifacts`.
+  Jacobian; `fit`, `save` and `load` call the three internal modules below.
+- _jacobian_files: internal; what `JacobianLens.save` writes and `JacobianLens.load`
+  reads (`.pt` payloads and directories, through `hooklens.artifacts`) and checks
+  against the model.
+- _jacobian_estimator: internal; the exact Jacobian-lens estimator (`fit_jacobians`),
+  resumable and data-parallel under torchrun, knowing no lens class.
+- _jacobian_fit_checkpoint: internal; the estimator's checkpoint: writing it, reading
+  and checking it, and what a resume must repeat.
+- _generate: internal; `Lens.generate`, greedy or sampled decoding read through a lens
+  at one layer.
+- registry: `LENS_TYPES`, one entry per lens type that lives in files; which type a
+  file holds (`lens_file_type`) and loading it for a model (`load_lens`).
 - interop: `transformer_lens_translator`, our lenses as the `lens=` translator of
   TransformerLens 4's `logit_lens` tool.
 """

@@ -21,14 +21,13 @@ prompts; the fit goes through it in rounds of `checkpoint_every` prompts (bounda
 multiples of `checkpoint_every`, the same on every rank), each rank taking every N-th
 prompt of a round. After every round the ranks sum their sums and prompt counts, rank 0
 writes the checkpoint, and every rank ends with the same mean: that of one process on
-the same prompts, up to the order of the float32 additions.
+the same prompts, up to the order of the float32 additions. The checkpoint (writing it,
+checking it, what a resume must repeat) is `hooklens.lenses._jacobian_fit_checkpoint`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,25 +39,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hooklens._checks import check_id_range, non_negative_int, positive_int, token_id_tensor
-from hooklens.artifacts import atomic_write, load_weights_only, seal_matches, sealed
-from hooklens.core import ModelAdapter, distributed, fingerprint_of, same_model_name
-from hooklens.errors import (
-    HooklensError,
-    InputError,
-    InputTypeError,
-    RunStateError,
+from hooklens.core import ModelAdapter, distributed
+from hooklens.errors import InputError, InputTypeError
+from hooklens.lenses._jacobian_fit_checkpoint import (
+    check_resumable,
+    model_record,
+    prompt_digests,
+    read_checkpoint,
+    require_the_same_prompts_on_every_rank,
+    write_checkpoint,
 )
-
-# Our own checkpoint entry, beside the reference's keys: what a resume must repeat.
-# TransformerLens's and our `JacobianLens.load` read a checkpoint without it.
-RECORD_KEY = "hooklens_fit"
-CHECKSUM_KEY = "hooklens_fit_sha256"
-"""`artifacts.content_sha256` of every other entry of our checkpoint: the sums, the
-count, the position and the settings, checked on resume and on `JacobianLens.load`."""
-_REFERENCE_KEYS = ("jacobian_sum", "n_done", "next_idx", "source_layers", "skip_first")
-_START_OVER = (
-    "Delete it to start the fit over (hooklens fit-jlens: pass --overwrite instead of --resume)"
-)
+from hooklens.lenses._jacobian_fit_checkpoint import checkpoint_path as checkpoint_path
 
 
 def prompt_tokens(model: Any, prompt: str | Any, max_seq_len: int) -> Int[Tensor, "1 pos"]:
@@ -244,13 +235,13 @@ def fit_jacobians(
                 "every prompt is cut to what the model reads"
             )
     digests = prompt_digests(tokens)
-    _require_the_same_prompts_on_every_rank(digests)
-    record = {"model": _model_record(model), "max_seq_len": max_seq_len}
+    require_the_same_prompts_on_every_rank(digests)
+    record = {"model": model_record(model), "max_seq_len": max_seq_len}
     running, next_idx = _RunningSums(layers, d_model), 0
     path = Path(checkpoint) if checkpoint is not None else None
-    entries, saved_sums = _read_checkpoint(path) if path is not None else (None, None)
+    entries, saved_sums = read_checkpoint(path) if path is not None else (None, None)
     if entries is not None:
-        _check_resumable(
+        check_resumable(
             entries, path, layers=layers, skip_first_positions=skip_first_positions,
             record=record, digests=digests, n_layers=n_layers, d_model=d_model,
             lengths=[ids.shape[1] for ids in tokens],
@@ -267,21 +258,11 @@ def fit_jacobians(
         if running.n_done == 0:  # the same on every rank: the count is reduced
             return
         if distributed.is_primary():  # it holds the whole fit's sums after a reduction
-            state = {
-                "jacobian_sum": running.sums,
-                "n_done": running.n_done,
-                "next_idx": next_idx,
-                "source_layers": layers,
-                "target_layer": n_layers - 1,
-                "skip_first": skip_first_positions,
-                RECORD_KEY: {
-                    **record,
-                    "prompts_digest": _digest_of_first(digests, next_idx),
-                    "world_size": distributed.world_size(),  # informational: any may resume
-                },
-            }
-            state = sealed(state, CHECKSUM_KEY)
-            atomic_write(path, lambda tmp: torch.save(state, tmp))
+            write_checkpoint(
+                path, sums=running.sums, n_done=running.n_done, next_idx=next_idx,
+                layers=layers, n_layers=n_layers, skip_first_positions=skip_first_positions,
+                record=record, digests=digests,
+            )  # fmt: skip
         distributed.barrier()  # no rank reads a half-written checkpoint
 
     options = {"dim_batch": dim_batch, "skip_first_positions": skip_first_positions}
@@ -420,260 +401,3 @@ class _RunningSums:
 
     def means(self) -> dict[int, Tensor]:
         return {layer: total / self.n_done for layer, total in self.sums.items()}
-
-
-# --- what a resume must repeat ----------------------------------------------------------
-
-
-def prompt_digests(tokens: Sequence[Int[Tensor, "1 pos"]]) -> list[bytes]:
-    """A blake2b digest of each prompt's token ids (its shape included), in order."""
-    digests = []
-    for ids in tokens:
-        ids = ids.to("cpu", torch.int64).contiguous()
-        digest = hashlib.blake2b(repr(tuple(ids.shape)).encode(), digest_size=16)
-        digest.update(ids.numpy().tobytes())
-        digests.append(digest.digest())
-    return digests
-
-
-def _digest_of_first(digests: Sequence[bytes], n: int) -> str:
-    """The fingerprint of the first `n` prompts (those a checkpoint at `next_idx=n` went
-    through), so that a resume may add prompts after them."""
-    return hashlib.blake2b(b"".join(digests[:n]), digest_size=16).hexdigest()
-
-
-def _model_record(model: Any) -> dict[str, Any]:
-    """The model's name and sizes, and a hash of its unembedding (another checkpoint or a
-    fine-tune of the same architecture differs there)."""
-    fingerprint = fingerprint_of(model)
-    keys = ("model_name", "d_model", "n_layers", "d_vocab", "unembedding_hash")
-    return {key: getattr(fingerprint, key) for key in keys}
-
-
-def _require_the_same_prompts_on_every_rank(digests: Sequence[bytes]) -> None:
-    if not distributed.same_on_all_ranks(_digest_of_first(digests, len(digests))):
-        raise InputError(
-            "under torchrun every rank must pass the same, whole list of prompts "
-            "(fit_jacobians shards it over the ranks itself), but they differ between "
-            "ranks: pass every rank the same prompts in the same order"
-        )
-
-
-def _read_checkpoint(path: Path) -> tuple[dict[str, Any] | None, dict[int, Tensor] | None]:
-    """`(entries, sums)` of the checkpoint at `path`, read by rank 0 alone (the rank that
-    writes it): every rank gets its entries but the sums (`None`: no checkpoint there),
-    rank 0 its sums too (`None` elsewhere); an unreadable, damaged or inconsistent file
-    raises `RunStateError` on every rank."""
-    entries: dict[str, Any] | None = None
-    sums: dict[int, Tensor] | None = None
-    error: Exception | None = None
-    if distributed.is_primary() and path.is_file():
-        try:
-            state = load_weights_only(
-                path, "a Jacobian-lens fit checkpoint", error=RunStateError, advice=_START_OVER
-            )
-            entries, sums = _split_checkpoint(state, path)
-        except (HooklensError, OSError) as caught:
-            error = caught
-    entries, error = distributed.broadcast_object((entries, error))
-    if error is not None:
-        raise error
-    return entries, sums
-
-
-def verify_checkpoint(
-    state: dict[str, Any], path: Path, *, error: type[HooklensError] = RunStateError
-) -> dict[str, Any] | None:
-    """Check a fit checkpoint's checksum (`CHECKSUM_KEY`); return our record
-    (`RECORD_KEY`), or `None` for a reference checkpoint (neither key).
-
-    A checkpoint of hooklens before the checksum (the record without it) is accepted
-    with a warning: the zip archive's CRC-32 (`load_weights_only`) still covers its
-    bytes, and a resume checks its count against the prompts it went through.
-
-    Raises:
-        `error` (`RunStateError` for a resume, `LensFileError` for a load): the
-            checksum does not match (the sums, count or settings were changed or
-            damaged after saving), or the checksum is there without the record.
-    """
-    if CHECKSUM_KEY in state:
-        if RECORD_KEY not in state or not seal_matches(state, CHECKSUM_KEY):
-            raise error(
-                f"{path} does not match the checksum it records ({CHECKSUM_KEY}): its "
-                "running sums, prompt count or settings were changed or damaged after it "
-                "was saved, so it would resume or load to another lens. "
-                f"{_START_OVER}"
-            )
-    elif RECORD_KEY in state:
-        warnings.warn(
-            f"{path} was written by a hooklens without checkpoint checksums: its sums "
-            "cannot be verified beyond the file's CRC-32. If in doubt, delete it and fit "
-            "again (hooklens fit-jlens: --overwrite)",
-            stacklevel=3,
-        )
-    record = state.get(RECORD_KEY)
-    if record is not None and not isinstance(record, dict):
-        raise error(
-            f"{path}: entry {RECORD_KEY!r} should be a dict (the model and settings of the "
-            f"fit), found {type(record).__name__}. {_START_OVER}"
-        )
-    return record
-
-
-def _split_checkpoint(state: Any, path: Path) -> tuple[dict[str, Any], dict[int, Tensor]]:
-    if not isinstance(state, dict) or any(key not in state for key in _REFERENCE_KEYS):
-        found = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__
-        raise RunStateError(
-            f"{path} is not a Jacobian-lens fit checkpoint: expected the keys "
-            f"{', '.join(_REFERENCE_KEYS)}, found {found}. Pass the checkpoint of a fit, "
-            "or another checkpoint path to start a new fit"
-        )
-    verify_checkpoint(state, path)
-    _check_entry_types(state, path)
-    sums = {int(layer): matrix for layer, matrix in state["jacobian_sum"].items()}
-    entries = {key: value for key, value in state.items() if key != "jacobian_sum"}
-    entries["sum_shapes"] = {layer: tuple(matrix.shape) for layer, matrix in sums.items()}
-    return entries, sums
-
-
-def _check_entry_types(state: dict[str, Any], path: Path) -> None:
-    """Refuse entries of the wrong type or value (a damaged or hand-made checkpoint)."""
-
-    def refuse(key: str, expected: str, value: Any) -> RunStateError:
-        shown = repr(value) if not isinstance(value, Tensor) else f"a tensor {tuple(value.shape)}"
-        return RunStateError(
-            f"{path}: entry {key!r} should be {expected}, found {type(value).__name__} "
-            f"{shown[:40]}. {_START_OVER}"
-        )
-
-    for key in ("n_done", "next_idx", "skip_first"):
-        if not _is_count(state[key]):
-            raise refuse(key, "an integer ≥ 0", state[key])
-    if "target_layer" in state and not _is_count(state["target_layer"]):
-        raise refuse("target_layer", "an integer ≥ 0", state["target_layer"])
-    layers = state["source_layers"]
-    if not isinstance(layers, (list, tuple)) or not all(map(_is_count, layers)):
-        raise refuse("source_layers", "a list of layer indices", layers)
-    sums = state["jacobian_sum"]
-    if not isinstance(sums, dict):
-        raise refuse("jacobian_sum", "a {layer: tensor} dict", sums)
-    for layer, matrix in sums.items():
-        if not _is_count(layer):
-            raise refuse("jacobian_sum", "keyed by layer indices", layer)
-        if not isinstance(matrix, Tensor) or not matrix.is_floating_point() or matrix.ndim != 2:
-            raise refuse(f"jacobian_sum[{layer}]", "a floating-point matrix", matrix)
-        if not bool(torch.isfinite(matrix).all()):
-            raise RunStateError(
-                f"{path}: entry 'jacobian_sum[{layer}]' holds NaN or infinite entries. "
-                f"{_START_OVER}"
-            )
-    if int(state["n_done"]) > int(state["next_idx"]):
-        raise RunStateError(
-            f"{path}: n_done is {state['n_done']}, more than the {state['next_idx']} prompts "
-            f"the fit had gone through (next_idx): the checkpoint is inconsistent. "
-            f"{_START_OVER}"
-        )
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _check_resumable(
-    entries: dict[str, Any],
-    path: Path | None,
-    *,
-    layers: list[int],
-    skip_first_positions: int,
-    record: dict[str, Any],
-    digests: Sequence[bytes],
-    n_layers: int,
-    d_model: int,
-    lengths: Sequence[int],
-) -> None:
-    """Refuse (`RunStateError`, on every rank alike) a checkpoint this fit cannot
-    continue to the lens an uninterrupted fit would give."""
-    pairs: list[tuple[str, Any, Any]] = [
-        ("source_layers", [int(layer) for layer in entries["source_layers"]], layers),
-        ("skip_first_positions", int(entries["skip_first"]), skip_first_positions),
-        ("target_layer", int(entries.get("target_layer", n_layers - 1)), n_layers - 1),
-        ("summed layers", sorted(entries["sum_shapes"]), layers),
-        ("matrix shapes", sorted(set(entries["sum_shapes"].values())), [(d_model, d_model)]),
-    ]
-    saved = entries.get(RECORD_KEY)
-    if saved is None:
-        warnings.warn(
-            f"{path} records neither the model, max_seq_len nor the prompts it was made "
-            "with (a reference checkpoint, or an older hooklens): it is resumed without "
-            "checking them",
-            stacklevel=3,
-        )
-    else:
-        pairs.append(("max_seq_len", saved.get("max_seq_len"), record["max_seq_len"]))
-        pairs += [
-            (f"model {key}", saved.get("model", {}).get(key), value)
-            for key, value in record["model"].items()
-        ]
-    changed = [
-        f"{name}: {_shown(then)} then, {_shown(now)} now"
-        for name, then, now in pairs
-        if not _same_setting(name, then, now)
-    ]
-    if changed:
-        raise RunStateError(
-            f"{path} was made by a fit with other settings ({'; '.join(changed)}): resume "
-            "with the model and settings it was made with, or start a new fit with "
-            "another checkpoint (hooklens fit-jlens: another --output, or --overwrite)"
-        )
-    _check_resumed_prompts(entries, path, digests)
-    if saved is not None:  # our prompts, verified above: the count they give
-        summed = sum(1 for n in lengths[: int(entries["next_idx"])] if n > skip_first_positions + 1)
-        if int(entries["n_done"]) != summed:
-            raise RunStateError(
-                f"{path} counts {entries['n_done']} prompts summed, but the first "
-                f"{entries['next_idx']} prompts it went through hold {summed} long enough to "
-                f"fit on (more than {skip_first_positions + 1} tokens): its sums and count "
-                f"disagree, and would resume to a lens scaled wrongly. {_START_OVER}"
-            )
-
-
-def _check_resumed_prompts(
-    entries: dict[str, Any], path: Path | None, digests: Sequence[bytes]
-) -> None:
-    next_idx = int(entries["next_idx"])
-    if next_idx > len(digests):
-        raise RunStateError(
-            f"{path} has gone through the first {next_idx} prompts, but this fit has "
-            f"only {len(digests)}: pass the prompts it was made with (more may follow; "
-            "hooklens fit-jlens: --prompts of at least that many), or start a new fit "
-            "with another checkpoint"
-        )
-    saved = (entries.get(RECORD_KEY) or {}).get("prompts_digest")
-    now = _digest_of_first(digests, next_idx)
-    if saved is not None and saved != now:
-        raise RunStateError(
-            f"the first {next_idx} prompts are not those {path} went through (their "
-            f"token ids hash to {saved[:12]}… then, {now[:12]}… now), so the sums would "
-            "mix two corpora: pass the same prompts in the same order, cut at the same "
-            "max_seq_len by the same tokenizer (more may follow), or start a new fit with "
-            "another checkpoint"
-        )
-
-
-def _same_setting(name: str, then: Any, now: Any) -> bool:
-    if name == "model model_name":  # "gpt2" and "openai-community/gpt2" are one model
-        return then is not None and same_model_name(str(then), str(now))
-    return then == now
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, str) and len(value) > 16:
-        return repr(f"{value[:12]}…")  # a hash
-    return repr(value)
-
-
-def checkpoint_path(output: str | os.PathLike) -> Path:
-    """Where `hooklens fit-jlens --output OUTPUT` keeps its running sums: beside the lens,
-    `OUTPUT.fit-checkpoint.pt` (pass it as `checkpoint=` to resume the same way)."""
-    output = Path(output)
-    return output.with_name(f"{output.name}.fit-checkpoint.pt")

@@ -21,6 +21,9 @@ other hooklens lens, by `component`:
 - `component="resid_post"` (the reference's own indexing): row ℓ reads `J_ℓ`.
 
 Either way the last block's output is the final residual, read with the identity.
+
+`fit` calls the estimator (`hooklens.lenses._jacobian_estimator`); `save` and `load`
+write and read through `hooklens.lenses._jacobian_files`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,54 +38,22 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from hooklens.artifacts import (
-    FIX_CONFIG,
-    atomic_write,
-    check_fingerprint,
-    check_json_fields,
-    load_weights_only,
-    read_lens_dir,
-    resolve_jacobian_lens,
-    sealed,
-    write_lens_dir,
-)
-from hooklens.artifacts.jlens_pt import (
-    CHECKSUM_KEY,
-    RECORD_FORMAT,
-    RECORD_KEY,
-    REFERENCE_SUFFIX,
-    JLensRecord,
-    parse_reference,
-    recorded_component,
-    verified_record,
-)
-from hooklens.core import (
-    ModelAdapter,
-    ModelFingerprint,
-    normalize_component,
-    same_model_name,
-)
+from hooklens.artifacts import atomic_write, resolve_jacobian_lens, write_lens_dir
+from hooklens.artifacts.jlens_pt import REFERENCE_SUFFIX as REFERENCE_SUFFIX  # re-exported
+from hooklens.core import ModelAdapter, normalize_component, same_model_name
 from hooklens.core.unembed import Unembed
-from hooklens.errors import (
-    InputError,
-    InputTypeError,
-    LensFileError,
-    LensMismatchError,
-    LensNotFoundError,
-    ProcessedWeightsError,
-)
+from hooklens.errors import InputError, LensMismatchError, LensNotFoundError
 from hooklens.lenses._jacobian_estimator import fit_jacobians
-from hooklens.lenses.base import Lens
-
-LENS_TYPE = "jacobian_lens"
-SAVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-"""What `save` stores a `.pt` lens's matrices as (the reference's default: float16)."""
-_NEEDS_RAW = (
-    "Jacobian lenses are fitted on raw activations: load the model as a TransformerBridge "
-    "without enable_compatibility_mode(), with "
-    "HookedTransformer.from_pretrained_no_processing(name), or with "
-    "hooklens.models.load(name, processing=False)."
+from hooklens.lenses._jacobian_files import LENS_TYPE as LENS_TYPE  # re-exported
+from hooklens.lenses._jacobian_files import SAVE_DTYPES as SAVE_DTYPES  # re-exported
+from hooklens.lenses._jacobian_files import (
+    check_save_dtype,
+    read_jacobian_dir,
+    read_jacobian_pt,
+    reference_payload,
+    require_raw_weights,
 )
+from hooklens.lenses.base import Lens
 
 
 class JacobianLens(Lens):
@@ -188,7 +158,7 @@ class JacobianLens(Lens):
             >>> lens = JacobianLens.fit(model, prompts, max_seq_len=64)   # doctest: +SKIP
         """
         adapter = ModelAdapter(model)
-        _require_raw_weights(adapter, source="JacobianLens.fit")
+        require_raw_weights(adapter, source="JacobianLens.fit")
         jacobians, n_prompts = fit_jacobians(
             model,
             prompts,
@@ -313,10 +283,19 @@ class JacobianLens(Lens):
             InputError, InputTypeError: `dtype` is not float16, bfloat16, float32 or
                 float64 (before anything is written).
         """
-        _check_save_dtype(dtype)
+        check_save_dtype(dtype)
         path = Path(path)
         if path.suffix == REFERENCE_SUFFIX:
-            payload = self._reference_payload(dtype)
+            payload = reference_payload(
+                {layer: self.jacobian(layer) for layer in self.fitted_layers},
+                dtype=dtype,
+                d_model=self.unembed.d_model,
+                n_prompts=self.n_prompts,
+                metadata=self._provenance(),
+                n_layers=self.n_layers,
+                component=self.component,
+                fingerprint=self.adapter.fingerprint,
+            )
             return atomic_write(path, lambda tmp: torch.save(payload, tmp))
         config = {
             "lens_type": LENS_TYPE,
@@ -331,23 +310,6 @@ class JacobianLens(Lens):
         return write_lens_dir(
             path, config, {f"J.{k}": self.jacobian(k) for k in self.fitted_layers}
         )
-
-    def _reference_payload(self, dtype: torch.dtype) -> dict[str, Any]:
-        payload = {
-            "J": {layer: self.jacobian(layer).to(dtype) for layer in self.fitted_layers},
-            "n_prompts": self.n_prompts,
-            "source_layers": self.fitted_layers,
-            "d_model": self.unembed.d_model,
-            "metadata": self._provenance(),
-            RECORD_KEY: {
-                "format": RECORD_FORMAT,
-                "n_layers": self.n_layers,
-                "target_layer": self.n_layers - 1,
-                "component": self.component,
-                "fingerprint": self.adapter.fingerprint.to_dict(),
-            },
-        }
-        return sealed(payload, CHECKSUM_KEY)
 
     @classmethod
     def load(
@@ -408,83 +370,21 @@ class JacobianLens(Lens):
             strict=strict,
         )
         if path.is_dir():
-            return cls._from_dir(path, adapter, strict=strict, component=component)
-        if not path.is_file():
+            loaded = read_jacobian_dir(path, adapter, strict=strict)
+        elif not path.is_file():
             raise LensNotFoundError(f"no Jacobian lens at {path}")
-        payload = load_weights_only(path, "a Jacobian lens (.pt artifact or fit checkpoint)")
-        record = verified_record(payload, path)
-        if record is not None:
-            _check_layer_count(path, record.n_layers, record.fingerprint.model_name, adapter)
-            _require_raw_weights(adapter, source=str(path))
-            _check_fingerprint_of(path, record.fingerprint, adapter, strict=strict)
-        jacobians, n_prompts, metadata = parse_reference(payload, path)
-        if record is not None:
-            _check_record_against_matrices(record, jacobians, path)
-        saved_component = record.component if record is not None else "resid_pre"
+        else:
+            loaded = read_jacobian_pt(path, adapter, strict=strict)
         lens = cls(
             Unembed.from_model(adapter),
-            jacobians,
-            n_prompts=n_prompts,
-            metadata=metadata,
-            component=component or saved_component,
+            loaded.jacobians,
+            n_prompts=loaded.n_prompts,
+            metadata=loaded.metadata,
+            component=component or loaded.component,
         )
-        lens._check_model(adapter, source=str(path), strict=strict, name_checked=record is not None)
-        return lens
-
-    @classmethod
-    def _from_dir(
-        cls, path: Path, adapter: ModelAdapter, *, strict: bool, component: str | None
-    ) -> JacobianLens:
-        files = read_lens_dir(path)
-        config, source = files.config, str(files.config_path)
-        if config.get("lens_type") != LENS_TYPE:
-            raise LensFileError(
-                f"{files.config_path}: lens_type is {config.get('lens_type')!r}, not "
-                f"{LENS_TYPE!r}; load a tuned lens with TunedLens.load"
-            )
-        check_json_fields(_DirectoryConfig, config, source)
-        check_json_fields(ModelFingerprint, config["fingerprint"], source, "fingerprint.")
-        fingerprint = ModelFingerprint.from_dict(config["fingerprint"])
-        for key, size, recorded in (
-            ("d_model", config["d_model"], fingerprint.d_model),
-            ("num_hidden_layers", config["num_hidden_layers"], fingerprint.n_layers),
-        ):
-            if size != recorded:
-                raise LensFileError(
-                    f"{source}: key {key!r} is {size}, but the fingerprint records "
-                    f"{recorded}; the file contradicts itself. {FIX_CONFIG}"
-                )
-        n_prompts = config.get("n_prompts", 0)
-        if n_prompts < 0:
-            raise LensFileError(
-                f"{source}: key 'n_prompts' should be 0 or more, found {n_prompts}. {FIX_CONFIG}"
-            )
-        saved_component = recorded_component(config.get("component", "resid_pre"), source)
-        _check_layer_count(path, fingerprint.n_layers, fingerprint.model_name, adapter)
-        _check_fingerprint_of(path, fingerprint, adapter, strict=strict)
-        jacobians = {}
-        for key, value in files.tensors.items():
-            layer = key.removeprefix("J.")
-            if not key.startswith("J.") or not layer.isdigit():
-                raise LensFileError(
-                    f"{files.params_path}: unexpected tensor {key!r}; a Jacobian lens holds "
-                    f"'J.0', 'J.1', ... {FIX_CONFIG}"
-                )
-            jacobians[int(layer)] = value
-        listed = config.get("source_layers")
-        if listed is not None and sorted(listed) != sorted(jacobians):
-            raise LensFileError(
-                f"{source}: key 'source_layers' lists {listed}, but {files.params_path.name} "
-                f"holds matrices for {sorted(jacobians)}. {FIX_CONFIG}"
-            )
-        lens = cls(
-            Unembed.from_model(adapter),
-            jacobians,
-            n_prompts=n_prompts,
-            metadata=config.get("metadata") or {},
-            component=component or saved_component,
+        lens._check_model(
+            adapter, source=str(path), strict=strict, name_checked=loaded.name_checked
         )
-        lens._check_model(adapter, source=str(path), strict=strict, name_checked=True)
         return lens
 
     def _check_model(
@@ -511,7 +411,7 @@ class JacobianLens(Lens):
             if strict:
                 raise LensMismatchError(message)
             warnings.warn(message, stacklevel=3)
-        _require_raw_weights(adapter, source=source)
+        require_raw_weights(adapter, source=source)
         target = self.metadata.get("target_layer")
         if target is not None and target != self.n_layers - 1:
             raise LensMismatchError(
@@ -520,86 +420,6 @@ class JacobianLens(Lens):
                 "a custom target layer. Load the model it was fitted on, or fit a lens for "
                 "this one (JacobianLens.fit or `hooklens fit-jlens`)"
             )
-
-
-@dataclass
-class _DirectoryConfig:
-    """The keys of a J-lens directory's `config.json` (what `check_json_fields` checks)."""
-
-    lens_type: str
-    d_model: int
-    num_hidden_layers: int
-    fingerprint: dict[str, Any]
-    n_prompts: int = 0
-    source_layers: list[int] | None = None
-    metadata: dict[str, Any] | None = None
-    component: str = "resid_pre"
-
-
-def _check_save_dtype(dtype: Any) -> None:
-    if not isinstance(dtype, torch.dtype):
-        raise InputTypeError(
-            f"dtype should be a torch dtype (torch.float16, torch.bfloat16, torch.float32 "
-            f"or torch.float64), got {type(dtype).__name__} {dtype!r}"
-        )
-    if dtype not in SAVE_DTYPES:
-        raise InputError(
-            f"dtype={dtype} cannot hold a Jacobian lens: its matrices are stored as "
-            "torch.float16 (the default, as the reference does), torch.bfloat16, "
-            "torch.float32 or torch.float64"
-        )
-
-
-def _check_record_against_matrices(
-    record: JLensRecord, jacobians: dict[int, Tensor], path: Path
-) -> None:
-    widths = {matrix.shape[0] for matrix in jacobians.values()}
-    if widths != {record.fingerprint.d_model}:
-        raise LensFileError(
-            f"{path}: the matrices are {sorted(widths)} wide, but the model it records "
-            f"has d_model={record.fingerprint.d_model}. Save or fit the lens again."
-        )
-
-
-def _check_layer_count(path: Path, n_layers: int, fitted_for: str, adapter: ModelAdapter) -> None:
-    """Refuse a lens fitted on a model of another depth: its matrices carry residuals
-    into the output of *that* model's last block, not this one's final residual."""
-    if n_layers == adapter.n_layers:
-        return
-    raise LensMismatchError(
-        f"{path} was fitted on a model of {n_layers} layers ({fitted_for!r}; its "
-        f"matrices read into the output of block {n_layers - 1}), but "
-        f"{adapter.model_name!r} has {adapter.n_layers} layers: its matrices do not map "
-        "into this model's final residual. Load the model it was fitted on, or fit a lens "
-        "for this one (JacobianLens.fit or `hooklens fit-jlens`)."
-    )
-
-
-def _check_fingerprint_of(
-    path: Path, saved: ModelFingerprint, adapter: ModelAdapter, *, strict: bool
-) -> None:
-    """`check_fingerprint`, its refusal naming the file."""
-    try:
-        check_fingerprint(saved, adapter, strict=strict)
-    except LensMismatchError as error:
-        # check_fingerprint's advice is a tuned lens's; a J-lens is fitted, not trained.
-        message = str(error).replace(
-            "train a lens for this model with `hooklens train`",
-            "fit a Jacobian lens for this model (JacobianLens.fit or `hooklens fit-jlens`)",
-        )
-        raise LensMismatchError(f"{path} (fitted for {saved.model_name!r}): {message}") from None
-
-
-def _require_raw_weights(adapter: ModelAdapter, *, source: str) -> None:
-    """Refuse a model whose weights TransformerLens processed: J-lenses live in the raw
-    residual basis."""
-    processing = adapter.processing
-    if processing.fold_ln or processing.center_writing_weights or processing.center_unembed:
-        raise ProcessedWeightsError(
-            f"{source}: this model's weights were processed by TransformerLens "
-            f"({processing}), which changes the residual basis the lens was fitted in. "
-            + _NEEDS_RAW
-        )
 
 
 def _buffer_name(layer: int) -> str:

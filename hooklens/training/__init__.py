@@ -2,21 +2,24 @@
 
 Its modules, one sentence each:
 
-- data: text sources (local files, globs, hub datasets) → the train/held-out split
-  (`split_texts`) → packed `[seq_len]` token chunks (`pack`) → batches (`batches`).
+- sources: where texts come from (local files, globs, hub datasets, the offline
+  Wikipedia corpus): `load_texts`, `check_data_source`, `data_fingerprint`.
+- data: texts → the train/held-out split (`split_texts`) → packed `[seq_len]` token
+  chunks (`pack`) → batches (`batches`); it re-exports the names of `sources`.
 - fast_fit: the closed-form initial fit of a tuned lens (`fit_tuned_lens`, ridge
   regression on `LeastSquaresMoments`).
-- loop: the KL fine-tune (`train_lens`, `TrainConfig`), resumable from its
-  checkpoint and data-parallel under torchrun.
-- loss: the streamed KL(model ‖ lens) the loop minimises, without `[tokens, vocab]`
-  logits in memory.
-- distributed: torchrun helpers (process group, sharding, reductions).
+- loop: the KL fine-tune (`train_lens`, `TrainConfig`), top to bottom, resumable
+  from its checkpoint and data-parallel under torchrun.
+- checkpoint: the loop's checkpoint: claiming its directory, saving, checking and
+  resuming it, and the digest of the batches it consumed.
 - jacobian_sketch: sketched Jacobian-lens estimators, measured against the exact one
   and not recommended.
 
-Moved away (the old paths still import, with a DeprecationWarning): `evaluate` to
-`hooklens.evaluation`, `jacobian_fit` to `JacobianLens.fit`'s estimator, `run` to the
-command line (`hooklens train`, in `hooklens.cli`).
+Moved away (the old paths still import, with a DeprecationWarning): `loss` (the
+streamed KL the loop minimises) to `hooklens.core.chunked_kl`, `distributed` (torchrun
+helpers) to `hooklens.core.distributed`, `evaluate` to `hooklens.evaluation`,
+`jacobian_fit` to `JacobianLens.fit`'s estimator (`hooklens.lenses._jacobian_estimator`),
+`run` to the command line (`hooklens train`, in `hooklens.cli`).
 
 Examples:
     >>> from hooklens.training import TrainConfig, batches, load_texts, pack, split_texts
@@ -28,16 +31,10 @@ Examples:
     ...                                                                 # doctest: +SKIP
 """
 
-from hooklens.training.data import (
-    batches,
-    check_data_source,
-    chunk_and_tokenize,
-    load_texts,
-    pack,
-    split_texts,
-)
+from hooklens.training.data import batches, chunk_and_tokenize, pack, split_texts
 from hooklens.training.fast_fit import LeastSquaresMoments, fit_tuned_lens
 from hooklens.training.loop import TrainConfig, batch_loss, train_lens
+from hooklens.training.sources import check_data_source, load_texts
 
 __all__ = [
     "LeastSquaresMoments",

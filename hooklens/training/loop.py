@@ -4,18 +4,16 @@ Each step runs the frozen model once per micro-batch (residual hooks only), take
 model's own log-probabilities as the target of every layer, and sums the layers'
 chunked KL losses. A checkpoint (lens, optimiser, scheduler, step, data position, RNG)
 is written atomically every `checkpoint_every` steps; `resume=True` continues from it
-and ends with the same lens as an uninterrupted run.
+and ends with the same lens as an uninterrupted run (`hooklens.training.checkpoint`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,7 +22,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooklens.artifacts import atomic_write, load_weights_only, seal_matches, sealed
 from hooklens.core import ModelAdapter, distributed
 from hooklens.core.chunked_kl import (
     kl_to_target,
@@ -33,35 +30,20 @@ from hooklens.core.chunked_kl import (
     weight_chunks,
 )
 from hooklens.core.precision import MATMUL_DTYPES, matmul_dtype, retain_freed_memory
-from hooklens.errors import (
-    DataError,
-    InputError,
-    InputTypeError,
-    LensMismatchError,
-    MissingFileError,
-    OutputExistsError,
-    RunStateError,
-)
+from hooklens.errors import DataError, InputError, InputTypeError, LensMismatchError, RunStateError
 from hooklens.lenses.base import Lens
 from hooklens.lenses.tuned import TunedLens
-
-CHECKPOINT_FILE = "checkpoint.pt"
-CHECKSUM_KEY = "checkpoint_sha256"
-"""`artifacts.content_sha256` of every other entry of a checkpoint, checked on resume."""
-_START_OVER = (
-    "Delete it to start the run over (hooklens train: --overwrite instead of --resume; "
-    "train_lens: overwrite=True)"
+from hooklens.training.checkpoint import CHECKPOINT_FILE as CHECKPOINT_FILE  # re-exported
+from hooklens.training.checkpoint import CHECKSUM_KEY as CHECKSUM_KEY  # re-exported
+from hooklens.training.checkpoint import (
+    BatchDigest,
+    claim_checkpoint_dir,
+    load_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+    skip_consumed,
 )
-_STATE_TYPES: dict[str, tuple[type, str]] = {
-    "config": (dict, "the TrainConfig as a dict"),
-    "lens": (dict, "the lens's state dict"),
-    "optimizer": (dict, "the optimiser's state dict"),
-    "scheduler": (dict, "the schedule's state dict"),
-    "rng": (Tensor, "the CPU random state (a uint8 tensor)"),
-    "step": (int, "the number of steps taken"),
-    "consumed": (int, "the number of batches consumed"),
-    "history": (list, "one record per step"),
-}
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # as checkpoints name them
 
 
@@ -225,169 +207,6 @@ def batch_loss(
     return objective(objective.targets(model, tokens))
 
 
-def _save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
-    """Write `state` with its checksum (`CHECKSUM_KEY`), which a resume verifies."""
-    state = sealed(state, CHECKSUM_KEY)
-    atomic_write(directory / CHECKPOINT_FILE, lambda tmp: torch.save(state, tmp))
-
-
-class _BatchDigest:
-    """A running hash of the batches this rank consumed, so that a resume can tell
-    whether `token_batches` yields what it yielded before (same data, same order)."""
-
-    def __init__(self) -> None:
-        self._hash = hashlib.blake2b(digest_size=8)
-
-    def add(self, tokens: Tensor) -> None:
-        tokens = tokens.detach().to("cpu", torch.int64).contiguous()
-        self._hash.update(repr(tuple(tokens.shape)).encode())
-        self._hash.update(tokens.numpy().tobytes())
-
-    def over_ranks(self) -> list[str]:
-        """Every rank's digest (hex), in rank order; the same list on every rank."""
-        digests = torch.zeros(distributed.world_size(), dtype=torch.int64)
-        digests[distributed.rank()] = int.from_bytes(self._hash.digest(), "big", signed=True)
-        if distributed.active() and torch.distributed.get_backend() == "nccl":
-            digests = distributed.all_reduce_sum_(digests.cuda()).cpu()
-        else:
-            distributed.all_reduce_sum_(digests)
-        return [value.to_bytes(8, "big", signed=True).hex() for value in digests.tolist()]
-
-
-def _load_checkpoint(directory: Path | None, config: TrainConfig) -> dict[str, Any]:
-    """The checkpoint to resume, refused unless it is whole and consistent and was made
-    with `config` by as many processes as this run has.
-
-    A checkpoint records the checksum of its content (`CHECKSUM_KEY`); a flipped bit,
-    a truncation or an edit is a `RunStateError` naming the file, never a resume with
-    other numbers. A checkpoint of hooklens before the checksum is resumed with a
-    warning: the zip archive's CRC-32 still covers its bytes, and its step, batch count
-    and history are still checked against each other.
-    """
-    if directory is None or not (directory / CHECKPOINT_FILE).is_file():
-        raise MissingFileError(
-            f"no {CHECKPOINT_FILE} to resume from in {directory}: train without "
-            "resume=True to start the run"
-        )
-    path = directory / CHECKPOINT_FILE
-    state = load_weights_only(
-        path, "a training checkpoint", error=RunStateError, advice=_START_OVER
-    )
-    _check_state(state, path)
-    if differences := config.differences(state["config"]):
-        raise RunStateError(
-            f"the checkpoint in {directory} was made with another TrainConfig "
-            f"({'; '.join(differences)}): resume with the checkpoint's values"
-        )
-    if state.get("world_size", 1) != distributed.world_size():
-        raise RunStateError(
-            f"the checkpoint was made by {state.get('world_size', 1)} processes; resume "
-            f"with as many (this run has {distributed.world_size()}) so that every rank "
-            "reads the shard it had"
-        )
-    return state
-
-
-def _check_state(state: Any, path: Path) -> None:
-    """Refuse a checkpoint that fails its checksum, lacks an entry, holds one of the
-    wrong type, or whose step, batch count and history disagree."""
-    if not isinstance(state, dict):
-        raise RunStateError(
-            f"{path} holds a {type(state).__name__}, not a training checkpoint (a dict of "
-            f"{', '.join(_STATE_TYPES)}). {_START_OVER}"
-        )
-    if CHECKSUM_KEY in state:
-        if not seal_matches(state, CHECKSUM_KEY):
-            raise RunStateError(
-                f"{path} does not match the checksum it records ({CHECKSUM_KEY}): it was "
-                "changed or damaged after it was saved, so it would resume with other "
-                f"numbers. {_START_OVER}"
-            )
-    else:
-        warnings.warn(
-            f"{path} was written by a hooklens without checkpoint checksums: its content "
-            "cannot be verified beyond the file's CRC-32. If in doubt, start the run over "
-            "(hooklens train: --overwrite)",
-            stacklevel=4,
-        )
-    for key, (kind, meaning) in _STATE_TYPES.items():
-        value = state.get(key)
-        wrong = not isinstance(value, kind) or isinstance(value, bool)
-        if wrong or (isinstance(value, int) and value < 0):
-            found = "nothing" if key not in state else f"a {type(value).__name__}"
-            raise RunStateError(
-                f"{path}: entry {key!r} should be {meaning}, found {found}. {_START_OVER}"
-            )
-    step, consumed, history = state["step"], state["consumed"], state["history"]
-    per_step = state["config"].get("grad_accumulation", 1)
-    steps_recorded = [
-        record.get("step") if isinstance(record, dict) else None for record in history
-    ]
-    if steps_recorded != list(range(1, step + 1)) or consumed != step * per_step:
-        raise RunStateError(
-            f"{path} is inconsistent: step {step}, {consumed} batches consumed (expected "
-            f"{step} × grad_accumulation {per_step}), and a history of {len(history)} steps. "
-            f"{_START_OVER}"
-        )
-
-
-def _restore(
-    path: Path,
-    state: dict[str, Any],
-    lens: TunedLens,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-) -> None:
-    """Load a checked checkpoint's states into the run; one made for another lens
-    (other layers or width) is a `RunStateError`, not a raw torch error."""
-    try:
-        lens.load_state_dict(state["lens"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RunStateError(
-            f"{path} does not fit this run's lens or optimiser ({reason[:200]}): it was "
-            f"made for another model or lens. Resume with the model it was made with. "
-            f"{_START_OVER}"
-        ) from None
-
-
-def _skip_consumed(batches: Iterator[Tensor], consumed: int, digest: _BatchDigest) -> bool:
-    """Read (and hash) the `consumed` batches the checkpoint has already trained on;
-    `False` when the batches end before that."""
-    for _ in range(consumed):
-        tokens = next(batches, None)
-        if tokens is None:
-            return False
-        digest.add(tokens)
-    return True
-
-
-def _claim_checkpoint_dir(
-    checkpoint_dir: str | os.PathLike | None, *, resume: bool, overwrite: bool
-) -> None:
-    """Refuse to replace a checkpoint unless `overwrite`; with it, remove the old one now,
-    not at the first new checkpoint: a run that dies before then must not leave the old
-    run's checkpoint for a later resume to continue."""
-    if resume and overwrite:
-        raise InputError(
-            "resume=True continues the checkpoint, overwrite=True replaces it: pick one"
-        )
-    if checkpoint_dir is None or resume:
-        return
-    existing = Path(checkpoint_dir) / CHECKPOINT_FILE
-    if existing.is_file() and not overwrite:
-        raise OutputExistsError(
-            f"{existing} holds a checkpoint: pass resume=True to continue its run, "
-            "overwrite=True to replace it, or another checkpoint_dir"
-        )
-    if distributed.is_primary():
-        existing.unlink(missing_ok=True)
-    distributed.barrier()
-
-
 def train_lens(
     model: Any,
     lens: TunedLens,
@@ -425,7 +244,7 @@ def train_lens(
             "the lens was built for another model object: build it with "
             "TunedLens.from_model(model) for the model you train on"
         )
-    _claim_checkpoint_dir(checkpoint_dir, resume=resume, overwrite=overwrite)
+    claim_checkpoint_dir(checkpoint_dir, resume=resume, overwrite=overwrite)
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     model.requires_grad_(False)  # the model is frozen; only the translators learn
     try:
@@ -467,7 +286,7 @@ def _train(
 ) -> list[dict[str, float]]:
     torch.manual_seed(config.seed)
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    state = _load_checkpoint(directory, config) if resume else None
+    state = load_checkpoint(directory, config.differences) if resume else None
     # A resume computes in the dtype the run began with, whatever "auto" measures now:
     # its timing probe may choose otherwise in another process.
     dtype = _DTYPES.get(state.get("matmul_dtype", "")) if state is not None else None
@@ -481,10 +300,10 @@ def _train(
     scheduler = _schedule(optimizer, config)
     step, consumed, history = 0, 0, []
     batches = iter(token_batches)
-    digest = _BatchDigest()
+    digest = BatchDigest()
     if state is not None:
         step, consumed, history = state["step"], state["consumed"], state["history"]
-        complete = _skip_consumed(batches, consumed, digest)
+        complete = skip_consumed(batches, consumed, digest)
         # Every rank must agree before any raises, or the others would wait forever.
         if distributed.mean_over_ranks(float(complete)) < 1:
             raise RunStateError(
@@ -498,7 +317,8 @@ def _train(
                 "trained on (the data, tokenizer, sequence length or batch size changed): "
                 "resume with the same batches in the same order, or start a new run"
             )
-        _restore(Path(str(directory)) / CHECKPOINT_FILE, state, lens, optimizer, scheduler)
+        path = Path(str(directory)) / CHECKPOINT_FILE
+        restore_checkpoint(path, state, lens, optimizer, scheduler)
     show = progress and distributed.is_primary()
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not show)
     while step < config.steps:
@@ -551,7 +371,7 @@ def _train(
                 "batch_digests": digest.over_ranks(),  # a collective: every rank calls it
             }
             if distributed.is_primary():  # every rank holds the same state after the step
-                _save_checkpoint(directory, state)
+                save_checkpoint(directory, state)
             distributed.barrier()
     bar.close()
     return history
