@@ -33,8 +33,8 @@ from hooklens.artifacts import (
 )
 from hooklens.errors import OutputWriteError
 from hooklens.models import has_hooked_transformer
-from tests.conftest import D_MODEL, N_LAYERS, VOCAB, make_hooked, skip_without_hooked_transformer
 from tests.artifacts.test_save_load import _trained, _write_tuned_lens_artifact
+from tests.conftest import D_MODEL, N_LAYERS, VOCAB, make_hooked, skip_without_hooked_transformer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -27,12 +27,12 @@ from hooklens.artifacts import (
     load_artifacts,
 )
 from hooklens.core import ModelAdapter
-from hooklens.lenses.tuned import hub_model_name
 from hooklens.errors import DataError, HooklensError, InputError, InputTypeError
+from hooklens.lenses.tuned import hub_model_name
 from hooklens.training.data import chunk_and_tokenize
-from tests.conftest import VOCAB, skip_without_hooked_transformer
-from tests.artifacts.test_save_load import _trained
 from tests.artifacts.test_hub import COMMIT, hub_layout, install_in_cache, same_parameters
+from tests.artifacts.test_save_load import _trained
+from tests.conftest import VOCAB, skip_without_hooked_transformer
 
 REPO_ID = "AlignmentResearch/tuned-lens"
 EOS = "w1"  # the word tokenizer's EOS token (id 1)
