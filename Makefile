@@ -40,7 +40,7 @@ $(STAMP_TL4): pyproject.toml constraints-tl4.txt
 	$(PYTHON) -m venv $(VENV_TL4)
 	$(BIN_TL4)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	# A user's environment first; installing hooklens into it must keep both
-	# (tests/test_install.py checks that pip would change neither).
+	# (tests/acceptance/test_install.py checks that pip would change neither).
 	$(BIN_TL4)/python -m pip install --quiet --disable-pip-version-check -c constraints-tl4.txt \
 		torch transformer-lens
 	$(BIN_TL4)/python -m pip install --quiet --disable-pip-version-check -c constraints-tl4.txt \

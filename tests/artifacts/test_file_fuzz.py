@@ -22,8 +22,8 @@ import torch
 
 from hooklens import JacobianLens, LensFileError, RunStateError, TunedLens
 from hooklens.training.loop import CHECKPOINT_FILE, TrainConfig, train_lens
+from tests.artifacts.test_save_load import _trained, _write_tuned_lens_artifact
 from tests.conftest import VOCAB
-from tests.test_artifacts import _trained, _write_tuned_lens_artifact
 
 FLIPS = 64  # per file; half of them in the first and last EDGE bytes
 EDGE = 512

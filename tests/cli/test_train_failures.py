@@ -6,7 +6,7 @@ and a run killed (SIGKILL) or failed before its first checkpoint leaves nothing 
 mixes two runs or blocks the retry.
 
 The command line runs here on a tiny random bridge (`models.load` patched), so each
-run takes a second; tests/test_train_cli.py runs it on the embedded SmolLM2.
+run takes a second; tests/cli/test_train.py runs it on the embedded SmolLM2.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from hooklens.training.data import check_data_source, data_fingerprint
 from hooklens.training.loop import CHECKPOINT_FILE, TrainConfig, train_lens
 from tests.conftest import VOCAB
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write_texts(path: Path, seed: int = 0, n: int = 40) -> Path:

@@ -25,7 +25,7 @@ from hooklens.artifacts import (
     load_artifacts,
 )
 from hooklens.models import hub_model_name
-from tests.test_artifacts import _trained, _write_tuned_lens_artifact
+from tests.artifacts.test_save_load import _trained, _write_tuned_lens_artifact
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -110,7 +110,7 @@ def test_torchrun_cli_equals_a_single_process_run(tmp_path):
         "--matmul-dtype", "float32", "--model-class", "bridge",  # a bridge boots in a second
         "--no-progress",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     subprocess.run(
         [sys.executable, *arguments, "--output", str(tmp_path / "one")], check=True, env=env
     )

@@ -3,7 +3,7 @@
 `chunk_and_tokenize` packs a dataset as tuned-lens's does; `map_location` reaches the
 parameter reader; a lens that is not found is a `ValueError` as it was there; and a
 revision that is not cached (offline) or does not exist (online) says which ones do.
-The hub is imitated as in tests/test_hub.py: a folder laid out like the tuned-lens
+The hub is imitated as in tests/artifacts/test_hub.py: a folder laid out like the tuned-lens
 space, placed in a huggingface_hub cache, and the hub client stood in for online.
 """
 
@@ -30,9 +30,9 @@ from hooklens.core import ModelAdapter
 from hooklens.errors import DataError, HooklensError, InputError, InputTypeError
 from hooklens.models import hub_model_name
 from hooklens.training.data import chunk_and_tokenize
+from tests.artifacts.test_hub import COMMIT, hub_layout, install_in_cache, same_parameters
+from tests.artifacts.test_save_load import _trained
 from tests.conftest import VOCAB, skip_without_hooked_transformer
-from tests.test_artifacts import _trained
-from tests.test_hub import COMMIT, hub_layout, install_in_cache, same_parameters
 
 REPO_ID = "AlignmentResearch/tuned-lens"
 EOS = "w1"  # the word tokenizer's EOS token (id 1)
@@ -198,7 +198,7 @@ def model(request, model_zoo):
 @pytest.fixture
 def saved(model, tmp_path):
     """The same trained lens in our format and in tuned-lens's."""
-    from tests.test_artifacts import _write_tuned_lens_artifact
+    from tests.artifacts.test_save_load import _write_tuned_lens_artifact
 
     lens = _trained(model, seed=3)
     lens.save(tmp_path / "ours")

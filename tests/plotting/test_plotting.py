@@ -17,7 +17,7 @@ from hooklens.trajectory import PredictionTrajectory, next_token_targets
 from hooklens.trajectory.statistic import TrajectoryLabels, TrajectoryStatistic
 from tests.conftest import N_LAYERS, make_bridge
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(

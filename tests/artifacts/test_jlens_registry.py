@@ -462,7 +462,7 @@ def test_importing_the_jacobian_lens_loads_no_network_module():
         "import sys, hooklens.lenses.jacobian; "
         "print(sorted(m for m in sys.modules if m in ('huggingface_hub', 'hooklens.hub')))"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True

@@ -33,10 +33,10 @@ from hooklens.artifacts import (
 )
 from hooklens.errors import OutputWriteError
 from hooklens.models import has_hooked_transformer
+from tests.artifacts.test_save_load import _trained, _write_tuned_lens_artifact
 from tests.conftest import D_MODEL, N_LAYERS, VOCAB, make_hooked, skip_without_hooked_transformer
-from tests.test_artifacts import _trained, _write_tuned_lens_artifact
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(0, {repo!r})
 from tests.conftest import make_hooked
-from tests.test_artifacts import _trained
+from tests.artifacts.test_save_load import _trained
 
 root = {root!r}
 lens_a = _trained(make_hooked("RMS", processing=True, seed=0), seed=1)

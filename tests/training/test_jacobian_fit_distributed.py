@@ -26,7 +26,7 @@ from hooklens.errors import InputError, RunStateError
 from hooklens.lenses import _jacobian_estimator as jacobian_fit
 from hooklens.lenses._jacobian_estimator import fit_jacobians, prompt_jacobians, prompt_tokens
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {"max_seq_len": 16, "skip_first_positions": 2, "dim_batch": 8, "progress": False}
 EVERY = 4  # rounds [0, 4), [4, 8), [8, 9): 9 prompts are no multiple of 2 ranks or of 4
 SHORT = (1, 3)  # 3 tokens with BOS, none valid: rank 1 skips all of its first round

@@ -17,7 +17,7 @@ from hooklens.cli import main as cli_main
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SENTENCES = [
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris.",
     "Photosynthesis converts light energy into chemical energy in plants and algae.",

@@ -39,7 +39,7 @@ from hooklens.core import distributed
 from hooklens.errors import HooklensError, OutputLockedError, OutputWriteError
 from tests.conftest import VOCAB, _tiny_hf
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TORCH_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
 TORCH_READ_ONLY = (
     "[enforce fail at inline_container.cc:747] . open file failed with strerror: "

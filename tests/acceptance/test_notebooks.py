@@ -18,7 +18,7 @@ import pytest
 
 from tests.notebook_report import NOTEBOOK_REPORT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "demos").glob("*.ipynb"))
 # The quickstart also runs against TransformerLens 4.x (`make test`'s .venv-tl4).
 NOTEBOOK_PARAMS = [
