@@ -51,7 +51,7 @@ from torch import Tensor
 
 from hooklens import JacobianLens, LogitLens, models
 from hooklens.evaluation import evaluate_lenses
-from hooklens.lenses._jacobian_estimator import prompt_jacobians, prompt_tokens
+from hooklens.lenses.jacobian_estimator import prompt_jacobians, prompt_tokens
 from hooklens.training.data import batches, load_texts, pack, split_texts
 from hooklens.training.jacobian_sketch import (
     output_basis,

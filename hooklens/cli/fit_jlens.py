@@ -14,7 +14,7 @@ from hooklens.cli.train import owned_output
 from hooklens.core import distributed
 from hooklens.errors import InputError, MissingFileError, OutputExistsError
 from hooklens.lenses import JacobianLens
-from hooklens.lenses._jacobian_estimator import check_fit_lengths, checkpoint_path
+from hooklens.lenses.jacobian_estimator import check_fit_lengths, checkpoint_path
 from hooklens.training.data import check_data_source, load_texts, split_texts
 
 

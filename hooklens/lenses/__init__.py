@@ -11,7 +11,7 @@
 - _jacobian_files: internal; what `JacobianLens.save` writes and `JacobianLens.load`
   reads (`.pt` payloads and directories, through `hooklens.artifacts`) and checks
   against the model.
-- _jacobian_estimator: internal; the exact Jacobian-lens estimator (`fit_jacobians`),
+- jacobian_estimator: the exact Jacobian-lens estimator (`fit_jacobians`),
   resumable and data-parallel under torchrun, knowing no lens class.
 - _jacobian_fit_checkpoint: internal; the estimator's checkpoint: writing it, reading
   and checking it, and what a resume must repeat.

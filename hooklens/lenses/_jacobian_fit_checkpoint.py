@@ -5,7 +5,7 @@ The file is the reference's fit-checkpoint format (`jacobian_sum`, `n_done`, `ne
 `source_layers`, `target_layer`, `skip_first`) with our record and checksum beside it
 (`hooklens.artifacts.jlens_pt`: `FIT_RECORD_KEY`, `FIT_CHECKSUM_KEY`,
 `verify_fit_checkpoint`, which `JacobianLens.load` checks too). `fit_jacobians`
-(`hooklens.lenses._jacobian_estimator`) calls these between its rounds.
+(`hooklens.lenses.jacobian_estimator`) calls these between its rounds.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ other hooklens lens, by `component`:
 
 Either way the last block's output is the final residual, read with the identity.
 
-`fit` calls the estimator (`hooklens.lenses._jacobian_estimator`); `save` and `load`
+`fit` calls the estimator (`hooklens.lenses.jacobian_estimator`); `save` and `load`
 write and read through `hooklens.lenses._jacobian_files`.
 """
 
@@ -43,7 +43,6 @@ from hooklens.artifacts.jlens_pt import REFERENCE_SUFFIX as REFERENCE_SUFFIX  # 
 from hooklens.core import ModelAdapter, normalize_component, same_model_name
 from hooklens.core.unembed import Unembed
 from hooklens.errors import InputError, LensMismatchError, LensNotFoundError
-from hooklens.lenses._jacobian_estimator import fit_jacobians
 from hooklens.lenses._jacobian_files import LENS_TYPE as LENS_TYPE  # re-exported
 from hooklens.lenses._jacobian_files import SAVE_DTYPES as SAVE_DTYPES  # re-exported
 from hooklens.lenses._jacobian_files import (
@@ -54,6 +53,7 @@ from hooklens.lenses._jacobian_files import (
     require_raw_weights,
 )
 from hooklens.lenses.base import Lens
+from hooklens.lenses.jacobian_estimator import fit_jacobians
 
 
 class JacobianLens(Lens):
@@ -148,7 +148,7 @@ class JacobianLens(Lens):
     ) -> JacobianLens:
         """Fit `J_ℓ` on `prompts` (strings or token ids) with the exact estimator of
         TransformerLens's `JacobianLens.fit` (same signature, same matrices): see
-        `hooklens.lenses._jacobian_estimator`. `checkpoint` (a `.pt` path, written every
+        `hooklens.lenses.jacobian_estimator`. `checkpoint` (a `.pt` path, written every
         `checkpoint_every` prompts in the reference's running-sum format) makes it
         resumable: the same call continues where it stopped. Under torchrun (the process
         group initialised, `hooklens.training.distributed.init_from_environment()`) every

@@ -18,7 +18,7 @@ Its modules, one sentence each:
 Moved away (the old paths still import, with a DeprecationWarning): `loss` (the
 streamed KL the loop minimises) to `hooklens.core.chunked_kl`, `distributed` (torchrun
 helpers) to `hooklens.core.distributed`, `evaluate` to `hooklens.evaluation`,
-`jacobian_fit` to `JacobianLens.fit`'s estimator (`hooklens.lenses._jacobian_estimator`),
+`jacobian_fit` to `JacobianLens.fit`'s estimator (`hooklens.lenses.jacobian_estimator`),
 `run` to the command line (`hooklens train`, in `hooklens.cli`).
 
 Examples:

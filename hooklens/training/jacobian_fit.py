@@ -1,5 +1,5 @@
-"""Moved to hooklens.lenses._jacobian_estimator."""
+"""Moved to hooklens.lenses.jacobian_estimator."""
 
 from hooklens._compat import moved
 
-moved(__name__, "hooklens.lenses._jacobian_estimator")
+moved(__name__, "hooklens.lenses.jacobian_estimator")

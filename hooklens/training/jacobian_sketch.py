@@ -1,7 +1,7 @@
 """Sketched Jacobian-lens estimators (a few cotangent directions per prompt), measured
 against the exact one and not recommended (issue 15).
 
-The exact estimator (`hooklens.lenses._jacobian_estimator.prompt_jacobians`) spends
+The exact estimator (`hooklens.lenses.jacobian_estimator.prompt_jacobians`) spends
 `ceil(d_model / dim_batch)` backward passes per prompt, one per `dim_batch` rows of `J`.
 Planting the cotangent `q` (a unit vector of the final residual's space) instead of a
 one-hot row at the same valid positions gives `qᵀ J_p` in one backward row (the
@@ -50,7 +50,7 @@ from torch import Tensor
 from hooklens._checks import positive_int
 from hooklens.core import ModelAdapter
 from hooklens.errors import InputError
-from hooklens.lenses._jacobian_estimator import projected_prompt_jacobians
+from hooklens.lenses.jacobian_estimator import projected_prompt_jacobians
 
 
 def sketch_update(

@@ -13,7 +13,7 @@ import torch
 from hooklens import JacobianLens, LensFileError, LensMismatchError, RunStateError
 from hooklens.core import ModelAdapter
 from hooklens.errors import InputError, InputTypeError
-from hooklens.lenses import _jacobian_estimator as jacobian_fit
+from hooklens.lenses import jacobian_estimator as jacobian_fit
 from tests.conftest import D_MODEL, N_LAYERS, VOCAB, flip_in_zip_member
 
 

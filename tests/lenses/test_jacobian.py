@@ -232,7 +232,7 @@ def test_dim_batch_does_not_change_the_fit(bridge):
 
 
 def test_an_interrupted_fit_resumes_to_the_same_matrices(bridge, tmp_path, monkeypatch):
-    from hooklens.lenses import _jacobian_estimator as jacobian_fit
+    from hooklens.lenses import jacobian_estimator as jacobian_fit
 
     whole = _fit(bridge)
     checkpoint = tmp_path / "fit.pt"
@@ -356,7 +356,7 @@ def test_hooklens_fit_jlens_resumes_an_interrupted_fit(bridge, tmp_path, monkeyp
 
     from hooklens import models
     from hooklens.cli import main
-    from hooklens.lenses import _jacobian_estimator as jacobian_fit
+    from hooklens.lenses import jacobian_estimator as jacobian_fit
 
     monkeypatch.setattr(models, "load", lambda name, **kwargs: bridge)
     corpus = tmp_path / "texts.jsonl"

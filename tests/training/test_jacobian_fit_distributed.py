@@ -23,8 +23,8 @@ import torch
 from hooklens import JacobianLens
 from hooklens.core import distributed
 from hooklens.errors import InputError, RunStateError
-from hooklens.lenses import _jacobian_estimator as jacobian_fit
-from hooklens.lenses._jacobian_estimator import fit_jacobians, prompt_jacobians, prompt_tokens
+from hooklens.lenses import jacobian_estimator as jacobian_fit
+from hooklens.lenses.jacobian_estimator import fit_jacobians, prompt_jacobians, prompt_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {"max_seq_len": 16, "skip_first_positions": 2, "dim_batch": 8, "progress": False}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hooklens.errors import InputError
-from hooklens.lenses._jacobian_estimator import prompt_jacobians, prompt_tokens
+from hooklens.lenses.jacobian_estimator import prompt_jacobians, prompt_tokens
 from hooklens.training import jacobian_sketch
 from hooklens.training.jacobian_sketch import (
     output_basis,
