@@ -42,7 +42,7 @@ from hooklens.artifacts import atomic_write, resolve_jacobian_lens, write_lens_d
 from hooklens.artifacts.jlens_pt import REFERENCE_SUFFIX as REFERENCE_SUFFIX  # re-exported
 from hooklens.core import ModelAdapter, normalize_component, same_model_name
 from hooklens.core.unembed import Unembed
-from hooklens.errors import InputError, LensMismatchError, LensNotFoundError
+from hooklens.errors import HooklensError, InputError, LensMismatchError, LensNotFoundError
 from hooklens.lenses._jacobian_files import LENS_TYPE as LENS_TYPE  # re-exported
 from hooklens.lenses._jacobian_files import SAVE_DTYPES as SAVE_DTYPES  # re-exported
 from hooklens.lenses._jacobian_files import (
@@ -375,13 +375,16 @@ class JacobianLens(Lens):
             raise LensNotFoundError(f"no Jacobian lens at {path}")
         else:
             loaded = read_jacobian_pt(path, adapter, strict=strict)
-        lens = cls(
-            Unembed.from_model(adapter),
-            loaded.jacobians,
-            n_prompts=loaded.n_prompts,
-            metadata=loaded.metadata,
-            component=component or loaded.component,
-        )
+        try:
+            lens = cls(
+                Unembed.from_model(adapter),
+                loaded.jacobians,
+                n_prompts=loaded.n_prompts,
+                metadata=loaded.metadata,
+                component=component or loaded.component,
+            )
+        except HooklensError as error:  # say which file holds what this model refuses
+            raise type(error)(f"{path}: {error}") from None
         lens._check_model(
             adapter, source=str(path), strict=strict, name_checked=loaded.name_checked
         )

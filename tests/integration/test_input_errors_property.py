@@ -267,8 +267,8 @@ def _run(case: Case, model, others, lens) -> None:
         call = lambda: PredictionTrajectory.from_lens_and_model(  # noqa: E731
             lens, model, ids_in, targets=case.targets, topk=case.topk, attention_mask=case.mask
         )
-        if isinstance(ids_in, str):  # text is allowed here: it is tokenized
-            valid = topk_ok and case.targets is None
+        if isinstance(ids_in, str):  # text is allowed here: it is tokenized, if it can be
+            valid = topk_ok and case.targets is None and model.tokenizer is not None
             if valid:
                 traj = call()
                 assert traj.num_tokens == model.to_tokens(ids_in).shape[-1]
