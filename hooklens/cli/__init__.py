@@ -53,34 +53,19 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hooklens", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
-    report_command = commands.add_parser(
-        "report",
-        help="write a self-contained HTML report of a text's prediction trajectory",
-        formatter_class=_HelpFormatter,
-    )
-    report.add_arguments(report_command)
-    report_command.set_defaults(run=report.run)
-    train_command = commands.add_parser(
-        "train",
-        help="train a tuned lens: closed-form fit, then KL fine-tune (resumable)",
-        formatter_class=_HelpFormatter,
-    )
-    train.add_arguments(train_command)
-    train_command.set_defaults(run=train.run)
-    eval_command = commands.add_parser(
-        "eval",
-        help="per-layer KL, cross-entropy, entropy, top-1 agreement on held-out text",
-        formatter_class=_HelpFormatter,
-    )
-    evaluation.add_arguments(eval_command)
-    eval_command.set_defaults(run=evaluation.run)
-    fit_jlens_command = commands.add_parser(
-        "fit-jlens",
-        help="fit a Jacobian lens (the exact estimator; resumable)",
-        formatter_class=_HelpFormatter,
-    )
-    fit_jlens.add_arguments(fit_jlens_command)
-    fit_jlens_command.set_defaults(run=fit_jlens.run)
+    for name, command, summary in (
+        ("report", report, "write a self-contained HTML report of a text's prediction trajectory"),
+        ("train", train, "train a tuned lens: closed-form fit, then KL fine-tune (resumable)"),
+        (
+            "eval",
+            evaluation,
+            "per-layer KL, cross-entropy, entropy, top-1 agreement on held-out text",
+        ),
+        ("fit-jlens", fit_jlens, "fit a Jacobian lens (the exact estimator; resumable)"),
+    ):
+        subparser = commands.add_parser(name, help=summary, formatter_class=_HelpFormatter)
+        command.add_arguments(subparser)
+        subparser.set_defaults(run=command.run)
     return parser
 
 
