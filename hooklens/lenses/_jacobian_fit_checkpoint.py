@@ -64,8 +64,10 @@ def write_checkpoint(
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def prompt_digests(tokens: Sequence[Int[Tensor, "1 pos"]]) -> list[bytes]:
-    """A blake2b digest of each prompt's token ids (its shape included), in order."""
+def prompt_digests(tokens: Sequence[Int[Tensor, "1 _pos"]]) -> list[bytes]:
+    """A blake2b digest of each prompt's token ids (its shape included), in order.
+
+    Prompts differ in length (`_pos`: jaxtyping checks no common size across them)."""
     digests = []
     for ids in tokens:
         ids = ids.to("cpu", torch.int64).contiguous()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import torch
 from torch import Tensor
@@ -207,6 +207,16 @@ def batch_loss(
     return objective(objective.targets(model, tokens))
 
 
+
+class StepRecord(TypedDict):
+    """One optimizer step of `train_lens`: its number, mean loss, learning rate and the
+    tokens seen so far (all ranks together)."""
+
+    step: int
+    loss: float
+    lr: float
+    tokens: int
+
 def train_lens(
     model: Any,
     lens: TunedLens,
@@ -217,8 +227,8 @@ def train_lens(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    on_step: Callable[[dict[str, float]], None] | None = None,
-) -> list[dict[str, float]]:
+    on_step: Callable[[StepRecord], None] | None = None,
+) -> list[StepRecord]:
     """Train `lens` in place; returns one `{step, loss, lr, tokens}` record per step.
 
     With `checkpoint_dir`, a checkpoint is written there every `config.checkpoint_every`
@@ -282,8 +292,8 @@ def _train(
     checkpoint_dir: str | os.PathLike | None,
     resume: bool,
     progress: bool,
-    on_step: Callable[[dict[str, float]], None] | None,
-) -> list[dict[str, float]]:
+    on_step: Callable[[StepRecord], None] | None,
+) -> list[StepRecord]:
     torch.manual_seed(config.seed)
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     state = load_checkpoint(directory, config.differences) if resume else None

@@ -16,6 +16,10 @@ from numpy.typing import NDArray
 
 from hooklens.errors import InputError
 
+# Cell text: numpy's `str_` arrays (from `np.char`) or `object` arrays of Python strings
+# (token formatting builds those, so that long tokens are never cut to a fixed width).
+TextArray = NDArray[np.str_] | NDArray[np.object_]
+
 
 def _stride_keep_last(x: NDArray, stride: int, axis: int = 0) -> NDArray:
     if not isinstance(stride, int) or stride < 1:
@@ -34,8 +38,8 @@ class TrajectoryLabels:
     tokens and their probabilities, one per row).
     """
 
-    label_strings: NDArray[np.str_]
-    hover_over_entries: NDArray[np.str_] | None = None
+    label_strings: TextArray
+    hover_over_entries: TextArray | None = None
 
     def stride(self, stride: int) -> TrajectoryLabels:
         """Keep every `stride`-th layer, and always the last (the output)."""
