@@ -1,10 +1,23 @@
-"""pytest at the repository root: the doctest collection of the package skips old module
-paths that moved (`hooklens._compat.moved` shims): such a path *is* the module at its new
-path, which is collected there, and pytest refuses a module whose file is another."""
+"""pytest at the repository root, for the doctest collection of the package.
+
+Old module paths that moved (`hooklens._compat.moved` shims) are skipped: such a path
+*is* the module at its new path, which is collected there, and pytest refuses a module
+whose file is another.
+
+Docstring examples run against a tiny random model that `doctest_namespace` provides
+(`tests/tiny.py` builds it; the names are listed in `_doctest_objects`), each in a fresh
+temporary working directory with torch's and numpy's generators seeded. hooklens and
+TransformerLens are imported inside the fixtures, not here: `--jaxtyping-packages=hooklens`
+refuses to start when hooklens was imported before the conftests loaded.
+"""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parent / "hooklens"
 
@@ -14,3 +27,69 @@ def pytest_ignore_collect(collection_path: Path) -> bool | None:
         return None
     text = collection_path.read_text(encoding="utf-8")
     return True if "from hooklens._compat import moved\n" in text else None
+
+
+DOCTEST_LAYERS = 4
+DOCTEST_PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="session")
+def _doctest_model(tmp_path_factory) -> Any:
+    """The examples' model: a 4-layer Llama-style TransformerBridge (d_model 32, raw
+    weights) with a 96-word tokenizer of English words; built once, read-only."""
+    import torch
+
+    from tests import tiny
+
+    tokenizer = tiny.word_tokenizer(tmp_path_factory.mktemp("tokenizer"), tiny.words_vocabulary())
+    model = tiny.make_bridge(tokenizer, "llama", n_layers=DOCTEST_LAYERS)
+    model.requires_grad_(False)
+    torch.manual_seed(0)
+    return model
+
+
+def _doctest_objects(model: Any) -> dict[str, Any]:
+    """What every docstring example finds defined (fresh for each example, but `model`):
+
+    - `model`: the tiny TransformerBridge (`_doctest_model`),
+    - `tokens`: `model.to_tokens("The capital of France is")`, `[1, 6]` with BOS,
+    - `logits`, `cache`: `model.run_with_cache(tokens)`,
+    - `lens`: `TunedLens.from_model(model)` (fresh: reads as the logit lens),
+    - `unembed`: `Unembed.from_model(model)`,
+    - `torch`, `np`.
+    """
+    import numpy as np
+    import torch
+
+    from hooklens import TunedLens, Unembed
+
+    tokens = model.to_tokens(DOCTEST_PROMPT)
+    logits, cache = model.run_with_cache(tokens)
+    return {
+        "torch": torch,
+        "np": np,
+        "model": model,
+        "tokens": tokens,
+        "logits": logits,
+        "cache": cache,
+        "lens": TunedLens.from_model(model),
+        "unembed": Unembed.from_model(model),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _doctest_tiny_model(request: pytest.FixtureRequest) -> None:
+    """Fill `doctest_namespace` for the package's docstring examples (nothing for tests)."""
+    path = getattr(request.node, "path", None)
+    if path is None or PACKAGE not in Path(path).resolve().parents:
+        return
+    import numpy as np
+    import torch
+
+    request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    namespace = request.getfixturevalue("doctest_namespace")
+    namespace.update(_doctest_objects(request.getfixturevalue("_doctest_model")))
+    torch.manual_seed(0)

@@ -1,19 +1,28 @@
 """Tiny random models built from configs, in every flavour a lens must read.
 
-Norm gains and unembedding biases are randomised so that folding, centring and the
-unembedding hash have something to act on (fresh inits have unit gains and zero biases).
+The builders live in `tests/tiny.py` (the root conftest builds the docstring examples'
+model with them too); their names stay importable from here.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests import tiny
 from tests.notebook_report import NOTEBOOK_REPORT
+from tests.tiny import (  # noqa: F401 (the tests import these from here)
+    D_MODEL,
+    N_LAYERS,
+    NO_HOOKED_TRANSFORMER,
+    VOCAB,
+    make_bridge,
+    make_hooked,
+    skip_without_hooked_transformer,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -49,21 +58,10 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
             terminalreporter.write_line(line)
 
 
-VOCAB = 96
-N_LAYERS = 3
-D_MODEL = 32
-
-
-def _randomise_norms_and_biases(module: torch.nn.Module, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            is_norm = any(part in name for part in ("ln", "norm"))
-            if is_norm and leaf in ("w", "weight"):
-                param.copy_(1 + 0.3 * torch.randn(param.shape, generator=generator))
-            elif leaf in ("b", "bias", "b_U") and param.ndim == 1:
-                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+@pytest.fixture(scope="session")
+def word_tokenizer(tmp_path_factory):
+    """A word-level tokenizer of `VOCAB` words "w0" ... , saved and reloaded like a hub one."""
+    return tiny.word_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 def randomised(lens, seed: int = 0):
@@ -74,139 +72,6 @@ def randomised(lens, seed: int = 0):
         for param in lens.parameters():
             param.copy_(0.1 * torch.randn(param.shape, generator=generator))
     return lens
-
-
-NO_HOOKED_TRANSFORMER = (
-    "needs HookedTransformer, which TransformerLens 4.0 removed (this venv has "
-    "transformer-lens {version}); the TransformerBridge cases run here"
-)
-
-
-def skip_without_hooked_transformer() -> None:
-    """Skip the calling test where the installed TransformerLens (4.x) has no
-    HookedTransformer; everything else of the test file still runs."""
-    from importlib.metadata import version
-
-    from hooklens.models import has_hooked_transformer
-
-    if not has_hooked_transformer():
-        pytest.skip(NO_HOOKED_TRANSFORMER.format(version=version("transformer-lens")))
-
-
-def make_hooked(
-    normalization: str = "RMS", processing: bool = False, seed: int = 0, **overrides
-) -> torch.nn.Module:
-    """A 3-layer HookedTransformer; `processing` applies TransformerLens's defaults."""
-    skip_without_hooked_transformer()
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    torch.manual_seed(seed)
-    settings = dict(
-        n_layers=N_LAYERS,
-        d_model=D_MODEL,
-        d_head=8,
-        n_heads=4,
-        d_mlp=64,
-        d_vocab=VOCAB,
-        n_ctx=32,
-        act_fn="gelu",
-        normalization_type=normalization,
-        positional_embedding_type="rotary" if normalization == "RMS" else "standard",
-        model_name=f"tiny-{normalization.lower()}",
-        seed=seed,
-    )
-    settings.update(overrides)
-    model = HookedTransformer(HookedTransformerConfig(**settings))
-    _randomise_norms_and_biases(model, seed)
-    if processing:
-        model.process_weights_()
-    return model.eval()
-
-
-@pytest.fixture(scope="session")
-def word_tokenizer(tmp_path_factory):
-    """A word-level tokenizer of `VOCAB` words, saved and reloaded like a hub one."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    vocab = {f"w{i}": i for i in range(VOCAB)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="w0", eos_token="w1", bos_token="w2", pad_token="w3"
-    )
-    folder = tmp_path_factory.mktemp("tokenizer")
-    tokenizer.save_pretrained(folder)
-    return AutoTokenizer.from_pretrained(folder)
-
-
-def _tiny_hf(architecture: str, seed: int = 0, n_layers: int = N_LAYERS) -> torch.nn.Module:
-    from transformers import (
-        Gemma2Config,
-        Gemma2ForCausalLM,
-        GPT2Config,
-        GPT2LMHeadModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
-
-    torch.manual_seed(seed)
-    if architecture == "llama":
-        config = LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=D_MODEL,
-            intermediate_size=64,
-            num_hidden_layers=n_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            tie_word_embeddings=False,
-        )
-        model = LlamaForCausalLM(config)
-    elif architecture == "gpt2":
-        config = GPT2Config(vocab_size=VOCAB, n_embd=D_MODEL, n_layer=n_layers, n_head=4)
-        model = GPT2LMHeadModel(config)
-    elif architecture == "gemma2":  # RMSNorm with (1 + w) gains and a logit softcap
-        config = Gemma2Config(
-            vocab_size=VOCAB,
-            hidden_size=D_MODEL,
-            intermediate_size=64,
-            num_hidden_layers=n_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            max_position_embeddings=64,
-            final_logit_softcapping=3.0,
-        )
-        model = Gemma2ForCausalLM(config)
-    else:
-        raise ValueError(architecture)
-    _randomise_norms_and_biases(model, seed)
-    if architecture == "gemma2":  # (1 + w) gains: keep them near one, not two
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "norm" in name:
-                    param.sub_(1.0)
-    return model.eval()
-
-
-def make_bridge(
-    tokenizer,
-    architecture: str = "llama",
-    processing: bool = False,
-    seed: int = 0,
-    n_layers: int = N_LAYERS,
-):
-    """A TransformerBridge around a tiny random HF model (raw, or compatibility mode)."""
-    from transformer_lens.model_bridge import TransformerBridge
-
-    hf_model = _tiny_hf(architecture, seed, n_layers)
-    bridge = TransformerBridge.boot_transformers(
-        f"tiny-{architecture}", hf_model=copy.deepcopy(hf_model), tokenizer=tokenizer, device="cpu"
-    )
-    if processing:
-        bridge.enable_compatibility_mode(disable_warnings=True)
-    return bridge
 
 
 MODEL_KINDS = [

@@ -78,11 +78,17 @@ class ModelAdapter:
 
     Examples:
         >>> from hooklens.core import ModelAdapter
-        >>> adapter = ModelAdapter(model)                          # doctest: +SKIP
-        >>> adapter.hook_name("resid_pre", 3)                      # doctest: +SKIP
+        >>> adapter = ModelAdapter(model)
+        >>> adapter.kind, adapter.n_layers, adapter.d_model, adapter.d_vocab
+        ('TransformerBridge', 4, 32, 96)
+        >>> adapter.hook_name("resid_pre", 3)
         'blocks.3.hook_resid_pre'
+        >>> adapter.residual_hook_names()[-2:]  # resid_pre of every block, the final residual
+        ['blocks.3.hook_resid_pre', 'blocks.3.hook_resid_post']
         >>> _, cache = model.run_with_cache(
-        ...     tokens, names_filter=adapter.residual_hook_names())  # doctest: +SKIP
+        ...     tokens, names_filter=adapter.residual_hook_names())
+        >>> "blocks.3.hook_resid_post" in cache
+        True
     """
 
     def __init__(self, model: nn.Module):

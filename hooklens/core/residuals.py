@@ -199,8 +199,8 @@ def residual_stack(
     kept (none for a cache made with `remove_batch_dim=True`).
 
     Examples:
-        >>> logits, cache = model.run_with_cache(tokens)          # doctest: +SKIP
-        >>> residual_stack(cache, "resid_pre").shape               # doctest: +SKIP
-        torch.Size([31, 1, 12, 576])
+        >>> logits, cache = model.run_with_cache(tokens)
+        >>> residual_stack(cache, "resid_pre").shape  # [n_layers + 1, batch, pos, d_model]
+        torch.Size([5, 1, 6, 32])
     """
     return torch.stack([h for _, h in iter_residuals(cache, component, model)])

@@ -47,9 +47,15 @@ class Unembed:
     `nn.Module`, so a lens that owns one never trains or saves the model's weights.
 
     Examples:
-        >>> unembed = Unembed.from_model(model)                    # doctest: +SKIP
-        >>> logits = unembed(cache["blocks.29.hook_resid_post"])   # doctest: +SKIP
-        >>> lse = unembed.logsumexp(h, chunk_size=4096)            # doctest: +SKIP
+        >>> logits, cache = model.run_with_cache(tokens)
+        >>> unembed = Unembed.from_model(model)
+        >>> unembed
+        Unembed(d_model=32, d_vocab=96, norm=..., chunk_size=8192)
+        >>> h = cache["blocks.3.hook_resid_post"]  # the last block's output
+        >>> torch.allclose(unembed(h), logits, atol=1e-5)  # the model's own logits
+        True
+        >>> unembed.logsumexp(h, chunk_size=32).shape  # 32 logits at a time
+        torch.Size([1, 6])
     """
 
     def __init__(
@@ -173,9 +179,9 @@ class Unembed:
         every argument and the result are described.
 
         Examples:
-            >>> out = unembed.invert(model_logits[0, -1])               # doctest: +SKIP
-            >>> out.kl < 1e-3, out.nfev                                 # doctest: +SKIP
-            (tensor(True), 37)
+            >>> out = unembed.invert(logits[0, -1])
+            >>> bool(out.kl < 1e-3), out.preimage.shape
+            (True, torch.Size([32]))
         """
         return invert_unembed(
             self,

@@ -37,7 +37,8 @@ from hooklens.cli import main as cli_main
 from hooklens.cli import train as training
 from hooklens.core import distributed
 from hooklens.errors import HooklensError, OutputLockedError, OutputWriteError
-from tests.conftest import VOCAB, _tiny_hf
+from tests.conftest import VOCAB
+from tests.tiny import tiny_hf as _tiny_hf
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCH_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
