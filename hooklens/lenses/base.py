@@ -79,10 +79,11 @@ class Lens(nn.Module, ABC):
         """Log-probabilities the lens reads at `layer` from an `ActivationCache`.
 
         Examples:
-            >>> logits, cache = model.run_with_cache(tokens)          # doctest: +SKIP
-            >>> lens = LogitLens.from_model(model)                     # doctest: +SKIP
-            >>> lens.log_probs(cache, layer=5).shape                   # doctest: +SKIP
-            torch.Size([1, 12, 49152])
+            >>> from hooklens import LogitLens
+            >>> logits, cache = model.run_with_cache(tokens)
+            >>> lens = LogitLens.from_model(model)
+            >>> lens.log_probs(cache, layer=2).shape  # [batch, pos, d_vocab]
+            torch.Size([1, 6, 96])
         """
         component = self.resolve_component(component)
         self._check_cache(cache)
@@ -139,9 +140,11 @@ class Lens(nn.Module, ABC):
             `model.to_string(out[:, -max_new_tokens:])` decodes the continuations.
 
         Examples:
-            >>> out = lens.generate(model, 15, ["The capital of France is"], max_new_tokens=8)
-            ...                                                         # doctest: +SKIP
-            >>> model.to_string(out[:, -8:])                            # doctest: +SKIP
+            >>> out = lens.generate(model, 2, ["The capital of France is"], max_new_tokens=4)
+            >>> out.shape  # BOS, 5 prompt tokens, 4 new ones
+            torch.Size([1, 10])
+            >>> model.to_string(out[:, -4:])  # a random tiny model's words
+            ['famine went voyage w88']
         """
         return _generate.generate(
             self,

@@ -16,10 +16,15 @@ class LogitLens(Lens):
 
     Examples:
         >>> from hooklens import LogitLens
-        >>> logits, cache = model.run_with_cache(tokens)           # doctest: +SKIP
-        >>> lens = LogitLens.from_model(model)                      # doctest: +SKIP
-        >>> for layer, log_probs in lens.iter_log_probs(cache):     # doctest: +SKIP
-        ...     print(layer, log_probs[0, -1].argmax().item())
+        >>> logits, cache = model.run_with_cache(tokens)
+        >>> lens = LogitLens.from_model(model)
+        >>> for layer, log_probs in lens.iter_log_probs(cache):  # 4: the model's own output
+        ...     print(layer, model.to_string(log_probs[0, -1].argmax()))
+        0 7
+        1 years
+        2 years
+        3 years
+        4 9
     """
 
     def __init__(self, unembed: Unembed, n_layers: int | None = None):

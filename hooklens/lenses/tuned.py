@@ -90,10 +90,13 @@ class TunedLens(Lens):
 
     Examples:
         >>> from hooklens import TunedLens
-        >>> lens = TunedLens.from_model(model)                      # doctest: +SKIP
-        >>> lens.save("my-lens")                                    # doctest: +SKIP
-        >>> lens = TunedLens.load("my-lens", model=model)           # doctest: +SKIP
-        >>> log_probs = lens.log_probs(cache, layer=12)             # doctest: +SKIP
+        >>> lens = TunedLens.from_model(model)
+        >>> lens
+        TunedLens(model='tiny-llama', layers=4, d_model=32, bias=True, component='resid_pre')
+        >>> lens.save("my-lens")  # a folder: config.json and params.safetensors
+        >>> lens = TunedLens.load("my-lens", model=model)
+        >>> lens.log_probs(cache, layer=2).shape
+        torch.Size([1, 6, 96])
     """
 
     config: TunedLensConfig
@@ -262,6 +265,12 @@ class TunedLens(Lens):
             >>> from transformer_lens import HookedTransformer                  # doctest: +SKIP
             >>> model = HookedTransformer.from_pretrained_no_processing("gpt2")  # doctest: +SKIP
             >>> lens = TunedLens.from_model_and_pretrained(model)               # doctest: +SKIP
+
+            A local folder needs no hub (here: a lens saved for the examples' tiny model):
+
+            >>> TunedLens.from_model(model).save("lenses/tiny")
+            >>> TunedLens.from_model_and_pretrained(model, "lenses/tiny")
+            TunedLens(model='tiny-llama', layers=4, d_model=32, bias=True, component='resid_pre')
         """
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
         if lens_resource_id is None:

@@ -54,11 +54,15 @@ class PredictionTrajectory(TrajectoryStatistics):
     describes the first sequence.
 
     Examples:
-        >>> logits, cache = model.run_with_cache(tokens)                 # doctest: +SKIP
+        >>> from hooklens import PredictionTrajectory, next_token_targets
+        >>> logits, cache = model.run_with_cache(tokens)
         >>> traj = PredictionTrajectory.from_lens_and_cache(
         ...     lens, tokens, cache, logits, targets=next_token_targets(tokens))
-        ...                                                              # doctest: +SKIP
-        >>> traj.entropy(min_prob=0.1).figure()                          # doctest: +SKIP
+        >>> traj
+        PredictionTrajectory(layers=4, pos=6, batch=(1,), lens=TunedLens(...), ...)
+        >>> traj.entropy(min_prob=0.1)  # [batch, layers + output, pos]
+        TrajectoryStatistic('Entropy', shape=(1, 5, 6) nats, mean=...)
+        >>> fig = traj.entropy(min_prob=0.1).figure()  # a plotly Figure; fig.show() draws it
     """
 
     def __init__(
