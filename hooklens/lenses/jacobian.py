@@ -64,9 +64,12 @@ class JacobianLens(Lens):
 
     Examples:
         >>> from hooklens import JacobianLens, PredictionTrajectory
-        >>> lens = JacobianLens.load("jlens.pt", model=model)          # doctest: +SKIP
+        >>> prompts = ["The cat sat on the mat", "The dog ran to the store"]
+        >>> path = JacobianLens.fit(model, prompts, skip_first_positions=1).save("jlens.pt")
+        >>> lens = JacobianLens.load("jlens.pt", model=model)
+        >>> lens.fitted_layers  # the last block's output is the final residual
+        [0, 1, 2]
         >>> traj = PredictionTrajectory.from_lens_and_cache(lens, tokens, cache, logits)
-        ...                                                             # doctest: +SKIP
     """
 
     def __init__(
@@ -155,7 +158,11 @@ class JacobianLens(Lens):
         rank passes the same prompts and the ranks share them; see `fit_jacobians`.
 
         Examples:
-            >>> lens = JacobianLens.fit(model, prompts, max_seq_len=64)   # doctest: +SKIP
+            >>> prompts = ["The cat sat on the mat", "The dog ran to the store"]
+            >>> lens = JacobianLens.fit(model, prompts, max_seq_len=64,
+            ...                         skip_first_positions=1)  # short prompts here
+            >>> lens
+            JacobianLens(model='tiny-llama', layers=4, fitted=0..2 (3), d_model=32, n_prompts=2, ...)
         """
         adapter = ModelAdapter(model)
         require_raw_weights(adapter, source="JacobianLens.fit")
@@ -359,6 +366,13 @@ class JacobianLens(Lens):
             >>> JacobianLens.load(None, model, repo_id="neuronpedia/jacobian-lens",
             ...     filename="gpt2-small/jlens/Salesforce-wikitext/gpt2_jacobian_lens.pt")
             ...                                                             # doctest: +SKIP
+
+            A local file (here: fitted on the examples' tiny model):
+
+            >>> path = JacobianLens.fit(model, ["The cat sat on the mat"],
+            ...                         skip_first_positions=1).save("jlens.pt")
+            >>> JacobianLens.load(path, model)
+            JacobianLens(model='tiny-llama', layers=4, fitted=0..2 (3), d_model=32, n_prompts=1, ...)
         """
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
         path = resolve_jacobian_lens(

@@ -209,8 +209,17 @@ def fit_jacobians(
     the checkpoint holds the rounds completed before.
 
     Examples:
-        >>> jacobians, n = fit_jacobians(model, texts, checkpoint="fit.pt")  # doctest: +SKIP
-        >>> # interrupted? the same call (any world size, any dim_batch) continues it
+        >>> texts = ["The cat sat on the mat", "The dog ran to the store"]
+        >>> jacobians, n = fit_jacobians(model, texts, checkpoint="fit.pt",
+        ...                              skip_first_positions=1)  # short prompts here
+        >>> n, sorted(jacobians), jacobians[0].shape
+        (2, [0, 1, 2], torch.Size([32, 32]))
+        >>> # interrupted? the same call (any world size, any dim_batch) continues it;
+        >>> # more prompts after those it went through continue it too
+        >>> _, n = fit_jacobians(model, texts + ["Hello world"], checkpoint="fit.pt",
+        ...                      skip_first_positions=1)
+        >>> n
+        3
     """
     adapter = ModelAdapter(model)
     n_layers, d_model = adapter.n_layers, adapter.d_model

@@ -12,7 +12,9 @@ Examples:
     >>> from hooklens.lenses.registry import lens_file_type
     >>> lens_file_type("lens.pt").name
     'Jacobian lens'
-    >>> lens = load_lens("my-tuned-lens", model)                       # doctest: +SKIP
+    >>> TunedLens.from_model(model).save("my-tuned-lens")
+    >>> load_lens("my-tuned-lens", model)  # a folder, a .pt file, or a published name
+    TunedLens(model='tiny-llama', layers=4, d_model=32, bias=True, component='resid_pre')
 """
 
 from __future__ import annotations
