@@ -36,8 +36,16 @@ class TrajectoryComparison:
     at every layer and position.
 
     Examples:
-        >>> comparison = compare(clean, ablated)                      # doctest: +SKIP
-        >>> comparison.js_divergence().figure()                       # doctest: +SKIP
+        >>> from hooklens import LogitLens
+        >>> from hooklens.causal.interventions import zero_ablation
+        >>> lens, text = LogitLens.from_model(model), "The capital of France is"
+        >>> clean = PredictionTrajectory.from_lens_and_model(lens, model, text)
+        >>> ablated = PredictionTrajectory.from_lens_and_model(
+        ...     lens, model, text, fwd_hooks=[zero_ablation(model, "attn", 1)])
+        >>> comparison = compare(clean, ablated)
+        >>> comparison.js_divergence().stats.shape  # [layers + output, pos]
+        (5, 6)
+        >>> fig = comparison.js_divergence().figure()
     """
 
     clean: PredictionTrajectory

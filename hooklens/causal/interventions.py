@@ -11,10 +11,13 @@ Examples:
     >>> from hooklens import LogitLens, PredictionTrajectory, models
     >>> from hooklens.causal.interventions import zero_ablation
     >>> model = models.load("smollm2-135m")                          # doctest: +SKIP
-    >>> lens = LogitLens.from_model(model)                           # doctest: +SKIP
+    >>> # here: the examples' tiny 4-layer model instead
+    >>> lens = LogitLens.from_model(model)
     >>> ablated = PredictionTrajectory.from_lens_and_model(
     ...     lens, model, "The capital of France is",
-    ...     fwd_hooks=[zero_ablation(model, "mlp", 7)])              # doctest: +SKIP
+    ...     fwd_hooks=[zero_ablation(model, "mlp", 2)])
+    >>> ablated
+    PredictionTrajectory(layers=4, pos=6, lens=LogitLens(...), component='resid_pre')
 """
 
 from __future__ import annotations

@@ -14,9 +14,15 @@ runs the whole model with a patching hook. Only the answer
 position's residual is kept per read layer.
 
 Examples:
+    >>> clean = model.to_tokens("The capital of France is")
+    >>> corrupted = model.to_tokens("The capital of Italy is")
+    >>> t, a = model.to_single_token("Paris"), model.to_single_token("Rome")
     >>> sweep = patching_sweep(lens, model, clean, corrupted, targets=[t], anti_targets=[a])
-    ...                                                               # doctest: +SKIP
-    >>> sweep.figure()                                                # doctest: +SKIP
+    >>> sweep.values.shape  # [prompt, patched layer, position, read layer]
+    (1, 4, 6, 5)
+    >>> sweep
+    PatchingSweep(prompts=1, patched_layers=4, positions=6, read_layers=5, ...)
+    >>> fig = sweep.figure()
 """
 
 from __future__ import annotations
