@@ -14,6 +14,7 @@ refuses to start when hooklens was imported before the conftests loaded.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,15 @@ def _doctest_objects(model: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(autouse=True)
-def _doctest_tiny_model(request: pytest.FixtureRequest) -> None:
-    """Fill `doctest_namespace` for the package's docstring examples (nothing for tests)."""
+def _doctest_tiny_model(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fill `doctest_namespace` for the package's docstring examples (nothing for tests).
+
+    An example runs on one torch thread: at this size threads only cost (on a busy
+    machine, 50 times over) and one thread sums floats in one order.
+    """
     path = getattr(request.node, "path", None)
     if path is None or PACKAGE not in Path(path).resolve().parents:
+        yield
         return
     import importlib
 
@@ -100,9 +106,13 @@ def _doctest_tiny_model(request: pytest.FixtureRequest) -> None:
         if not hasattr(importlib.import_module(module), name):
             pytest.skip(f"the example needs {module}.{name}, which this TransformerLens lacks")
     request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
     namespace = request.getfixturevalue("doctest_namespace")
     namespace.update(_doctest_objects(request.getfixturevalue("_doctest_model")))
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)

@@ -36,7 +36,8 @@ Examples:
     >>> remove_subspace(u, torch.tensor([1.0, 0.0, 0.0]), mode="mean")
     tensor([[2., 2., 3.],
             [2., 2., 1.]])
-    >>> with ablate_subspace(model, basis.vectors[:, :4], layer=6):  # doctest: +SKIP
+    >>> basis = torch.eye(32)[:, :4]  # [d_model, k]: here the first four axes
+    >>> with ablate_subspace(model, basis, layer=2):
     ...     logits = model(tokens)
 """
 
@@ -121,9 +122,13 @@ def subspace_ablation(
     sees; "resample" draws its derangement from torch's default generator.
 
     Examples:
-        >>> hook = subspace_ablation(model, basis, layer=4)           # doctest: +SKIP
+        >>> from hooklens import PredictionTrajectory
+        >>> basis = torch.eye(32)[:, :4]  # [d_model, k], or a CausalBasis
+        >>> hook = subspace_ablation(model, basis, layer=2)
+        >>> hook[0]
+        'blocks.2.hook_resid_pre'
         >>> ablated = PredictionTrajectory.from_lens_and_model(
-        ...     lens, model, "The capital of France is", fwd_hooks=[hook])  # doctest: +SKIP
+        ...     lens, model, "The capital of France is", fwd_hooks=[hook])
     """
     adapter = ModelAdapter(model)
     name = residual_hook_name(adapter, layer, component)
@@ -157,8 +162,11 @@ def ablate_subspace(
     The hook is removed on exit, also when the block raises; hooks added before stay.
 
     Examples:
-        >>> with ablate_subspace(model, basis, layer=4, mode="mean"):     # doctest: +SKIP
+        >>> basis = torch.eye(32)[:, :4]  # [d_model, k], or a CausalBasis
+        >>> with ablate_subspace(model, basis, layer=2, mode="mean"):
         ...     logits = model(tokens)
+        >>> logits.shape
+        torch.Size([1, 6, 96])
     """
     hook = subspace_ablation(
         model, basis, layer, mode=mode, orthonormal=orthonormal, component=component
@@ -213,13 +221,13 @@ def extract_causal_bases(
         progress: show a tqdm bar (rank 0 only).
 
     Examples:
-        >>> from hooklens import LogitLens, residual_stack                 # doctest: +SKIP
-        >>> _, cache = model.run_with_cache(tokens)                       # doctest: +SKIP
-        >>> lens = LogitLens.from_model(model)                             # doctest: +SKIP
-        >>> hiddens = residual_stack(cache, lens.component)                # doctest: +SKIP
-        >>> for basis in extract_causal_bases(lens, hiddens, k=4, layers=[6]):
-        ...     print(basis)                                               # doctest: +SKIP
-        CausalBasis(layer=6, k=4, d_model=576, energies=[1.21, 0.43, 0.37, 0.29])
+        >>> from hooklens import LogitLens, residual_stack
+        >>> _, cache = model.run_with_cache(tokens)
+        >>> lens = LogitLens.from_model(model)
+        >>> hiddens = residual_stack(cache, lens.component)
+        >>> for basis in extract_causal_bases(lens, hiddens, k=4, layers=[2]):
+        ...     print(basis)
+        CausalBasis(layer=2, k=4, d_model=32, energies=[...])
     """
     if not isinstance(lens, Lens):
         raise InputTypeError(
