@@ -33,9 +33,15 @@ Examples:
     >>> from hooklens import LogitLens, models
     >>> from hooklens.causal.faithfulness import lens_faithfulness
     >>> model = models.load("smollm2-135m")                          # doctest: +SKIP
-    >>> lens = LogitLens.from_model(model)                           # doctest: +SKIP
-    >>> result = lens_faithfulness(model, lens, tokens, layers=[6, 14], k=4)  # doctest: +SKIP
-    >>> print(result.table())                                        # doctest: +SKIP
+    >>> # here: the examples' tiny 4-layer model, and 4 random 12-token sequences
+    >>> tokens = torch.randint(4, 96, (4, 12))
+    >>> lens = LogitLens.from_model(model)
+    >>> result = lens_faithfulness(model, lens, tokens, layers=[1, 2], k=4)
+    >>> print(result.table())
+    | layer | lens | k | Spearman ρ | mean lens KL | mean model KL |
+    |---:|:---|---:|---:|---:|---:|
+    | 1 | LogitLens | 4 | ... |
+    | 2 | LogitLens | 4 | ... |
 """
 
 from __future__ import annotations
@@ -122,10 +128,17 @@ def lens_faithfulness(
         fit_attention_mask: the same for `fit_tokens`.
 
     Examples:
-        >>> logit = lens_faithfulness(model, LogitLens.from_model(model), tokens, [6, 14])
-        ...                                                              # doctest: +SKIP
-        >>> print(faithfulness_table(logit, lens_faithfulness(model, tuned, tokens, [6, 14])))
-        ...                                                              # doctest: +SKIP
+        >>> from hooklens import LogitLens, TunedLens
+        >>> tokens = torch.randint(4, 96, (4, 12))  # 2 sequences fit, 2 measure
+        >>> logit = lens_faithfulness(model, LogitLens.from_model(model), tokens, [1, 2], k=2)
+        >>> tuned = TunedLens.from_model(model)  # load or fit one in practice
+        >>> print(faithfulness_table(logit, lens_faithfulness(model, tuned, tokens, [1, 2], k=2)))
+        | layer | lens | k | Spearman ρ | mean lens KL | mean model KL |
+        |---:|:---|---:|---:|---:|---:|
+        | 1 | LogitLens | 2 | ... |
+        | 1 | TunedLens | 2 | ... |
+        | 2 | LogitLens | 2 | ... |
+        | 2 | TunedLens | 2 | ... |
     """
     adapter = _checked_pair(model, lens)
     component = lens.resolve_component(component)
@@ -199,8 +212,9 @@ def direction_effects(
     `tokens` are refused, as in `lens_faithfulness` (`attention_mask` likewise).
 
     Examples:
-        >>> lens_kl, model_kl = direction_effects(model, lens, tokens, 6, torch.eye(576)[:, :3])
-        ...                                                              # doctest: +SKIP
+        >>> lens_kl, model_kl = direction_effects(model, lens, tokens, 2, torch.eye(32)[:, :3])
+        >>> lens_kl.shape, model_kl.shape  # one mean KL per direction
+        ((3,), (3,))
     """
     adapter = _checked_pair(model, lens)
     component = lens.resolve_component(component)

@@ -99,9 +99,14 @@ class FaithfulnessResult:
     """Faithfulness of one lens at several rows; see the module docstring.
 
     Examples:
-        >>> result = lens_faithfulness(model, lens, tokens, layers=[6, 14])  # doctest: +SKIP
-        >>> result[6].spearman, result.table(), result.figure()           # doctest: +SKIP
-        >>> faithfulness_table(logit_result, tuned_result)                 # doctest: +SKIP
+        >>> from hooklens.causal import lens_faithfulness
+        >>> tokens = torch.randint(4, 96, (4, 12))
+        >>> result = lens_faithfulness(model, lens, tokens, layers=[1, 2], k=2)
+        >>> result
+        FaithfulnessResult(lens='TunedLens', model='tiny-llama', mode='mean', ...
+          layer   1: k=2, ρ=..., mean lens KL ..., mean model KL ...
+          layer   2: k=2, ρ=..., mean lens KL ..., mean model KL ...)
+        >>> rho, table, fig = result[2].spearman, result.table(), result.figure()
     """
 
     lens: str
@@ -165,9 +170,16 @@ def faithfulness_table(*results: FaithfulnessResult) -> str:
     """One Markdown table for several lenses' results, rows grouped by layer.
 
     Examples:
-        >>> print(faithfulness_table(logit_result, tuned_result))          # doctest: +SKIP
+        >>> from hooklens import LogitLens
+        >>> from hooklens.causal import lens_faithfulness
+        >>> tokens = torch.randint(4, 96, (4, 12))
+        >>> logit_result = lens_faithfulness(model, LogitLens.from_model(model), tokens, [2], k=2)
+        >>> tuned_result = lens_faithfulness(model, lens, tokens, [2], k=2)  # lens: a TunedLens
+        >>> print(faithfulness_table(logit_result, tuned_result))
         | layer | lens | k | Spearman ρ | mean lens KL | mean model KL |
-        ...
+        |---:|:---|---:|---:|---:|---:|
+        | 2 | LogitLens | 2 | ... |
+        | 2 | TunedLens | 2 | ... |
     """
     if not results:
         raise InputError("faithfulness_table needs at least one FaithfulnessResult")
