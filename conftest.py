@@ -13,7 +13,9 @@ refuses to start when hooklens was imported before the conftests loaded.
 
 from __future__ import annotations
 
+import json
 import random
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,12 @@ def pytest_ignore_collect(collection_path: Path) -> bool | None:
 
 DOCTEST_LAYERS = 4
 DOCTEST_PROMPT = "The capital of France is"
+# texts.jsonl in each example's working directory: 300 short lines of the model's words.
+DOCTEST_SUBJECTS = ("cat sat", "dog ran", "king went", "queen went", "man sat", "woman ran")
+DOCTEST_TEXTS = [
+    f"The {DOCTEST_SUBJECTS[i % len(DOCTEST_SUBJECTS)]} in the year {1700 + i} ."
+    for i in range(300)
+]
 # Examples of a tool that only some TransformerLens versions have: skipped without it.
 DOCTEST_NEEDS = {
     "hooklens.lenses.interop.transformer_lens_translator": (
@@ -105,7 +113,20 @@ def _doctest_tiny_model(request: pytest.FixtureRequest) -> Iterator[None]:
         module, name = DOCTEST_NEEDS[request.node.name]
         if not hasattr(importlib.import_module(module), name):
             pytest.skip(f"the example needs {module}.{name}, which this TransformerLens lacks")
-    request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))
+    monkeypatch, tmp_path = (
+        request.getfixturevalue("monkeypatch"),
+        request.getfixturevalue("tmp_path"),
+    )
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in DOCTEST_TEXTS)
+    )
+    # `datasets` caches what it reads from a file: here, not in the user's cache
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    if "datasets" in sys.modules:
+        monkeypatch.setattr(
+            sys.modules["datasets"].config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache"
+        )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     random.seed(0)

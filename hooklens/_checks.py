@@ -177,8 +177,13 @@ def cut_notice(model: Any, text: str, max_tokens: int, option: str = "max_tokens
     line). The model's context length caps what it can read.
 
     Examples:
-        >>> cut_notice(model, long_text, 64)                                # doctest: +SKIP
-        'read the first 64 of 712 tokens; pass max_tokens=712 to read all'
+        >>> long_text = " ".join(["The cat sat on the mat ."] * 5)
+        >>> cut_notice(model, long_text, 16)
+        'read the first 16 of 36 tokens; pass max_tokens=36 to read all'
+        >>> cut_notice(model, long_text * 4, 16)  # the examples' model reads 64 tokens
+        "read the first 16 of 141 tokens; pass max_tokens=64 to read as many as the model's context holds"
+        >>> cut_notice(model, "Hello world", 16) is None
+        True
     """
     n_tokens = model.to_tokens(text, truncate=False).shape[-1]
     return tokens_cut_notice(n_tokens, context_length(model, n_tokens), max_tokens, option)

@@ -75,10 +75,14 @@ def greater_than(tokenizer: Any, n_prompts: int = 64, seed: int = 0) -> Task:
     average (`chance`).
 
     Examples:
-        >>> task = greater_than(model.tokenizer, 32)                 # doctest: +SKIP
-        >>> logits = model(task.clean)[:, -1]                         # doctest: +SKIP
-        >>> task.accuracy(logits) > task.chance                       # doctest: +SKIP
-        True
+        >>> task = greater_than(model.tokenizer, 32)
+        >>> task
+        Task('greater-than', prompts=32, positions=15, chance accuracy 0.51)
+        >>> task.prompts[0], task.corrupted.shape
+        ('The famine lasted from the year 1728 to the year 17', torch.Size([32, 15]))
+        >>> logits = model(task.clean)[:, -1]
+        >>> task.accuracy(logits), task.chance  # a trained model beats chance; this random one not
+        (0.25, 0.51)
     """
     digits = [_single_token_id(tokenizer, str(d)) for d in range(10)]
     rng = np.random.default_rng(seed)

@@ -22,13 +22,16 @@ helpers) to `hooklens.core.distributed`, `evaluate` to `hooklens.evaluation`,
 `run` to the command line (`hooklens train`, in `hooklens.cli`).
 
 Examples:
-    >>> from hooklens.training import TrainConfig, batches, load_texts, pack, split_texts
+    >>> from hooklens.training import (
+    ...     TrainConfig, batches, load_texts, pack, split_texts, train_lens)
     >>> texts = (row["text"] for row in load_texts("wikipedia-summaries", streaming=True))
     ...                                                                 # doctest: +SKIP
-    >>> chunks = pack(split_texts(texts, held_out=False), model.tokenizer, seq_len=512)
-    ...                                                                 # doctest: +SKIP
-    >>> history = train_lens(model, lens, batches(chunks, 4), TrainConfig(steps=250))
-    ...                                                                 # doctest: +SKIP
+    >>> # here: a local file of 300 short lines, and the examples' tiny model
+    >>> texts = (row["text"] for row in load_texts("texts.jsonl", streaming=True))
+    >>> chunks = pack(split_texts(texts, held_out=False), model.tokenizer, seq_len=16)
+    >>> history = train_lens(model, lens, batches(chunks, 4), TrainConfig(steps=5))
+    >>> [record["step"] for record in history], history[-1]["tokens"]
+    ([1, 2, 3, 4, 5], 64)
 """
 
 from hooklens.training.data import batches, chunk_and_tokenize, pack, split_texts

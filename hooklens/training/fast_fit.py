@@ -105,7 +105,11 @@ def fit_tuned_lens(
         >>> from hooklens.training.data import batches, load_texts, pack
         >>> chunks = pack(load_texts("wikipedia-summaries")["text"], model.tokenizer, 512)
         ...                                                             # doctest: +SKIP
-        >>> lens = fit_tuned_lens(model, batches(chunks, 8))           # doctest: +SKIP
+        >>> # here: a local file of 300 short lines, and the examples' tiny model
+        >>> chunks = pack(load_texts("texts.jsonl")["text"], model.tokenizer, 16)
+        >>> lens = fit_tuned_lens(model, batches(chunks, 8))
+        >>> lens
+        TunedLens(model='tiny-llama', layers=4, d_model=32, bias=True, component='resid_pre')
     """
     adapter = ModelAdapter(model)
     lens = TunedLens.from_model(adapter, bias=bias, component=component)

@@ -205,8 +205,14 @@ def load_texts(source: str, *, streaming: bool = False, split: str = "train") ->
 
     Examples:
         >>> texts = load_texts("wikipedia-summaries")              # doctest: +SKIP
-        >>> texts = load_texts("notes/*.txt")                       # doctest: +SKIP
         >>> texts = load_texts("allenai/c4", streaming=True)        # doctest: +SKIP
+        >>> from pathlib import Path
+        >>> Path("notes").mkdir()
+        >>> _ = Path("notes/a.txt").write_text("The cat sat on the mat .")
+        >>> _ = Path("notes/b.txt").write_text("It purred .")
+        >>> texts = load_texts("notes/*.txt")  # one row per line of each file
+        >>> texts.num_rows, texts[0]
+        (2, {'text': 'The cat sat on the mat .'})
     """
     import datasets
 
