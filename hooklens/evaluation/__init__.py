@@ -14,10 +14,21 @@ any `{lens: {metric: [per layer]}}`. The command line (`hooklens eval`) lives in
 `hooklens.cli`, which this package does not import.
 
 Examples:
-    >>> from hooklens import evaluation
-    >>> chunks = evaluation.held_out_chunks("texts.jsonl", model.tokenizer, 512)  # doctest: +SKIP
-    >>> results = evaluation.evaluate_lenses(model, lenses, [next(chunks)[None]])  # doctest: +SKIP
-    >>> print(evaluation.markdown_table(results["lenses"], "kl_to_output"))       # doctest: +SKIP
+    >>> from hooklens import LogitLens, TunedLens, evaluation
+    >>> lenses = {"logit lens": LogitLens.from_model(model),
+    ...           "tuned lens": TunedLens.from_model(model)}  # load or fit one in practice
+    >>> chunks = evaluation.held_out_chunks("texts.jsonl", model.tokenizer, 16)
+    >>> results = evaluation.evaluate_lenses(model, lenses, [next(chunks)[None]])
+    >>> results["tokens"]
+    16
+    >>> print(evaluation.markdown_table(results["lenses"], "kl_to_output"))
+    | layer | logit lens | tuned lens |
+    |---:|---:|---:|
+    | 0 | ... |
+    | 1 | ... |
+    | 2 | ... |
+    | 3 | ... |
+    | output | 0.000 | 0.000 |
 """
 
 from hooklens.errors import FewerTokensWarning

@@ -63,9 +63,12 @@ class LayerMarginals:
     layer (the output row is `output` itself, for every lens).
 
     Examples:
+        >>> from hooklens import LogitLens
+        >>> lenses = {"logit lens": LogitLens.from_model(model)}
         >>> marginals = LayerMarginals()
-        >>> results = evaluate_lenses(model, lenses, batches, marginals=marginals)  # doctest: +SKIP
-        >>> marginals.kl_to_output()["logit lens"]                  # doctest: +SKIP
+        >>> results = evaluate_lenses(model, lenses, [tokens], marginals=marginals)
+        >>> len(marginals.kl_to_output()["logit lens"])  # one KL per row: 4 layers, output
+        5
     """
 
     output: LogitStats = field(default_factory=LogitStats)
@@ -279,8 +282,14 @@ def held_out_chunks(
 
     Examples:
         >>> chunks = held_out_chunks("wikipedia-summaries", model.tokenizer, 512)  # doctest: +SKIP
+        >>> # here: a local file of 300 short lines, and the examples' tiny model
+        >>> from hooklens import LogitLens
+        >>> from hooklens.training import batches
+        >>> lenses = {"logit lens": LogitLens.from_model(model)}
+        >>> chunks = held_out_chunks("texts.jsonl", model.tokenizer, 16)
         >>> results = evaluate_lenses(model, lenses, batches(itertools.islice(chunks, 8), 2))
-        ...                                                             # doctest: +SKIP
+        >>> results["tokens"]  # 8 chunks of 16
+        128
     """
     chunks = pack(split_texts(texts_of(data, text_field), held_out=True), tokenizer, seq_len)
     first = next(chunks, None)

@@ -7,8 +7,20 @@ out; cross-entropy needs a target). `hooklens eval` averages them over held-out 
 them as a table and a figure.
 
 Examples:
-    >>> per_layer = {"logit lens": layer_means(logit_trajectory)}   # doctest: +SKIP
-    >>> print(markdown_table(per_layer, "kl_to_output"))            # doctest: +SKIP
+    >>> from hooklens import LogitLens, PredictionTrajectory, next_token_targets
+    >>> logit_trajectory = PredictionTrajectory.from_lens_and_cache(
+    ...     LogitLens.from_model(model), tokens, cache, logits, targets=next_token_targets(tokens))
+    >>> per_layer = {"logit lens": layer_means(logit_trajectory)}
+    >>> sorted(per_layer["logit lens"])
+    ['cross_entropy', 'entropy', 'kl_to_output', 'top1_agreement']
+    >>> print(markdown_table(per_layer, "kl_to_output"))
+    | layer | logit lens |
+    |---:|---:|
+    | 0 | ... |
+    | 1 | ... |
+    | 2 | ... |
+    | 3 | ... |
+    | output | 0.000 |
 """
 
 from __future__ import annotations

@@ -206,10 +206,12 @@ def sketch_prompt_jacobians(
     2e-6 on that prompt.
 
     Example:
-        >>> basis = output_basis(model)                               # doctest: +SKIP
-        >>> sketch_prompt_jacobians(model, tokens, range(29), dim_batch=8,
-        ...     skip_first_positions=16, probes=128, keep=32, basis=basis,
-        ...     generator=torch.Generator().manual_seed(0))           # doctest: +SKIP
+        >>> basis = output_basis(model)  # here: the examples' tiny 4-layer model
+        >>> sketch = sketch_prompt_jacobians(model, tokens, range(3), dim_batch=8,
+        ...     skip_first_positions=1, probes=16, keep=8, basis=basis,
+        ...     generator=torch.Generator().manual_seed(0))
+        >>> sorted(sketch), sketch[0].shape
+        ([0, 1, 2], torch.Size([32, 32]))
     """
     adapter = ModelAdapter(model)
     directions, weights = sketch_directions(
