@@ -104,8 +104,12 @@ def trajectory_report(
     Examples:
         >>> from hooklens import models, TunedLens
         >>> model = models.load("smollm2-135m")                          # doctest: +SKIP
-        >>> trajectory_report(model, "The capital of France is",
-        ...                   {"tuned": TunedLens.load("lens", model)})  # doctest: +SKIP
+        >>> # here: the examples' tiny model, and a lens saved for it
+        >>> TunedLens.from_model(model).save("lens")
+        >>> path = trajectory_report(model, "The capital of France is",
+        ...                          {"tuned": TunedLens.load("lens", model)})
+        >>> path.name  # open it in a browser
+        'hooklens-report.html'
     """
     if not text or not text.strip():
         raise InputError("the report needs some text to read: got an empty string")

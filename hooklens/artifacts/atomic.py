@@ -53,9 +53,13 @@ class StagedWrites:
     the directories), leaving it by an exception removes them and touches no target.
 
     Examples:
-        >>> with StagedWrites() as staged:                              # doctest: +SKIP
-        ...     data = staged.stage("out/data.bin", lambda tmp: save(tmp))
-        ...     staged.stage("out/index.json", lambda tmp: index(tmp, sha256_file(data)))
+        >>> from pathlib import Path
+        >>> from hooklens.artifacts import sha256_file
+        >>> with StagedWrites() as staged:
+        ...     data = staged.stage("out/data.bin", lambda tmp: Path(tmp).write_bytes(b"data"))
+        ...     _ = staged.stage("out/index.json", lambda tmp: Path(tmp).write_text(sha256_file(data)))
+        >>> sorted(path.name for path in Path("out").iterdir())
+        ['data.bin', 'index.json']
     """
 
     def __init__(self) -> None:

@@ -230,8 +230,13 @@ def output_lock(
     with `O_EXCL` and is stale when its process no longer runs here.
 
     Examples:
-        >>> with output_lock("runs/smollm2", "hooklens train"):   # doctest: +SKIP
-        ...     train_into("runs/smollm2")
+        >>> with output_lock("runs/tiny", "hooklens train"):
+        ...     lens.save("runs/tiny")
+        ...     with output_lock("runs/tiny", "hooklens train"):  # a second run: refused
+        ...         pass
+        Traceback (most recent call last):
+        ...
+        hooklens.errors.OutputLockedError: runs/tiny is in use by another run: process ...
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
