@@ -89,6 +89,10 @@ def load_artifacts(
     Examples:
         >>> from hooklens.artifacts import load_artifacts
         >>> config, params = load_artifacts("gpt2")                     # doctest: +SKIP
+        >>> lens.save("repo/lens/tiny")  # a local folder laid out like the repository
+        >>> config, params = load_artifacts("tiny", repo_id="repo")
+        >>> config.name, params.name
+        ('config.json', 'params.safetensors')
     """
     ckpt_files = [ckpt_file] if ckpt_file else [PARAMS_FILE, TUNED_LENS_PARAMS_FILE]
     local = _local_lens(Path(resource_id), config_file, ckpt_files)
@@ -134,6 +138,9 @@ def available_lens_artifacts(
         >>> from hooklens.artifacts import available_lens_artifacts
         >>> "gpt2" in available_lens_artifacts()                        # doctest: +SKIP
         True
+        >>> lens.save("repo/lens/tiny")  # a local folder laid out like the repository
+        >>> available_lens_artifacts("repo")
+        ['tiny']
     """
     if repo_id is not None and Path(repo_id).is_dir():
         return _lenses_in_folder(Path(repo_id) / subfolder, config_file)

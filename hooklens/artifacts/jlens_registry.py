@@ -232,6 +232,11 @@ def resolve_jacobian_lens(
         >>> from hooklens.artifacts import resolve_jacobian_lens
         >>> resolve_jacobian_lens("gpt2-small", model_name="gpt2")         # doctest: +SKIP
         PosixPath('/root/.cache/huggingface/hub/models--neuronpedia--jacobian-lens/snapshots/…/gpt2_jacobian_lens.pt')
+        >>> from hooklens import JacobianLens
+        >>> path = JacobianLens.fit(model, ["The cat sat on the mat"],
+        ...                         skip_first_positions=1).save("jlens.pt")
+        >>> resolve_jacobian_lens("jlens.pt").name  # a local file is its own path
+        'jlens.pt'
     """
     found = jacobian_lens_file(
         source,
