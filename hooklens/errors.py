@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from types import FrameType
 
 # Frames `warn` looks through to find the caller: ours, and the wrappers that sit
 # between a caller and our functions (jaxtyping's and beartype's runtime checks in the
@@ -26,7 +27,8 @@ def warn(message: str | Warning, category: type[Warning] = UserWarning) -> None:
     however deep in the library the warning arose (what Python 3.12's
     `skip_file_prefixes` does; a fixed `stacklevel` breaks whenever a call path changes
     or a decorator wraps a function)."""
-    frame, level = sys._getframe(1), 2  # stacklevel 1 is this function
+    frame: FrameType | None = sys._getframe(1)
+    level = 2  # stacklevel 1 is this function
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if not any(module == name or module.startswith(name + ".") for name in _TRANSPARENT):

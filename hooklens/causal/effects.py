@@ -125,7 +125,8 @@ class LayerEffect:
         self.values = np.asarray(self.values, dtype=float)
         if self.values.ndim != 2:
             raise InputError(f"values must be [prompt, layer], got {self.values.shape}")
-        self.mean, self.low, self.high = bootstrap_ci(self.values, confidence=self.confidence)
+        bounds = bootstrap_ci(self.values, confidence=self.confidence)  # [layer] each
+        self.mean, self.low, self.high = (np.asarray(bound) for bound in bounds)
         if self.layer_labels is None:
             n = self.values.shape[1]
             self.layer_labels = [*map(str, range(n - 1)), "output"]
