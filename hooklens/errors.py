@@ -7,9 +7,34 @@ one line and exits 2.
 
 Every exception and warning class of hooklens is defined here, and only here (a test
 parses the package to keep it so); modules that raised them first re-export them.
+`warn` issues every warning, pointing at the caller's line.
 """
 
 from __future__ import annotations
+
+import sys
+import warnings
+from types import FrameType
+
+# Frames `warn` looks through to find the caller: ours, and the wrappers that sit
+# between a caller and our functions (jaxtyping's and beartype's runtime checks in the
+# test suite, torch's no_grad/inference_mode decorators, contextlib).
+_TRANSPARENT = ("hooklens", "jaxtyping", "beartype", "torch.utils._contextlib", "contextlib")
+
+
+def warn(message: str | Warning, category: type[Warning] = UserWarning) -> None:
+    """`warnings.warn` attributed to the first frame outside hooklens: the user's line,
+    however deep in the library the warning arose (what Python 3.12's
+    `skip_file_prefixes` does; a fixed `stacklevel` breaks whenever a call path changes
+    or a decorator wraps a function)."""
+    frame: FrameType | None = sys._getframe(1)
+    level = 2  # stacklevel 1 is this function
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if not any(module == name or module.startswith(name + ".") for name in _TRANSPARENT):
+            break
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 class HooklensError(Exception):

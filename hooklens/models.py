@@ -18,7 +18,6 @@ import os
 import shutil
 import socket
 import tempfile
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from hooklens.errors import InputError, ModelClassUnavailableError, UnknownModelError
+from hooklens.errors import InputError, ModelClassUnavailableError, UnknownModelError, warn
 
 ModelClass = Literal["hooked", "bridge"]
 MODEL_CLASSES = ("hooked", "bridge")
@@ -304,10 +303,9 @@ def choose(name: str = DEFAULT_MODEL) -> str:
     """
     if name.lower() in EMBEDDED_MODELS or hub_reachable():
         return name
-    warnings.warn(
+    warn(
         f"{name!r} is downloaded from the Hugging Face hub, which cannot be reached from "
         f"here; using the embedded {DEFAULT_MODEL!r} instead",
-        stacklevel=2,
     )
     return DEFAULT_MODEL
 
@@ -396,7 +394,7 @@ def _save_to_cache(hf_model: Any, tokenizer: Any, target: Path) -> None:
     except OSError as error:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        warnings.warn(f"could not cache the dequantised model in {target}: {error}", stacklevel=3)
+        warn(f"could not cache the dequantised model in {target}: {error}")
 
 
 def _hooked_from_hf(

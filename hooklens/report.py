@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from hooklens._checks import context_length, cut_notice
 from hooklens.artifacts import atomic_write_text
 from hooklens.core import ModelAdapter
-from hooklens.errors import InputError, TextCutWarning
+from hooklens.errors import InputError, TextCutWarning, warn
 from hooklens.evaluation import per_layer
 from hooklens.lenses import Lens, LogitLens
 from hooklens.plotting.widgets import Widget, circuitsvis_bundle
@@ -126,7 +125,7 @@ def trajectory_report(
     notice = cut_notice(model, text, max_tokens)
     if notice is not None:
         read = notice
-        warnings.warn(notice, TextCutWarning, stacklevel=2)
+        warn(notice, TextCutWarning)
     all_lenses: dict[str, Lens] = {"logit lens": LogitLens.from_model(adapter)}
     all_lenses.update(lenses or {})
     names = {

@@ -6,7 +6,9 @@ model with them too); their names stay importable from here.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,35 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         terminalreporter.section("notebooks executed")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@contextlib.contextmanager
+def outside_annotations() -> Iterator[None]:
+    """Within this block jaxtyping's runtime check of hooklens is off.
+
+    `make test` runs the suite under that check (`--jaxtyping-packages`): every shape
+    and type annotation is checked on every call. A test that passes a wrong type on
+    purpose, to see the library's own error (what was expected, what was found, what
+    to do), wraps that call in this block, or is marked `outside_annotations` as a
+    whole: there the checker would answer first.
+    """
+    import jaxtyping
+
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)
+
+
+@pytest.fixture(autouse=True)
+def _runtime_type_checks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test marked `outside_annotations` runs with the runtime check off."""
+    if request.node.get_closest_marker("outside_annotations") is None:
+        yield
+    else:
+        with outside_annotations():
+            yield
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from hooklens import models
 from hooklens.errors import ModelClassUnavailableError
 from tests.conftest import skip_without_hooked_transformer
+
+MODEL = torch.nn.Module()  # what the stubbed loaders return (a model is a torch Module)
 
 
 @pytest.mark.parametrize(
@@ -29,7 +32,9 @@ def test_hub_names_use_hooked_transformer_loaders(monkeypatch, processing, loade
         monkeypatch.setattr(
             HookedTransformer,
             name,
-            classmethod(lambda cls, model_name, _n=name, **kw: calls.append((_n, model_name))),
+            classmethod(
+                lambda cls, model_name, _n=name, **kw: calls.append((_n, model_name)) or MODEL
+            ),
         )
     models.load("gpt2", processing=processing)
     assert calls == [(loader, "gpt2")]
@@ -40,7 +45,7 @@ def test_hub_names_boot_a_bridge(monkeypatch):
     monkeypatch.setattr(
         TransformerBridge,
         "boot_transformers",
-        classmethod(lambda cls, name, **kw: calls.append((name, kw["hf_model"]))),
+        classmethod(lambda cls, name, **kw: calls.append((name, kw["hf_model"])) or MODEL),
     )
     models.load("EleutherAI/pythia-14m", model_class="bridge")
     assert calls == [("EleutherAI/pythia-14m", None)]
@@ -52,6 +57,7 @@ def test_offline_hub_load_fails_with_the_loaders_error():
         models.load("EleutherAI/pythia-14m", model_class="bridge")
 
 
+@pytest.mark.outside_annotations
 def test_unknown_model_class_is_refused():
     with pytest.raises(ValueError, match="'hooked' or 'bridge'"):
         models.load("smollm2-135m", model_class="hf")
@@ -100,7 +106,7 @@ def test_without_hooked_transformer_the_bridge_is_the_default(monkeypatch):
     monkeypatch.setattr(
         TransformerBridge,
         "boot_transformers",
-        classmethod(lambda cls, name, **kw: calls.append(name)),
+        classmethod(lambda cls, name, **kw: calls.append(name) or MODEL),
     )
     models.load("gpt2")
     assert calls == ["gpt2"]

@@ -15,7 +15,6 @@ refusal is a `LensFileError` naming the file and the key. Reading the file itsel
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,14 @@ from torch import Tensor
 from hooklens.artifacts.lens_dir import FIX_CONFIG, check_json_fields
 from hooklens.artifacts.reference_pt import seal_matches
 from hooklens.core import ModelFingerprint, normalize_component
-from hooklens.errors import HooklensError, InputError, InputTypeError, LensFileError, RunStateError
+from hooklens.errors import (
+    HooklensError,
+    InputError,
+    InputTypeError,
+    LensFileError,
+    RunStateError,
+    warn,
+)
 
 REFERENCE_SUFFIX = ".pt"
 """The file suffix of the reference's J-lens format."""
@@ -278,11 +284,10 @@ def verify_fit_checkpoint(
                 f"{START_OVER}"
             )
     elif FIT_RECORD_KEY in state:
-        warnings.warn(
+        warn(
             f"{path} was written by a hooklens without checkpoint checksums: its sums "
             "cannot be verified beyond the file's CRC-32. If in doubt, delete it and fit "
             "again (hooklens fit-jlens: --overwrite)",
-            stacklevel=3,
         )
     record = state.get(FIT_RECORD_KEY)
     if record is not None and not isinstance(record, dict):

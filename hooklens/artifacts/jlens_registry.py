@@ -19,14 +19,19 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from hooklens.artifacts import _hf
 from hooklens.artifacts.jlens_pt import REFERENCE_SUFFIX
 from hooklens.core import same_model_name
-from hooklens.errors import HubUnreachableError, InputError, LensMismatchError, LensNotFoundError
+from hooklens.errors import (
+    HubUnreachableError,
+    InputError,
+    LensMismatchError,
+    LensNotFoundError,
+    warn,
+)
 
 __all__ = [
     "JACOBIAN_LENS_REGISTRY_FILE",
@@ -412,4 +417,4 @@ def _check_registry_model(file: HubFile, model_name: str, *, strict: bool) -> No
     )
     if strict:
         raise LensMismatchError(message)
-    warnings.warn(message, stacklevel=4)
+    warn(message)

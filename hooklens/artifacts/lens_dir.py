@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import types
-import warnings
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -41,6 +40,7 @@ from hooklens.errors import (
     LensMismatchError,
     LensNotFoundError,
     OutputExistsError,
+    warn,
 )
 
 CONFIG_FILE = "config.json"
@@ -428,4 +428,4 @@ def check_fingerprint(saved: ModelFingerprint, adapter: ModelAdapter, *, strict:
     message = "this lens does not fit the model:\n  - " + "\n  - ".join(differences) + "\n" + advice
     if strict or sizes:
         raise LensMismatchError(message)
-    warnings.warn(message, stacklevel=3)
+    warn(message)

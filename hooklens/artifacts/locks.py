@@ -15,14 +15,13 @@ import secrets
 import socket
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from hooklens.artifacts.atomic import STALE_AFTER_S, process_exists, write_failure
-from hooklens.errors import OutputLockedError, OutputWriteError, StaleLockWarning
+from hooklens.errors import OutputLockedError, OutputWriteError, StaleLockWarning, warn
 
 try:
     import fcntl
@@ -199,7 +198,7 @@ class OutputLock:
             said = f"{lock} was left by {_describe(owner)}, which ended without releasing it"
         message = f"{said}: taking it over for {self.outputs[lock]}"
         if self.on_stale is None:
-            warnings.warn(StaleLockWarning(message), stacklevel=5)
+            warn(StaleLockWarning(message))
         else:
             self.on_stale(message)
 

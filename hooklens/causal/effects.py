@@ -86,14 +86,19 @@ def compare(clean: PredictionTrajectory, corrupted: PredictionTrajectory) -> Tra
     return TrajectoryComparison(clean, corrupted)
 
 
+# What `bootstrap_ci` returns per bound: a numpy scalar for 1-d values, else an array.
+Estimate = NDArray[np.floating] | np.floating
+
+
 def bootstrap_ci(
     values: NDArray[np.floating] | Sequence[float],
     *,
     confidence: float = 0.95,
     n_resamples: int = 2000,
     seed: int = 0,
-) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating]]:
-    """`(mean, low, high)` over axis 0: the percentile bootstrap interval of the mean.
+) -> tuple[Estimate, Estimate, Estimate]:
+    """`(mean, low, high)` over axis 0: the percentile bootstrap interval of the mean
+    (numpy scalars for 1-d `values`, arrays of the trailing shape otherwise).
 
     Resamples the rows (prompts) with replacement `n_resamples` times; NaN rows are
     ignored per column.
@@ -128,7 +133,8 @@ class LayerEffect:
         self.values = np.asarray(self.values, dtype=float)
         if self.values.ndim != 2:
             raise InputError(f"values must be [prompt, layer], got {self.values.shape}")
-        self.mean, self.low, self.high = bootstrap_ci(self.values, confidence=self.confidence)
+        bounds = bootstrap_ci(self.values, confidence=self.confidence)  # [layer] each
+        self.mean, self.low, self.high = (np.asarray(bound) for bound in bounds)
         if self.layer_labels is None:
             n = self.values.shape[1]
             self.layer_labels = [*map(str, range(n - 1)), "output"]
@@ -171,8 +177,8 @@ def answer_log_prob_diff(
     lens: Lens,
     model: Any,
     tokens: Int[Tensor, "batch pos"],
-    targets: Int[Tensor, "batch k"],
-    anti_targets: Int[Tensor, "batch k"],
+    targets: Int[Tensor, "batch k"] | Int[Tensor, " batch"],
+    anti_targets: Int[Tensor, "batch k"] | Int[Tensor, " batch"],
     *,
     position: int = -1,
     fwd_hooks: Sequence[tuple[Any, Any]] = (),

@@ -180,7 +180,7 @@ def ablate_subspace(
 
 def extract_causal_bases(
     lens: Lens,
-    hiddens: Sequence[Float[Tensor, "... d_model"]],
+    hiddens: Float[Tensor, "layer_and_output ... d_model"] | Sequence[Float[Tensor, "... d_model"]],
     k: int,
     *,
     labels: Int[Tensor, "... pos"] | None = None,

@@ -46,11 +46,10 @@ import ctypes.util
 import functools
 import sys
 import time
-import warnings
 
 import torch
 
-from hooklens.errors import InputError
+from hooklens.errors import InputError, warn
 
 MATMUL_DTYPES = ("auto", "float32", "bfloat16")
 # "Clearly faster": native bf16 is 2–10× float32 at these shapes; emulated bf16 is 0.01×.
@@ -105,12 +104,11 @@ def matmul_gflops(
 
 @functools.cache
 def _warn_slow_bf16(ratio: float) -> None:
-    warnings.warn(
+    warn(
         f"bfloat16 matmuls run {1 / ratio:.1f}× slower than float32 on this CPU "
         f"({torch.backends.cpu.get_cpu_capability()}; it has no native bf16, so PyTorch "
         "emulates it): pass matmul_dtype='auto' or 'float32'",
         RuntimeWarning,
-        stacklevel=3,
     )
 
 

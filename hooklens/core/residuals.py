@@ -32,7 +32,7 @@ codes it; other docstrings link here instead of restating it). With `n = n_layer
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, SupportsIndex
 
 import torch
 from jaxtyping import Float
@@ -124,7 +124,7 @@ def _deepest_block(cached: Any) -> int | None:
 
 
 def row_hook_names(
-    adapter: ModelAdapter, layer: int, component: str = "resid_pre"
+    adapter: ModelAdapter, layer: SupportsIndex, component: str = "resid_pre"
 ) -> tuple[str, ...]:
     """Every name a cache may hold lens row `layer` under, its hook's name first:
     `component` of block `layer`, or for row `n_layers` (the final residual) the last
@@ -136,7 +136,7 @@ def row_hook_names(
 
 
 def get_residual(
-    cache: Any, layer: int, component: str = "resid_pre", model: Any = None
+    cache: Any, layer: SupportsIndex, component: str = "resid_pre", model: Any = None
 ) -> Float[Tensor, "... pos d_model"]:
     """One row of the residual stream from `cache` (row `n_layers` = final residual).
 
@@ -154,7 +154,7 @@ def _reader(model: Any) -> str:
 
 
 def _residual(
-    cache: Any, layer: int, component: str, adapter: ModelAdapter
+    cache: Any, layer: SupportsIndex, component: str, adapter: ModelAdapter
 ) -> Float[Tensor, "... pos d_model"]:
     """`get_residual` of a cache `check_cache` passed."""
     names = row_hook_names(adapter, layer, component)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from torch import Tensor
 
 from hooklens.core import VOCAB_CHUNK, ModelAdapter, precision
 from hooklens.core.chunked_kl import kl_to_target, target_distribution, weight_chunks
-from hooklens.errors import DataError, FewerTokensWarning
+from hooklens.errors import DataError, FewerTokensWarning, warn
 from hooklens.evaluation import per_layer
 from hooklens.evaluation.per_layer import layer_sums
 from hooklens.lenses import Lens, TunedLens
@@ -173,12 +172,11 @@ def evaluate_lenses(
     if tokens_requested is not None:
         results["tokens_requested"] = tokens_requested
         if n_tokens < tokens_requested:
-            warnings.warn(
+            warn(
                 FewerTokensWarning(
                     f"evaluated {n_tokens} of the {tokens_requested} tokens asked for: "
                     "the batches held no more"
                 ),
-                stacklevel=2,
             )
     results |= {"bytes": n_bytes, "lenses": {}}
     marginal_kls = marginals.kl_to_output() if marginals is not None else {}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from hooklens.artifacts.jlens_pt import (
     verify_fit_checkpoint,
 )
 from hooklens.core import distributed, fingerprint_of, same_model_name
-from hooklens.errors import HooklensError, InputError, RunStateError
+from hooklens.errors import HooklensError, InputError, RunStateError, warn
 
 _REFERENCE_KEYS = ("jacobian_sum", "n_done", "next_idx", "source_layers", "skip_first")
 
@@ -203,11 +202,10 @@ def check_resumable(
     ]
     saved = entries.get(FIT_RECORD_KEY)
     if saved is None:
-        warnings.warn(
+        warn(
             f"{path} records neither the model, max_seq_len nor the prompts it was made "
             "with (a reference checkpoint, or an older hooklens): it is resumed without "
             "checking them",
-            stacklevel=3,
         )
     else:
         pairs.append(("max_seq_len", saved.get("max_seq_len"), record["max_seq_len"]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, SupportsIndex
 
 import torch
 from jaxtyping import Float, Int
@@ -41,7 +41,7 @@ class Lens(nn.Module, ABC):
             raise InputError("this lens was built without a model; use from_model(model)")
         return self.unembed.adapter
 
-    def layer_index(self, idx: int) -> int:
+    def layer_index(self, idx: SupportsIndex) -> int:
         """Validate `idx` (negative counts from the end; numpy and 0-d tensor integers
         too) and return it as an int in `0..n_layers`."""
         return layer_index(idx, self.n_layers)
@@ -74,7 +74,7 @@ class Lens(nn.Module, ABC):
         check_cache(self.adapter, cache)
 
     def log_probs(
-        self, cache: Any, layer: int, component: str | None = None
+        self, cache: Any, layer: SupportsIndex, component: str | None = None
     ) -> Float[Tensor, "... pos d_vocab"]:
         """Log-probabilities the lens reads at `layer` from an `ActivationCache`.
 

@@ -29,7 +29,6 @@ write and read through `hooklens.lenses._jacobian_files`.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from hooklens.artifacts import atomic_write, resolve_jacobian_lens, write_lens_d
 from hooklens.artifacts.jlens_pt import REFERENCE_SUFFIX as REFERENCE_SUFFIX  # re-exported
 from hooklens.core import ModelAdapter, normalize_component, same_model_name
 from hooklens.core.unembed import Unembed
-from hooklens.errors import HooklensError, InputError, LensMismatchError, LensNotFoundError
+from hooklens.errors import HooklensError, InputError, LensMismatchError, LensNotFoundError, warn
 from hooklens.lenses._jacobian_files import LENS_TYPE as LENS_TYPE  # re-exported
 from hooklens.lenses._jacobian_files import SAVE_DTYPES as SAVE_DTYPES  # re-exported
 from hooklens.lenses._jacobian_files import (
@@ -114,10 +113,9 @@ class JacobianLens(Lens):
             self.register_buffer(_buffer_name(layer), matrix.detach().float().cpu().clone())
         missing = [layer for layer in range(n_layers - 1) if layer not in self.fitted_layers]
         if jacobians and missing:
-            warnings.warn(
+            warn(
                 f"this Jacobian lens has no matrix for layers {missing}: they are read as "
                 "the logit lens",
-                stacklevel=2,
             )
 
     # --- construction -------------------------------------------------------------
@@ -427,7 +425,7 @@ class JacobianLens(Lens):
             )
             if strict:
                 raise LensMismatchError(message)
-            warnings.warn(message, stacklevel=3)
+            warn(message)
         require_raw_weights(adapter, source=source)
         target = self.metadata.get("target_layer")
         if target is not None and target != self.n_layers - 1:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -31,7 +30,7 @@ from hooklens.core import (
     same_model_name,
 )
 from hooklens.core.unembed import Unembed
-from hooklens.errors import InputError, InputTypeError, LensFileError, LensMismatchError
+from hooklens.errors import InputError, InputTypeError, LensFileError, LensMismatchError, warn
 from hooklens.lenses.base import Lens
 from hooklens.models import hub_model_name
 
@@ -65,7 +64,7 @@ class TunedLensConfig:
         check_json_fields(cls, config, source)
         unknown = sorted(set(config) - {f.name for f in fields(cls)})
         if unknown:
-            warnings.warn(f"ignoring unknown lens config keys {unknown}", stacklevel=2)
+            warn(f"ignoring unknown lens config keys {unknown}")
         values = {k: v for k, v in config.items() if k not in unknown}
         for name in ("d_model", "num_hidden_layers"):
             if values[name] < 1:
@@ -414,7 +413,7 @@ def _check_tuned_lens_artifact(
         )
         if strict:
             raise LensMismatchError(message)
-        warnings.warn(message, stacklevel=3)
+        warn(message)
     found = (config.d_model, config.num_hidden_layers)
     expected = (adapter.d_model, adapter.n_layers)
     if found != expected:
@@ -431,4 +430,4 @@ def _check_tuned_lens_artifact(
         )
         if strict:
             raise LensMismatchError(message)
-        warnings.warn(message, stacklevel=3)
+        warn(message)

@@ -74,8 +74,9 @@ class TokenFormatter:
     def __post_init__(self) -> None:
         self.vectorized_format = np.vectorize(self.format, otypes=[object])
 
-    def format(self, token: str) -> str:
-        """Format one vocabulary entry (as from `tokenizer.convert_ids_to_tokens`)."""
+    def format(self, token: str | None) -> str:
+        """Format one vocabulary entry (as from `tokenizer.convert_ids_to_tokens`, which
+        gives `None` for an id outside the vocabulary: shown as `<unk>`)."""
         if not isinstance(token, str):
             return "<unk>"
         text = decode_token(token)

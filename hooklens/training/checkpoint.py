@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from torch import Tensor
 
 from hooklens.artifacts import atomic_write, load_weights_only, seal_matches, sealed
 from hooklens.core import distributed
-from hooklens.errors import InputError, MissingFileError, OutputExistsError, RunStateError
+from hooklens.errors import InputError, MissingFileError, OutputExistsError, RunStateError, warn
 from hooklens.lenses.tuned import TunedLens
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -125,11 +124,10 @@ def check_state(state: Any, path: Path) -> None:
                 f"numbers. {START_OVER}"
             )
     else:
-        warnings.warn(
+        warn(
             f"{path} was written by a hooklens without checkpoint checksums: its content "
             "cannot be verified beyond the file's CRC-32. If in doubt, start the run over "
             "(hooklens train: --overwrite)",
-            stacklevel=4,
         )
     for key, (kind, meaning) in STATE_TYPES.items():
         value = state.get(key)

@@ -264,7 +264,7 @@ def _pack_dataset(
         )
     processes = _processes(packing.num_proc, len(dataset))
     tokenized = dataset.map(
-        _tokenize_with_eos(tokenizer, text_key, where),
+        _TokenizeWithEos(tokenizer, text_key, where),
         batched=True,
         with_indices=True,
         input_columns=text_key,
@@ -290,7 +290,7 @@ def _pack_dataset(
     from datasets.fingerprint import Hasher
 
     rows = tokenized.map(
-        _rows_starting_in_batch(tokenized, offsets, max_seq_len, n_rows),
+        _RowsStartingInBatch(tokenized.with_format("arrow"), offsets, max_seq_len, n_rows),
         batched=True,
         with_indices=True,
         input_columns="length",
@@ -308,19 +308,32 @@ def _pack_dataset(
     return rows, n_tokens, n_bytes
 
 
-def _tokenize_with_eos(tokenizer: Any, text_key: str, where: str) -> Any:
-    eos_id, eos_bytes = tokenizer.eos_token_id, len(tokenizer.eos_token.encode("utf-8"))
+# The two `map` functions below are module-level classes, not closures: with num_proc
+# datasets pickles the function into each worker, and a class pickles by reference
+# (a closure drags in whatever wraps it, e.g. a runtime type checker).
 
-    def tokenize(texts: list[Any], indices: list[int]) -> dict[str, list[Any]]:
+
+@dataclass(frozen=True)
+class _TokenizeWithEos:
+    """A `map` function from a batch of texts to their token ids, an EOS before each,
+    with each text's token and byte counts."""
+
+    tokenizer: Any
+    text_key: str
+    where: str
+
+    def __call__(self, texts: list[Any], indices: list[int]) -> dict[str, list[Any]]:
         for text, index in zip(texts, indices, strict=True):
             if not isinstance(text, str):
                 raise DataError(
-                    f"row {index} of {where}: column {text_key!r} holds {text!r:.40} "
-                    f"({type(text).__name__}), not text; drop such rows first (dataset."
-                    f"filter(lambda row: isinstance(row[{text_key!r}], str))), or pass "
-                    "text_key= a column of strings"
+                    f"row {index} of {self.where}: column {self.text_key!r} holds "
+                    f"{text!r:.40} ({type(text).__name__}), not text; drop such rows first "
+                    f"(dataset.filter(lambda row: isinstance(row[{self.text_key!r}], str))), "
+                    "or pass text_key= a column of strings"
                 )
-        ids = tokenizer(
+        eos_id = self.tokenizer.eos_token_id
+        eos_bytes = len(self.tokenizer.eos_token.encode("utf-8"))
+        ids = self.tokenizer(
             texts, add_special_tokens=False, return_attention_mask=False, verbose=False
         )["input_ids"]
         return {
@@ -329,34 +342,35 @@ def _tokenize_with_eos(tokenizer: Any, text_key: str, where: str) -> Any:
             "bytes": [len(text.encode("utf-8")) + eos_bytes for text in texts],
         }
 
-    return tokenize
 
-
-def _rows_starting_in_batch(
-    tokenized: Dataset, offsets: np.ndarray, max_seq_len: int, n_rows: int
-) -> Any:
+@dataclass(frozen=True)
+class _RowsStartingInBatch:
     """A `map` function from a batch of texts to the rows that start among its tokens.
 
     A row may run on into the texts after the batch; it reads them from `tokenized`
-    directly, so rows are cut from the whole token stream, not from each batch.
+    (the tokenized texts in arrow format) directly, so rows are cut from the whole token
+    stream, not from each batch.
     """
-    view = tokenized.with_format("arrow")
-    n_tokens = int(offsets[-1])
 
-    def rows(_lengths: list[int], indices: list[int]) -> dict[str, list[Any]]:
+    tokenized: Dataset
+    offsets: np.ndarray  # text i is tokens [offsets[i], offsets[i + 1])
+    max_seq_len: int
+    n_rows: int
+
+    def __call__(self, _lengths: list[int], indices: list[int]) -> dict[str, list[Any]]:
         import pyarrow.compute as pc
 
+        offsets, max_seq_len = self.offsets, self.max_seq_len
+        n_tokens = int(offsets[-1])
         first_row = -(-int(offsets[indices[0]]) // max_seq_len)
-        stop_row = min(n_rows, -(-int(offsets[indices[-1] + 1]) // max_seq_len))
+        stop_row = min(self.n_rows, -(-int(offsets[indices[-1] + 1]) // max_seq_len))
         if first_row >= stop_row:
             return {"input_ids": []}
         start, stop = first_row * max_seq_len, min(stop_row * max_seq_len, n_tokens)
         first_text = int(np.searchsorted(offsets, start, side="right")) - 1
         stop_text = int(np.searchsorted(offsets, stop, side="left"))
-        ids = pc.list_flatten(view[first_text:stop_text]["input_ids"]).to_numpy()
+        ids = pc.list_flatten(self.tokenized[first_text:stop_text]["input_ids"]).to_numpy()
         window = ids[start - offsets[first_text] : stop - offsets[first_text]]
         return {
             "input_ids": [window[i : i + max_seq_len] for i in range(0, len(window), max_seq_len)]
         }
-
-    return rows

@@ -207,7 +207,6 @@ def batch_loss(
     return objective(objective.targets(model, tokens))
 
 
-
 class StepRecord(TypedDict):
     """One optimizer step of `train_lens`: its number, mean loss, learning rate and the
     tokens seen so far (all ranks together)."""
@@ -216,6 +215,7 @@ class StepRecord(TypedDict):
     loss: float
     lr: float
     tokens: int
+
 
 def train_lens(
     model: Any,

@@ -6,7 +6,6 @@ model with only the lens's hooks cached (`run_model`).
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +16,7 @@ from torch import Tensor
 from hooklens._checks import check_id_range, tokens_cut_notice
 from hooklens.core import ModelAdapter, check_same_model, normalize_component
 from hooklens.core.residuals import check_cache, get_residual
-from hooklens.errors import InputError, LensMismatchError, TextCutWarning
+from hooklens.errors import InputError, LensMismatchError, TextCutWarning, warn
 from hooklens.lenses.base import Lens
 from hooklens.trajectory.inputs import as_long, attention_mask_tensor, model_padding
 
@@ -104,12 +103,11 @@ def text_ids(model: Any, adapter: ModelAdapter, text: str) -> Tensor:
         # The report's notice, so both say a cut the same way.
         notice = tokens_cut_notice(ids.shape[-1], n_ctx, n_ctx)
         dropped = ids.shape[-1] - n_ctx
-        warnings.warn(
+        warn(
             f"{notice}: the last {dropped} tokens are not "
             f"read. Split the text into pieces of at most {n_ctx} tokens to read "
             "them all, or pass the token ids you mean to read",
             TextCutWarning,
-            stacklevel=4,
         )
         ids = ids[:n_ctx]
     return ids

@@ -18,7 +18,7 @@ distribution, from the logits passed in (or the last layer row of `from_log_prob
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 import torch
@@ -317,7 +317,7 @@ class PredictionTrajectory(TrajectoryStatistics):
         grid = self._layout.grid
         return grid(self._readout.topk_ids), grid(self._readout.topk_log_probs.exp())
 
-    def layer_log_probs(self, layer: int) -> Float[Tensor, "... pos vocab"]:
+    def layer_log_probs(self, layer: SupportsIndex) -> Float[Tensor, "... pos vocab"]:
         """Full log-probabilities of one row (`-1` = output): `[..., pos, vocab]`."""
         layer = layer_index(layer, self.num_layers)
         self._source.check_unchanged()

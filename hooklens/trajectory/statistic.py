@@ -12,13 +12,15 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+from jaxtyping import Shaped
 from numpy.typing import NDArray
 
 from hooklens.errors import InputError
 
-# Cell text: numpy's `str_` arrays (from `np.char`) or `object` arrays of Python strings
-# (token formatting builds those, so that long tokens are never cut to a fixed width).
-TextArray = NDArray[np.str_] | NDArray[np.object_]
+# Cell text is an array of strings of either dtype: numpy `str_` (from `np.char`) or
+# `object` (token formatting builds those, so that no token is cut to a fixed width).
+# `Shaped` checks the shape and leaves the dtype alone: `NDArray[np.str_]` would refuse
+# both at run time (a `<U5` array is no `np.dtype(np.str_)`, which is `<U0`).
 
 
 def _stride_keep_last(x: NDArray, stride: int, axis: int = 0) -> NDArray:
@@ -38,8 +40,8 @@ class TrajectoryLabels:
     tokens and their probabilities, one per row).
     """
 
-    label_strings: TextArray
-    hover_over_entries: TextArray | None = None
+    label_strings: Shaped[np.ndarray, "layer pos"]
+    hover_over_entries: Shaped[np.ndarray, "layer pos rows cols"] | None = None
 
     def stride(self, stride: int) -> TrajectoryLabels:
         """Keep every `stride`-th layer, and always the last (the output)."""
@@ -85,7 +87,7 @@ class TrajectoryStatistic:
 
     name: str
     stats: NDArray[np.floating]
-    sequence_labels: NDArray[np.str_] | None = None
+    sequence_labels: Shaped[np.ndarray, " pos"] | None = None
     trajectory_labels: TrajectoryLabels | None = None
     units: str | None = None
     max: float | None = None

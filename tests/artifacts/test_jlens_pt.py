@@ -453,7 +453,15 @@ def test_a_directory_config_with_a_bad_key_is_refused_by_file_and_key(bridge, tm
     assert "config.json" in str(info.value) and key in str(info.value)
 
 
-@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.complex64, "float16"])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.int8,
+        torch.bool,
+        torch.complex64,
+        pytest.param("float16", marks=pytest.mark.outside_annotations),
+    ],
+)
 def test_save_refuses_a_dtype_that_cannot_hold_the_matrices(bridge, tmp_path, dtype):
     with pytest.raises((InputError, InputTypeError), match="dtype"):
         _lens(bridge).save(tmp_path / "jlens.pt", dtype=dtype)

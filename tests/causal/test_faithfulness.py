@@ -226,7 +226,7 @@ def test_fit_tokens_leave_every_token_for_the_measurement(model_zoo):
 def _result(lens: str, effects: dict[int, tuple[list[float], list[float]]]) -> FaithfulnessResult:
     layers = tuple(
         LayerFaithfulness(
-            layer, np.array(lens_kl) * 2, np.array(lens_kl, float), np.array(model_kl, float)
+            layer, np.array(lens_kl, float) * 2, np.array(lens_kl, float), np.array(model_kl, float)
         )
         for layer, (lens_kl, model_kl) in effects.items()
     )
@@ -263,6 +263,7 @@ def test_table_figure_and_json_say_what_was_measured():
 # --- refusals ----------------------------------------------------------------------------
 
 
+@pytest.mark.outside_annotations
 def test_bad_requests_are_refused_before_any_work(model_zoo, word_tokenizer):
     from tests.conftest import make_bridge
 

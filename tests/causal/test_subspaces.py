@@ -81,6 +81,7 @@ def test_derange_moves_every_row_to_another_place():
         assert not bool((shuffled == batch).all(-1).any())
 
 
+@pytest.mark.outside_annotations
 def test_derangements_of_fewer_than_two_items_are_refused():
     for n in (0, 1):
         with pytest.raises(InputError, match="at least 2"):
@@ -179,6 +180,7 @@ def test_remove_subspace_is_differentiable_in_the_basis():
     assert basis.grad is not None and bool(torch.isfinite(basis.grad).all())
 
 
+@pytest.mark.outside_annotations
 def test_bad_bases_and_modes_are_refused():
     u = _random(5, 16, seed=10)
     with pytest.raises(LensMismatchError, match="d_model=8"):
@@ -304,6 +306,7 @@ def test_a_direction_the_lens_does_not_read_leaves_its_readout_unchanged(model):
     assert change(ablated, 1) > 1e-3
 
 
+@pytest.mark.outside_annotations
 def test_bad_subspace_ablations_are_refused(model_zoo):
     model = model_zoo["bridge-llama"]
     with pytest.raises(LensMismatchError, match="d_model=8"):
@@ -410,6 +413,7 @@ def test_extraction_with_labels_measures_the_increase_of_cross_entropy(model_zoo
     assert math.isclose(float(bases[1].energies[0]), increase, rel_tol=1e-3, abs_tol=1e-6)
 
 
+@pytest.mark.outside_annotations
 def test_bad_extraction_inputs_are_refused(model_zoo):
     model = model_zoo["bridge-llama"]
     lens = LogitLens.from_model(model)

@@ -45,7 +45,7 @@ def test_softcap_bounds_the_logits(model_zoo):
     assert logits.abs().max() <= 3.0
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5])
+@pytest.mark.parametrize("bad", [0, -3, pytest.param(2.5, marks=pytest.mark.outside_annotations)])
 def test_bad_chunk_size_is_refused(hooked, bad):
     with pytest.raises(ValueError, match="chunk_size"):
         Unembed.from_model(hooked, chunk_size=bad)

@@ -217,6 +217,7 @@ def test_numpy_and_tensor_layer_indices_are_accepted(hooked, ids, layer):
     torch.testing.assert_close(traj.layer_log_probs(layer), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.outside_annotations
 @pytest.mark.parametrize("layer", [True, 1.0, "1", None])
 def test_bool_float_and_text_layers_are_refused(hooked, ids, layer):
     _, cache = hooked.run_with_cache(ids)
@@ -232,6 +233,7 @@ def test_out_of_range_layers_are_a_layer_index_error(hooked, ids):
         get_residual(cache, N_LAYERS + 1)
 
 
+@pytest.mark.outside_annotations
 @pytest.mark.parametrize(
     ("targets", "error", "match"),
     [
@@ -256,6 +258,7 @@ def test_bad_targets_are_refused(hooked, ids, targets, error, match):
         )
 
 
+@pytest.mark.outside_annotations
 @pytest.mark.parametrize(
     ("input_ids", "error", "match"),
     [
@@ -287,7 +290,12 @@ def test_empty_text_is_refused(hooked):
 
 @pytest.mark.parametrize(
     ("topk", "error"),
-    [(0, InputError), (-2, InputError), (VOCAB + 1, InputError), (1.5, InputTypeError)],
+    [
+        (0, InputError),
+        (-2, InputError),
+        (VOCAB + 1, InputError),
+        pytest.param(1.5, InputTypeError, marks=pytest.mark.outside_annotations),
+    ],
 )
 def test_topk_must_be_between_one_and_the_vocabulary(hooked, ids, topk, error):
     logits, cache = hooked.run_with_cache(ids)
@@ -307,6 +315,7 @@ def test_slice_sequence_refuses_a_negative_step(hooked, ids):
     assert traj.slice_sequence(slice(0, None, 2)).num_tokens == math.ceil(ids.shape[-1] / 2)
 
 
+@pytest.mark.outside_annotations
 @pytest.mark.parametrize("units", ["furlongs", "probs", "Nats"])
 def test_units_other_than_nats_or_bits_are_refused(hooked, ids, units):
     logits, cache = hooked.run_with_cache(ids)

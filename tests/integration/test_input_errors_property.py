@@ -322,6 +322,7 @@ def _run(case: Case, model, others, lens) -> None:
     )
 
 
+@pytest.mark.outside_annotations
 @pytest.mark.parametrize("kind", KINDS)
 @settings(
     max_examples=60,
@@ -541,6 +542,7 @@ def _close_or_huge(got: np.ndarray, expected: np.ndarray) -> None:
     _close(np.where(infinite, 0.0, got), np.where(infinite, 0.0, expected))
 
 
+@pytest.mark.outside_annotations
 @settings(
     max_examples=150,
     deadline=None,

@@ -157,6 +157,7 @@ def test_a_dataset_on_disk_is_packed_in_processes_into_cached_rows(word_tokenize
     assert longer[:]["input_ids"].shape[1] == 41  # another row length is not read from the cache
 
 
+@pytest.mark.outside_annotations
 def test_refusals_say_what_was_found(word_tokenizer):
     from datasets import Dataset
 
@@ -261,6 +262,7 @@ def test_map_location_puts_the_translators_on_that_device(model, saved):
             assert torch.equal(read.cpu(), saved_param)
 
 
+@pytest.mark.outside_annotations
 def test_map_location_that_is_no_device_here_is_refused_before_reading(model, saved):
     _, folders = saved
     with pytest.raises(InputError, match="not a device this machine has"):

@@ -270,6 +270,7 @@ def test_a_resid_mid_lens_needs_the_stack_with_resid_mid_entries(model_zoo):
         transformer_lens_translator(lens, incl_mid=False)
 
 
+@pytest.mark.outside_annotations
 def test_a_lens_for_another_model_or_of_another_kind_is_refused(model_zoo):
     lens = LogitLens.from_model(model_zoo["bridge-llama"])
     with pytest.raises(LensMismatchError):

@@ -44,7 +44,7 @@ def test_formatter_makes_whitespace_visible_and_truncates():
     assert formatter.format("Ġinterpretability") == "_inter…"
     assert formatter.format("Ċ") == "\\n"
     assert formatter.format("▁x") == "_x"
-    assert formatter.format(None) == "<unk>"  # type: ignore[arg-type]
+    assert formatter.format(None) == "<unk>"
     assert TokenFormatter(max_string_len=None).format("Ġinterpretability") == "_interpretability"
     assert formatter.vectorized_format(np.array([["Ġa", "Ċ"]])).tolist() == [["_a", "\\n"]]
 

@@ -217,6 +217,7 @@ def test_updates_add_up_whatever_the_batching_mask_or_chunking():
     assert none_kept.n == 0
 
 
+@pytest.mark.outside_annotations
 def test_bad_updates_are_refused_and_leave_the_statistics_unchanged():
     estimate = LogitStats()
     with pytest.raises(InputError, match="call update"):

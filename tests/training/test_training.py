@@ -118,6 +118,7 @@ def test_fast_fit_skips_the_head_and_fits_the_same_lens(hooked, monkeypatch):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.outside_annotations
 def test_train_lens_refuses_a_lens_with_nothing_to_train(hooked, tmp_path):
     """Issue 23: a LogitLens reached torch's "optimizer got an empty parameter list"
     (after the checkpoint directory was claimed)."""

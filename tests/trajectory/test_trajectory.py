@@ -205,6 +205,7 @@ def test_statistics_needing_targets_say_so(hooked, batch):
         traj.log_prob_diff()
 
 
+@pytest.mark.outside_annotations
 def test_mismatched_inputs_are_refused(hooked, batch):
     ids, targets, _ = batch
     logits, cache = hooked.run_with_cache(ids)

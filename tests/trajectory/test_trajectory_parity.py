@@ -21,7 +21,7 @@ from hooklens import (
 from hooklens.stats.streaming import pair_stats
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
 from hooklens.trajectory import readout as trajectory_module
-from tests.conftest import N_LAYERS, VOCAB, randomised
+from tests.conftest import N_LAYERS, VOCAB, outside_annotations, randomised
 
 CLOSE = dict(atol=2e-5, rtol=1e-5)
 MODELS = ["hooked-rms", "bridge-llama"]  # one of each TransformerLens model class
@@ -120,7 +120,10 @@ def test_cells_below_min_prob_are_blank_and_the_hover_lists_topk(model_zoo, kind
     assert traj.entropy().trajectory_labels.hover_over_entries.shape[2] == 8  # default 10
     with pytest.raises(InputError, match="min_prob must lie in"):
         traj.entropy(min_prob=1.5)
-    with pytest.raises(InputTypeError, match="min_prob must be a probability"):
+    with (
+        pytest.raises(InputTypeError, match="min_prob must be a probability"),
+        outside_annotations(),
+    ):
         traj.entropy(min_prob="0.1")
     with pytest.raises(InputError, match="topk must be at least 1"):
         traj.max_probability(topk=0)
@@ -338,6 +341,7 @@ def test_minus_infinity_is_probability_zero(batch):
     assert not np.isin(traj.top_predictions()[0].numpy(), np.arange(10)).any()
 
 
+@pytest.mark.outside_annotations
 def test_from_log_probs_refuses_bad_input(batch):
     ids, targets, _ = batch
     good = torch.randn(2, N_LAYERS + 1, 7, VOCAB).log_softmax(-1)
