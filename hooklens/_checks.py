@@ -180,8 +180,8 @@ def cut_notice(model: Any, text: str, max_tokens: int, option: str = "max_tokens
         >>> long_text = " ".join(["The cat sat on the mat ."] * 5)
         >>> cut_notice(model, long_text, 16)
         'read the first 16 of 36 tokens; pass max_tokens=36 to read all'
-        >>> cut_notice(model, long_text * 4, 16)  # the examples' model reads 64 tokens
-        "read the first 16 of 141 tokens; pass max_tokens=64 to read as many as the model's context holds"
+        >>> print(cut_notice(model, long_text * 4, 16))  # the examples' model reads 64
+        read the first 16 of 141 tokens; pass max_tokens=64 to read as many as the model's ...
         >>> cut_notice(model, "Hello world", 16) is None
         True
     """

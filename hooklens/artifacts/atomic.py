@@ -55,9 +55,11 @@ class StagedWrites:
     Examples:
         >>> from pathlib import Path
         >>> from hooklens.artifacts import sha256_file
+        >>> def index(tmp, data):
+        ...     Path(tmp).write_text(sha256_file(data))
         >>> with StagedWrites() as staged:
         ...     data = staged.stage("out/data.bin", lambda tmp: Path(tmp).write_bytes(b"data"))
-        ...     _ = staged.stage("out/index.json", lambda tmp: Path(tmp).write_text(sha256_file(data)))
+        ...     _ = staged.stage("out/index.json", lambda tmp: index(tmp, data))
         >>> sorted(path.name for path in Path("out").iterdir())
         ['data.bin', 'index.json']
     """

@@ -160,7 +160,7 @@ class JacobianLens(Lens):
             >>> lens = JacobianLens.fit(model, prompts, max_seq_len=64,
             ...                         skip_first_positions=1)  # short prompts here
             >>> lens
-            JacobianLens(model='tiny-llama', layers=4, fitted=0..2 (3), d_model=32, n_prompts=2, ...)
+            JacobianLens(model='tiny-llama', layers=4, fitted=0..2 (3), d_model=32, ...)
         """
         adapter = ModelAdapter(model)
         require_raw_weights(adapter, source="JacobianLens.fit")
@@ -370,7 +370,7 @@ class JacobianLens(Lens):
             >>> path = JacobianLens.fit(model, ["The cat sat on the mat"],
             ...                         skip_first_positions=1).save("jlens.pt")
             >>> JacobianLens.load(path, model)
-            JacobianLens(model='tiny-llama', layers=4, fitted=0..2 (3), d_model=32, n_prompts=1, ...)
+            JacobianLens(model='tiny-llama', layers=4, fitted=0..2 (3), ..., n_prompts=1, ...)
         """
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
         path = resolve_jacobian_lens(
