@@ -6,7 +6,10 @@ whose file is another.
 
 Docstring examples run against a tiny random model that `doctest_namespace` provides
 (`tests/tiny.py` builds it; the names are listed in `_doctest_objects`), each in a fresh
-temporary working directory with torch's and numpy's generators seeded. hooklens and
+temporary working directory that holds `texts.jsonl` (300 short lines), offline
+(`HF_HUB_OFFLINE=1`), on one torch thread, with the generators of `random`, numpy and
+torch seeded. An example whose line needs the hub, the embedded SmolLM2, a GPU or
+torchrun shows that line with `# doctest: +SKIP` and runs the rest on `model`. hooklens and
 TransformerLens are imported inside the fixtures, not here: `--jaxtyping-packages=hooklens`
 refuses to start when hooklens was imported before the conftests loaded.
 """
@@ -58,7 +61,9 @@ def _doctest_model(tmp_path_factory) -> Any:
     from tests import tiny
 
     tokenizer = tiny.word_tokenizer(tmp_path_factory.mktemp("tokenizer"), tiny.words_vocabulary())
-    model = tiny.make_bridge(tokenizer, "llama", n_layers=DOCTEST_LAYERS)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        model = tiny.make_bridge(tokenizer, "llama", n_layers=DOCTEST_LAYERS)
     model.requires_grad_(False)
     torch.manual_seed(0)
     return model
@@ -118,6 +123,7 @@ def _doctest_tiny_model(request: pytest.FixtureRequest) -> Iterator[None]:
         request.getfixturevalue("tmp_path"),
     )
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "texts.jsonl").write_text(
         "".join(json.dumps({"text": t}) + "\n" for t in DOCTEST_TEXTS)
     )
