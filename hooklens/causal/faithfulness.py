@@ -36,12 +36,12 @@ Examples:
     >>> # here: the examples' tiny 4-layer model, and 4 random 12-token sequences
     >>> tokens = torch.randint(4, 96, (4, 12))
     >>> lens = LogitLens.from_model(model)
-    >>> result = lens_faithfulness(model, lens, tokens, layers=[1, 2], k=4)
+    >>> result = lens_faithfulness(model, lens, tokens, layers=[1, 2], k=2)
     >>> print(result.table())
     | layer | lens | k | Spearman ρ | mean lens KL | mean model KL |
     |---:|:---|---:|---:|---:|---:|
-    | 1 | LogitLens | 4 | ... |
-    | 2 | LogitLens | 4 | ... |
+    | 1 | LogitLens | 2 | ... |
+    | 2 | LogitLens | 2 | ... |
 """
 
 from __future__ import annotations
@@ -130,13 +130,11 @@ def lens_faithfulness(
     Examples:
         >>> from hooklens import LogitLens, TunedLens
         >>> tokens = torch.randint(4, 96, (4, 12))  # 2 sequences fit, 2 measure
-        >>> logit = lens_faithfulness(model, LogitLens.from_model(model), tokens, [1, 2], k=2)
+        >>> logit = lens_faithfulness(model, LogitLens.from_model(model), tokens, [2], k=2)
         >>> tuned = TunedLens.from_model(model)  # load or fit one in practice
-        >>> print(faithfulness_table(logit, lens_faithfulness(model, tuned, tokens, [1, 2], k=2)))
+        >>> print(faithfulness_table(logit, lens_faithfulness(model, tuned, tokens, [2], k=2)))
         | layer | lens | k | Spearman ρ | mean lens KL | mean model KL |
         |---:|:---|---:|---:|---:|---:|
-        | 1 | LogitLens | 2 | ... |
-        | 1 | TunedLens | 2 | ... |
         | 2 | LogitLens | 2 | ... |
         | 2 | TunedLens | 2 | ... |
     """
