@@ -379,8 +379,9 @@ def _unknown_name_message(name: str, registry: dict[str, JacobianLensEntry]) -> 
     return (
         f"{name!r} is neither a local file or folder nor a name in TransformerLens's registry "
         f"of published Jacobian lenses ({_transformer_lens_version()}, {len(registry)} "
-        f"lenses).{hint} The registry names are listed by hooklens.hub.jacobian_lens_registry(); "
-        "a file of a hub repository is given as repo_id= and filename=, or as "
+        f"lenses).{hint} The registry names are listed by "
+        "hooklens.artifacts.jacobian_lens_registry(); a file of a hub repository is given "
+        "as repo_id= and filename=, or as "
         "'owner/repo/path/in/repo.pt'."
     )
 

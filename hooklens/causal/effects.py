@@ -52,7 +52,7 @@ class TrajectoryComparison:
     corrupted: PredictionTrajectory
 
     def __post_init__(self) -> None:
-        self.clean._compatible(self.corrupted)
+        self.clean.check_comparable(self.corrupted)
 
     def kl_divergence(self, units: str = "nats") -> TrajectoryStatistic:
         """KL(clean ‖ corrupted) per layer and position."""

@@ -208,8 +208,6 @@ class ModelAdapter:
             gain = gain + 1.0  # Gemma-style norms multiply by (1 + weight).
         return gain, bias
 
-    _final_norm_gain_and_bias = final_norm_gain_and_bias  # old name, for callers not yet moved
-
     # --- hook names --------------------------------------------------------------------
 
     def hook_name(self, component: str, layer: int) -> str:

@@ -295,6 +295,7 @@ def held_out_chunks(
         found = held_out_token_count(data, tokenizer, text_field)
         raise DataError(
             f"the held-out split of {data} has {found} tokens, fewer than one "
-            f"--seq-len chunk of {seq_len}; pass a smaller --seq-len or more text"
+            f"chunk of seq_len={seq_len}; pass a smaller seq_len (hooklens eval: --seq-len) "
+            "or more text"
         )
     return itertools.chain([first], chunks)

@@ -99,7 +99,7 @@ def output_basis(model: Any) -> Float[Tensor, "d_model d_model"]:
     moves the logits by about the square root of eigenvalue `i` per unit.
     """
     adapter = ModelAdapter(model)
-    gain, _ = adapter._final_norm_gain_and_bias()
+    gain, _ = adapter.final_norm_gain_and_bias()
     with torch.no_grad():
         w_u = adapter.W_U.detach().double().cpu()
         w_u = w_u - w_u.mean(dim=1, keepdim=True)

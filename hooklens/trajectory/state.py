@@ -156,8 +156,16 @@ class TrajectoryState:
 
     # --- comparisons -------------------------------------------------------------------
 
-    def _compatible(self, other: TrajectoryState) -> None:
-        """Refuse `other` unless it is a trajectory of the same shape and vocabulary."""
+    def check_comparable(self, other: TrajectoryState) -> None:
+        """Refuse `other` unless it is a trajectory of the same shape and vocabulary.
+
+        Every comparison (`kl_divergence(other)`, `js_divergence`, `total_variation`,
+        `hooklens.causal.compare`) calls this first; call it yourself to check a pair early.
+
+        Raises:
+            InputTypeError: `other` is not a trajectory.
+            InputError: the layers, positions, batch or vocabulary differ.
+        """
         if not isinstance(other, TrajectoryState):
             raise InputTypeError(
                 f"compare with another PredictionTrajectory, got {type(other).__name__}"
@@ -171,7 +179,7 @@ class TrajectoryState:
 
     def _pair(self, other: TrajectoryState, delta_k: int = 0) -> PairStats:
         """The pair pass with `other` (cached), keeping at least `delta_k` largest Δp."""
-        self._compatible(other)
+        self.check_comparable(other)
         self._source.check_unchanged()
         other._source.check_unchanged()
         delta_k = min(delta_k, self.vocab_size)

@@ -322,7 +322,7 @@ def test_eval_runs_and_says_when_the_held_out_text_is_too_short(
     assert json.loads(out.read_text())["tokens"] > 0
     capsys.readouterr()
     assert main([*arguments, "--seq-len", "4096"]) == 2
-    assert "fewer than one --seq-len chunk of 4096" in one_line_error(capsys)
+    assert "fewer than one chunk of seq_len=4096" in one_line_error(capsys)
 
 
 # --- help -----------------------------------------------------------------------------

@@ -62,8 +62,8 @@ def test_too_short_a_held_out_split_is_said_before_anything_is_written(
     assert "Traceback" not in err and len(err.splitlines()) == 1
     found = int(err.split(" has ")[1].split(" tokens")[0])
     assert (
-        f"the held-out split of {corpus} has {found} tokens, fewer than one --seq-len chunk "
-        "of 4096; pass a smaller --seq-len or more text" in err
+        f"the held-out split of {corpus} has {found} tokens, fewer than one chunk of "
+        "seq_len=4096; pass a smaller seq_len (hooklens eval: --seq-len) or more text" in err
     )
     # N is the split's length: one chunk of exactly N tokens, none of N + 1
     assert _held_out_chunks(corpus, word_tokenizer, found) == 1
