@@ -10,7 +10,7 @@ float64 (the matmuls themselves in float32); each layer is then one `(d+1)²` so
 translator of a `TunedLens` is `h ↦ h + W h + b`, so `W = M − I`.
 
 Least squares is not the KL objective the lens is judged by, but it starts a KL
-fine-tune far closer to the optimum than the identity does (see the training README).
+fine-tune far closer to the optimum than the identity does (docs/performance.md measures it).
 """
 
 from __future__ import annotations

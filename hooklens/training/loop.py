@@ -49,7 +49,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # as checkpoin
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings (defaults: Adam 1e-3, stable on SmolLM2; see the README)."""
+    """Optimisation settings (defaults: Adam 1e-3, stable on SmolLM2; docs/performance.md)."""
 
     steps: int = 250
     optimizer: str = "adam"  # "adam", "adamw" or "sgd" (Nesterov)

@@ -350,9 +350,10 @@ def test_patching_from_another_models_cache_is_refused(hooked, ids):
 
 
 def test_every_error_the_package_raises_by_name_is_a_hooklens_error():
-    """The README's promise, kept by the source: a `raise` of a built-in error class
-    anywhere in hooklens would escape `except HooklensError`. (KeyError stays for
-    mappings, which callers catch as such; re-raising a caught error is not counted.)"""
+    """The lenses guide's promise (docs/guides/lenses.md), kept by the source: a `raise`
+    of a built-in error class anywhere in hooklens would escape `except HooklensError`.
+    (KeyError stays for mappings, which callers catch as such; re-raising a caught error
+    is not counted.)"""
     import ast
     from pathlib import Path
 
