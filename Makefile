@@ -77,9 +77,10 @@ test: venv venv-tl4 lint typecheck browser
 test-tl4: venv-tl4 browser
 	$(BIN_TL4)/python -m pytest $(PYTEST_TL4_ARGS) || [ $$? -eq 5 ]
 
-# The API reference from the docstrings, into site/ (offline; any warning fails it).
+# The guides and the API reference from the docstrings, into site/ (offline; any warning
+# fails it). NO_MKDOCS_2_WARNING silences mkdocs-material's banner about MkDocs 2.
 docs: venv
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # The reference (tuned-lens 0.2.0) beside ours, without its dependencies, for side-by-side runs.
 bench: venv
