@@ -17,6 +17,7 @@ imports only from parts below its own or from its own package (the import contra
 - `causal`: what changes the model's run (ablation, patching, causal bases, faithfulness).
 - `evaluation`: per-layer numbers of every lens on held-out text.
 - `report`: the self-contained HTML report of one text.
+- `exploration`: `hooklens.explore`, the notebook explorer, and the state it shares.
 - `cli`: the `hooklens` command line; nothing imports it.
 
 Old module paths that moved (`hooklens.hub`, `hooklens.unembed`, ...) still import, with a
@@ -46,6 +47,7 @@ from hooklens.errors import (
     RunStateError,
     UnknownModelError,
 )
+from hooklens.exploration import explore
 from hooklens.lenses import (
     JacobianLens,
     Lens,
@@ -97,6 +99,7 @@ __all__ = [
     "Unembed",
     "UnknownModelError",
     "WeightProcessing",
+    "explore",
     "get_residual",
     "iter_residuals",
     "js_distance",

@@ -144,3 +144,7 @@ class FewerTokensWarning(UserWarning):
 
 class TextCutWarning(UserWarning):
     """A text longer than what is read (`max_tokens`, the model's context) was cut."""
+
+
+class MissingWidgetsWarning(UserWarning):
+    """ipywidgets is not installed: `hooklens.explore` shows a static figure instead."""

@@ -8,7 +8,7 @@ import torch
 
 from hooklens import LogitLens, PredictionTrajectory, TunedLens, next_token_targets
 from hooklens.errors import InputError
-from hooklens.explore import ExploreSession, View, pin
+from hooklens.exploration import ExploreSession, View, pin
 from tests import tiny
 from tests.conftest import randomised
 

@@ -1,6 +1,6 @@
 """What an exploration remembers: one model run per text, one lens pass per (text, lens).
 
-`ExploreSession` is the state behind `hooklens.explore` (the notebook widget) and
+`ExploreSession` is the state behind `hooklens.exploration` (the notebook widget) and
 `hooklens serve` (the web app), kept free of any widget library so both front-ends and
 the tests drive the same object. A *view* — which statistic, which positions, which
 tokens are pinned — is read off the cached trajectories and never reruns the model or
@@ -70,7 +70,7 @@ class ExploreSession:
         max_tokens: the longest prompt accepted (default: the model's context).
 
     Examples:
-        >>> from hooklens.explore import ExploreSession, View
+        >>> from hooklens.exploration import ExploreSession, View
         >>> session = ExploreSession(model, {"tuned": lens})
         >>> heatmap = session.figure("one two three four", "tuned", View("forward_kl"))
         >>> lines = session.token_view("one two three four", "tuned", View(position=-1))
@@ -107,6 +107,15 @@ class ExploreSession:
     @property
     def lens_names(self) -> list[str]:
         return list(self.lenses)
+
+    def describe(self, lens: str) -> str:
+        """Which model, lens and precision a page shows, in one line."""
+        cfg = self.model.cfg
+        dtype = str(getattr(cfg, "dtype", next(self.model.parameters()).dtype))
+        return (
+            f"model {cfg.model_name} ({cfg.n_layers} layers), lens {lens} "
+            f"({type(self.lenses[lens]).__name__}), {dtype.removeprefix('torch.')}"
+        )
 
     # --- what costs a pass --------------------------------------------------------------
 
