@@ -15,6 +15,7 @@ modules, one sentence each:
   checkpoint, lens), under torchrun too.
 - eval: `hooklens eval`, per-layer numbers on held-out text (JSON and figures).
 - fit_jlens: `hooklens fit-jlens`, a resumable Jacobian-lens fit.
+- serve: `hooklens serve`, the explorer as a local web app.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sys
 import torch.distributed
 
 from hooklens.cli import eval as evaluation
-from hooklens.cli import fit_jlens, report, train
+from hooklens.cli import fit_jlens, report, serve, train
 from hooklens.core import distributed
 from hooklens.errors import HooklensError
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
             "per-layer KL, cross-entropy, entropy, top-1 agreement on held-out text",
         ),
         ("fit-jlens", fit_jlens, "fit a Jacobian lens (the exact estimator; resumable)"),
+        ("serve", serve, "explore prompts, lenses and statistics in a local web app"),
     ):
         subparser = commands.add_parser(name, help=summary, formatter_class=_HelpFormatter)
         command.add_arguments(subparser)

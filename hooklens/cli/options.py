@@ -101,3 +101,15 @@ def in_flag_terms(mismatch: Mismatch) -> str:
 def load_lens(source: str, model: Any) -> Lens:
     """`registry.load_lens`, a mismatch worded in flags."""
     return registry.load_lens(source, model, advice=in_flag_terms)
+
+
+def named_lenses(sources: list[str], model: Any) -> dict[str, Lens]:
+    """Each `--lens` loaded for `model`, named by its kind ("tuned lens"), or, when
+    several are given, by kind, place and source."""
+    lenses: dict[str, Lens] = {}
+    for index, source in enumerate(sources):
+        lens = load_lens(source, model)
+        kind = registry.lens_type_of(lens)
+        name = kind.name if kind is not None else type(lens).__name__
+        lenses[name if len(sources) == 1 else f"{name} {index + 1} ({source})"] = lens
+    return lenses

@@ -123,7 +123,10 @@ class ExploreSession:
         """The prompt's token ids, refused with a message a page can show when unusable."""
         if not isinstance(text, str) or not text.strip():
             raise InputError("type a prompt: the text is empty")
-        tokens = self.model.to_tokens(text)
+        try:
+            tokens = self.model.to_tokens(text, truncate=False)  # too long is refused below
+        except Exception as error:  # the tokenizer's own error, whatever its class
+            raise InputError(f"the tokenizer cannot read this text: {error}") from error
         if tokens.shape[-1] > self.max_tokens:  # type: ignore[operator]
             raise InputError(
                 f"the prompt is {tokens.shape[-1]} tokens, more than the {self.max_tokens} "
@@ -207,7 +210,7 @@ class ExploreSession:
             )
         shown = repr(self._decode(int(traj.input_ids[0, position])))
         return figure.update_layout(
-            title_text=f"p(token) at position {position} ({shown}): {lens}",
+            title_text=f"p(next token) after position {position} ({shown}): {lens}",
             xaxis_title="layer",
             yaxis_title="probability",
             yaxis_range=[0, 1],
