@@ -139,4 +139,5 @@ def build_app(session: ExploreSession, text: str = DEFAULT_TEXT) -> Any:
 
 def serve(session: ExploreSession, text: str = DEFAULT_TEXT, *, host: str = HOST, port: int = PORT):
     """Run the app until interrupted (Ctrl-C), on `host:port` (this machine only by default)."""
-    build_app(session, text).run(host=host, port=port, debug=False)
+    # threaded: each request on its own thread, so a page loads while a lens pass runs
+    build_app(session, text).run(host=host, port=port, debug=False, threaded=True)

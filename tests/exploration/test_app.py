@@ -41,7 +41,8 @@ def served(model):
     from hooklens.exploration.app import build_app
 
     session = ExploreSession(model, {"tuned": randomised(TunedLens.from_model(model))})
-    server = make_server("127.0.0.1", 0, build_app(session, "The cat sat on the mat").server)
+    app = build_app(session, "The cat sat on the mat")
+    server = make_server("127.0.0.1", 0, app.server, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield session, f"http://127.0.0.1:{server.server_port}/"
@@ -164,3 +165,52 @@ def test_hooklens_serve_explores_the_embedded_model(page, tmp_path):
         server.terminate()
         server.wait(timeout=30)
     assert shutil.which("chromium")
+
+
+def test_a_slow_lens_pass_does_not_hold_up_a_page_load(served, monkeypatch):
+    """While one request computes (held here until released), another loads the page."""
+    import json
+    import urllib.request
+
+    session, url = served
+    started, release = threading.Event(), threading.Event()
+    figure = session.figure
+
+    def slow_figure(*args, **kwargs):
+        started.set()
+        release.wait(timeout=60)
+        return figure(*args, **kwargs)
+
+    monkeypatch.setattr(session, "figure", slow_figure)
+    with urllib.request.urlopen(url + "_dash-dependencies", timeout=30) as response:
+        dependency = json.load(response)[0]
+    body = {
+        "output": dependency["output"],
+        "outputs": [
+            {"id": key.split(".")[0], "property": key.split(".")[1]}
+            for key in dependency["output"].strip(".").split("...")
+        ],
+        "inputs": [
+            {**item, "value": {"lens": "tuned", "statistic": "entropy"}.get(item["id"])}
+            for item in dependency["inputs"]
+        ],
+        "state": [{**item, "value": TEXT} for item in dependency["state"]],
+        "changedPropIds": ["read.n_clicks"],
+    }
+    request = urllib.request.Request(
+        url + "_dash-update-component",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    answers: list[int] = []
+    slow = threading.Thread(target=lambda: answers.append(urllib.request.urlopen(request).status))
+    slow.start()
+    try:
+        assert started.wait(timeout=30), "the callback never started"
+        with urllib.request.urlopen(url, timeout=30) as page_load:  # while it is held
+            assert page_load.status == 200 and b"_dash-renderer" in page_load.read()
+        assert not answers  # the slow request is still being computed
+    finally:
+        release.set()
+        slow.join(timeout=60)
+    assert answers == [200]
