@@ -127,7 +127,8 @@ def build_app(session: ExploreSession, text: str = DEFAULT_TEXT) -> Any:
                     position=-1 if position in (None, "") else int(position),
                     pinned=pin(session, words) if words else (),
                 )
-                heatmap = session.figure(text, lens, view)
+                # the page sizes the figures: they fill their half of the row
+                heatmap = session.figure(text, lens, view).update_layout(width=None, autosize=True)
                 tokens = session.token_view(text, lens, view)
                 status = f"{session.describe(lens)} · {session.passes} lens passes so far"
         except HooklensError as error:

@@ -254,11 +254,16 @@ def _window(stat: TrajectoryStatistic, positions: slice) -> TrajectoryStatistic:
 
 
 def pin(session: ExploreSession, words: Sequence[str]) -> tuple[int, ...]:
-    """Token ids of `words` to pin: each word's first token (with a leading space too)."""
+    """Token ids to pin for `words`: each word's first token as it starts a text and as
+    it follows a space (" Paris" is another token than "Paris" in most BPE vocabularies),
+    without repeats."""
     ids: list[int] = []
     for word in words:
-        encoded = session.model.tokenizer.encode(word, add_special_tokens=False)
-        if not encoded:
+        word = word.strip()
+        forms = [
+            session.model.tokenizer.encode(f, add_special_tokens=False) for f in (word, f" {word}")
+        ]
+        if not word or not any(forms):
             raise InputError(f"{word!r} has no token in this tokenizer")
-        ids.append(int(encoded[0]))
+        ids.extend(int(encoded[0]) for encoded in forms if encoded)
     return tuple(dict.fromkeys(ids))
