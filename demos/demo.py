@@ -224,6 +224,10 @@ def run(args: argparse.Namespace) -> None:
         f"\n4. saved {output / 'lens'} (TunedLens.load) and wrote {path} "
         f"(open it in a browser); total {time.perf_counter() - began:.0f}s"
     )
+    print(
+        f"\nNext, explore any prompt with both lenses in a browser (pip install 'hooklens[app]'):\n"
+        f"    hooklens serve --lens {output / 'lens'}"
+    )
 
 
 if __name__ == "__main__":

@@ -56,3 +56,4 @@ def test_demo_fits_evaluates_and_reports(capsys, tmp_path, monkeypatch):
     assert (tmp_path / "report.html").stat().st_size > 1_000_000
     (model,) = loaded
     TunedLens.load(tmp_path / "lens", model=model)
+    assert f"hooklens serve --lens {tmp_path / 'lens'}" in out  # what to try next
