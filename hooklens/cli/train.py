@@ -53,13 +53,13 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    options.add_model_argument(parser, "model name (TransformerLens or hub)")
-    options.add_model_class_argument(parser)
-    parser.add_argument(
-        "--data",
-        default="wikipedia-summaries",
-        help="hub dataset name, or local .jsonl/.json/.txt/.parquet file(s) (a glob works)",
+    options.add_model_and_data_arguments(
+        parser,
+        "train",
+        "model name (TransformerLens or hub)",
+        "hub dataset name, or local .jsonl/.json/.txt/.parquet file(s) (a glob works)",
     )
+    options.add_model_class_argument(parser)
     parser.add_argument("--text-field", default="text", help="the field of each record to read")
     parser.add_argument("--output", required=True, help="directory for the lens and checkpoints")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per packed sequence (≥ 2)")
@@ -340,6 +340,7 @@ def run(args: argparse.Namespace) -> int:
     """Check everything cheap (arguments, data) before the model loads, take the lock of
     --output, check the output under it, and write run.json only once the model and the
     first chunk of data are in hand."""
+    options.resolve_model_and_data(args)
     _check_arguments(args)
     config = _train_config(args)
     check_data_source(args.data, args.text_field)
