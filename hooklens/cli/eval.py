@@ -36,15 +36,15 @@ FIGURES_SUFFIX = ".html"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_lens_argument(parser, "evaluated")
-    options.add_model_argument(parser, "model name (embedded, TransformerLens or hub)")
-    options.add_model_class_argument(parser)
-    options.add_processing_argument(parser)
-    parser.add_argument(
-        "--data",
-        default="wikipedia-summaries",
-        help="held-out text: a .jsonl, .json, .txt or .parquet file (or glob), a hub dataset, "
+    options.add_model_and_data_arguments(
+        parser,
+        "eval",
+        "model name (embedded, TransformerLens or hub)",
+        "held-out text: a .jsonl, .json, .txt or .parquet file (or glob), a hub dataset, "
         "or wikipedia-summaries",
     )
+    options.add_model_class_argument(parser)
+    options.add_processing_argument(parser)
     parser.add_argument("--text-field", default="text", help="the field of each record to read")
     parser.add_argument(
         "--tokens",
@@ -142,6 +142,7 @@ def lens_label(source: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    options.resolve_model_and_data(args)
     check_arguments(args)
     files = output_files(args.output, logit_stats=args.record_logit_stats)
     lock = output_lock(

@@ -1,5 +1,6 @@
 """Options and checks several commands share: `--model`, `--model-class`, `--processing`,
-`--device`, `--lens`, `--output`; a lens mismatch worded in flags."""
+`--device`, `--lens`, `--output`, and `MODEL DATA` given positionally; a lens mismatch
+worded in flags."""
 
 from __future__ import annotations
 
@@ -16,6 +17,53 @@ from hooklens.lenses.registry import Mismatch
 def add_model_argument(parser: argparse.ArgumentParser, help: str) -> None:
     """`--model NAME` (default: the embedded model)."""
     parser.add_argument("--model", default=models.DEFAULT_MODEL, help=help)
+
+
+DEFAULT_DATA = "wikipedia-summaries"  # the offline corpus
+
+
+def add_model_and_data_arguments(
+    parser: argparse.ArgumentParser, command: str, model_help: str, data_help: str
+) -> None:
+    """`[MODEL] [DATA]` positional, as tuned-lens's README writes its commands
+    (`train gpt2 val.jsonl --output gpt2-lens`), beside `--model NAME` and `--data
+    SOURCE`; the command's `run` merges them with `resolve_model_and_data`."""
+    parser.add_argument(
+        "model_positional",
+        nargs="?",
+        metavar="MODEL",
+        help="the model, given without its flag (tuned-lens's form); the same as --model: "
+        "give one or the other",
+    )
+    parser.add_argument(
+        "data_positional",
+        nargs="?",
+        metavar="DATA",
+        help="the data, given without its flag after MODEL; the same as --data: give one or "
+        "the other",
+    )
+    parser.add_argument("--model", help=f"{model_help}; default: {models.DEFAULT_MODEL}")
+    parser.add_argument("--data", help=f"{data_help}; default: {DEFAULT_DATA}")
+    parser.epilog = (
+        f"MODEL and DATA go with or without their flags: `hooklens {command} gpt2 "
+        "val.jsonl ...` is `--model gpt2 --data val.jsonl ...`."
+    )
+
+
+def resolve_model_and_data(args: argparse.Namespace) -> None:
+    """Set `args.model` and `args.data` from the positional `MODEL DATA` or the flags
+    (else the defaults); a value given both ways is refused (`InputError`), even when
+    both say the same."""
+    for name, default in (("model", models.DEFAULT_MODEL), ("data", DEFAULT_DATA)):
+        positional = getattr(args, f"{name}_positional", None)
+        flag = getattr(args, name, None)
+        if positional is not None and flag is not None:
+            raise InputError(
+                f"the {name} is given twice, as {name.upper()} ({positional}) and as "
+                f"--{name} ({flag}): give it once, either way (the positionals are MODEL "
+                "then DATA)"
+            )
+        setattr(args, name, next((v for v in (positional, flag) if v is not None), default))
 
 
 def add_model_class_argument(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +102,8 @@ def add_lens_argument(parser: argparse.ArgumentParser, logit_lens: str) -> None:
         action="append",
         default=[],
         metavar="LENS",
-        help="a tuned lens directory, a Jacobian lens (.pt or directory), or a published "
+        help="a tuned lens directory (or a `hooklens train --output` folder), a Jacobian lens "
+        "(.pt or directory), or a published "
         "Jacobian lens (a name in TransformerLens's registry, or owner/repo/path.pt on the "
         f"hub); repeatable; the logit lens is always {logit_lens}",
     )
@@ -68,11 +117,23 @@ def check_output_file(output: str | Path, example: str) -> None:
         )
 
 
+def run_lens(source: str) -> str:
+    """`source`, or the lens inside it where it is the `--output` of `hooklens train`
+    (a folder with `run.json` and `lens/`): tuned-lens's `eval --lens DIR` names the
+    folder its `train --output DIR` wrote."""
+    path = Path(source)
+    if (path / "run.json").is_file() and (path / "lens").is_dir():
+        return str(path / "lens")
+    return source
+
+
 def check_lens_paths(sources: list[str], model_name: str | None = None) -> None:
     """Refuse, before any model loads, a `--lens` that holds no lens
     (`registry.check_lens_source`), then a set of lenses no one model load can read: a
     Jacobian lens reads raw activations, so it cannot sit beside a tuned lens trained on
-    TransformerLens-processed weights (each would be refused with the other's flag)."""
+    TransformerLens-processed weights (each would be refused with the other's flag).
+    A `hooklens train` output folder stands for its lens (`run_lens`)."""
+    sources = [run_lens(source) for source in sources]
     for source in sources:
         registry.check_lens_source(source, model_name)
     conflict = registry.processing_conflict(sources)
@@ -99,8 +160,9 @@ def in_flag_terms(mismatch: Mismatch) -> str:
 
 
 def load_lens(source: str, model: Any) -> Lens:
-    """`registry.load_lens`, a mismatch worded in flags."""
-    return registry.load_lens(source, model, advice=in_flag_terms)
+    """`registry.load_lens` (of the lens inside a `hooklens train` output folder, if
+    `source` is one), a mismatch worded in flags."""
+    return registry.load_lens(run_lens(source), model, advice=in_flag_terms)
 
 
 def named_lenses(sources: list[str], model: Any) -> dict[str, Lens]:

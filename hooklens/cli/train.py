@@ -53,13 +53,13 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    options.add_model_argument(parser, "model name (TransformerLens or hub)")
-    options.add_model_class_argument(parser)
-    parser.add_argument(
-        "--data",
-        default="wikipedia-summaries",
-        help="hub dataset name, or local .jsonl/.json/.txt/.parquet file(s) (a glob works)",
+    options.add_model_and_data_arguments(
+        parser,
+        "train",
+        "model name (TransformerLens or hub)",
+        "hub dataset name, or local .jsonl/.json/.txt/.parquet file(s) (a glob works)",
     )
+    options.add_model_class_argument(parser)
     parser.add_argument("--text-field", default="text", help="the field of each record to read")
     parser.add_argument("--output", required=True, help="directory for the lens and checkpoints")
     parser.add_argument("--seq-len", type=int, default=512, help="tokens per packed sequence (≥ 2)")
@@ -279,6 +279,52 @@ def _token_stream(args: argparse.Namespace, tokenizer) -> Iterator[torch.Tensor]
     return batches(distributed.shard(chunks), args.batch_size // distributed.world_size())
 
 
+class _CountedBatches:
+    """The batches of the fine-tune, counting the tokens read and whether they ran out."""
+
+    def __init__(self, batches: Iterator[torch.Tensor]):
+        self._batches, self.tokens, self.exhausted = batches, 0, False
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for batch in self._batches:
+            self.tokens += batch.numel()
+            yield batch
+        self.exhausted = True
+
+
+def _data_accounting(args: argparse.Namespace, fit_tokens: int, train_tokens: int) -> str:
+    """Where the training text went and what the run needs, in flag terms."""
+    world = distributed.world_size()
+    per_step = args.batch_size // world * args.seq_len * args.grad_accumulation
+    needed = args.steps * per_step
+    share = f" (this process's share, 1 of {world})" if world > 1 else ""
+    return (
+        f"--data {args.data} held {fit_tokens + train_tokens:,} tokens of training text in "
+        f"--seq-len {args.seq_len} chunks{share}: {fit_tokens:,} for the fast fit "
+        f"(--fast-fit-tokens {args.fast_fit_tokens}) and {train_tokens:,} for the fine-tune, "
+        f"whose --steps {args.steps} need {needed:,} ({per_step:,} a step): give more text, "
+        "fewer --steps, or a smaller --fast-fit-tokens (0 skips the fit)"
+    )
+
+
+def _left_after_fit(
+    args: argparse.Namespace, fit_tokens: int, stream: Iterator[torch.Tensor]
+) -> Iterator[torch.Tensor]:
+    """The batches after the fast fit's; a `DataError` in flag terms if the fit took
+    them all (on any rank: every rank raises), so a run on too little text stops
+    before the fit, not at its first step."""
+    first = next(stream, None)
+    if distributed.mean_over_ranks(float(first is None)) > 0:
+        what = (
+            "the fast fit would take all the training text and leave none for the fine-tune"
+            if fit_tokens
+            else "no training text is left for the fine-tune"
+        )
+        raise DataError(f"{what}: {_data_accounting(args, fit_tokens, 0)}")
+    assert first is not None
+    return itertools.chain([first], stream)
+
+
 def _wandb_logger(project: str | None, args: argparse.Namespace):
     if project is None or not distributed.is_primary():
         return None
@@ -294,6 +340,7 @@ def run(args: argparse.Namespace) -> int:
     """Check everything cheap (arguments, data) before the model loads, take the lock of
     --output, check the output under it, and write run.json only once the model and the
     first chunk of data are in hand."""
+    options.resolve_model_and_data(args)
     _check_arguments(args)
     config = _train_config(args)
     check_data_source(args.data, args.text_field)
@@ -360,25 +407,33 @@ def _train(
     if args.fsdp:
         distributed.shard_blocks(model, cpu_offload=args.cpu_offload)
     stream = _token_stream(args, model.tokenizer)
-    _start_output(args, output, settings)
     n_fit = args.fast_fit_tokens // (args.seq_len * args.batch_size)
     fit_batches = list(itertools.islice(stream, n_fit))  # consumed on resume too: same order
+    fit_tokens = sum(batch.numel() for batch in fit_batches)
+    # Before anything is written, and before the fit spends model time on the data.
+    counted = _CountedBatches(_left_after_fit(args, fit_tokens, stream))
+    _start_output(args, output, settings)
     if args.resume:
         lens = TunedLens.from_model(model)  # its weights come from the checkpoint
     elif fit_batches:
         lens = fit_tuned_lens(model, fit_batches, progress=not args.no_progress)
     else:
         lens = TunedLens.from_model(model)
-    history = train_lens(
-        model,
-        lens,
-        stream,
-        config,
-        checkpoint_dir=output / "checkpoint",
-        resume=args.resume,
-        progress=not args.no_progress,
-        on_step=_wandb_logger(args.wandb, args),
-    )
+    try:
+        history = train_lens(
+            model,
+            lens,
+            counted,
+            config,
+            checkpoint_dir=output / "checkpoint",
+            resume=args.resume,
+            progress=not args.no_progress,
+            on_step=_wandb_logger(args.wandb, args),
+        )
+    except DataError as error:
+        if not counted.exhausted:
+            raise
+        raise DataError(f"{error}. {_data_accounting(args, fit_tokens, counted.tokens)}") from None
     if distributed.is_primary():
         lens.save(output / "lens")
         atomic_write_text(output / "history.json", json.dumps(history, indent=1) + "\n")

@@ -338,8 +338,11 @@ def _train(
             try:
                 tokens = next(batches)
             except StopIteration:
+                needed = config.steps * config.grad_accumulation
                 raise DataError(
-                    f"the data ran out at step {step}: give more text or fewer steps"
+                    f"the data ran out at step {step} of {config.steps}: token_batches gave "
+                    f"{consumed} batches and the steps need {needed} (steps × "
+                    "grad_accumulation): give more text or fewer steps"
                 ) from None
             consumed += 1
             digest.add(tokens)

@@ -29,13 +29,20 @@ from hooklens.trajectory.inputs import (
     model_padding,
     next_token_targets,
 )
-from hooklens.trajectory.labels import LABEL_TOPK, MIN_PROB_DELTA
+from hooklens.trajectory.labels import (
+    DEFAULT_TOPK,
+    LABEL_TOPK,
+    MAX_ENTRIES_TO_SHOW,
+    MIN_PROB_DELTA,
+)
 from hooklens.trajectory.prediction import PredictionTrajectory
 from hooklens.trajectory.readout import ROW_BLOCK, VOCAB_CHUNK
 from hooklens.trajectory.statistic import TrajectoryLabels, TrajectoryStatistic
 
 __all__ = [
+    "DEFAULT_TOPK",
     "LABEL_TOPK",
+    "MAX_ENTRIES_TO_SHOW",
     "MIN_PROB_DELTA",
     "ROW_BLOCK",
     "UNITS",

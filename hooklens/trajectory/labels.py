@@ -6,6 +6,7 @@ sequences disagree).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -17,9 +18,15 @@ from hooklens.plotting.tokens import TokenFormatter
 from hooklens.stats.streaming import PairStats
 from hooklens.trajectory.statistic import TrajectoryLabels
 
+# Most likely tokens a trajectory keeps per cell (for labels and hover) unless told:
+# this many, or the whole vocabulary where it is smaller.
+DEFAULT_TOPK = 5
 # Label defaults of tuned-lens: hover lists 10 tokens; a Δp label needs |Δp| > float32 eps.
 LABEL_TOPK = 10
 MIN_PROB_DELTA = float(np.finfo(np.float32).eps)
+# tuned-lens's `max_entries_to_show`: the hover of `largest_prob_labels` and
+# `largest_delta_in_prob_labels` lists this many sequences of a batch side by side.
+MAX_ENTRIES_TO_SHOW = 3
 
 
 def probability(value: Any, name: str) -> float:
@@ -60,12 +67,30 @@ def cell_labels(
 
 
 def hover_entries(
-    tokenizer: Any, ids: Tensor, values: list[str], formatter: TokenFormatter | None
+    tokenizer: Any,
+    ids: Tensor,
+    values: Tensor,
+    written: Callable[[float], str],
+    formatter: TokenFormatter | None,
 ) -> np.ndarray:
-    """`[layer, pos, k, 2]` (token, value) rows of the hover table."""
+    """`[layer, pos, k, 2 × sequences]` rows of the hover table, as in tuned-lens: row i
+    lists the i-th token of each sequence and its value (`written(value)`), side by
+    side. `ids` and `values` are `[layer, sequence, pos, k]`."""
     tokens = (formatter or TokenFormatter(max_string_len=16)).format_ids(tokenizer, ids.numpy())
-    column = np.array([*values, ""], dtype=object)[:-1].reshape(tokens.shape)
-    return np.stack([tokens, column], -1)
+    texts = [written(value) for value in values.reshape(-1).tolist()]
+    column = np.array([*texts, ""], dtype=object)[:-1]
+    column = column.reshape(tokens.shape)
+    # [layer, sequence, pos, k, 2] → [layer, pos, k, sequence × 2]: (token, value) pairs.
+    pairs = np.stack([tokens, column], -1).transpose(0, 2, 3, 1, 4)
+    return pairs.reshape(*pairs.shape[:3], -1)
+
+
+def _percent(p: float) -> str:
+    return f"{100 * p:.1f}%"
+
+
+def _change(delta: float) -> str:
+    return f"Δ{100 * delta:+.2f}%"
 
 
 def top_prediction_labels(
@@ -75,13 +100,17 @@ def top_prediction_labels(
     min_prob: float,
     k: int,
     formatter: TokenFormatter | None,
+    sequences: int = 1,
 ) -> TrajectoryLabels:
     """Cells: the top-1 token where its probability ≥ `min_prob`; hover: the top `k` of
-    the first sequence. `ids`/`log_probs` are the kept top-k, `[layer, sequence, pos, topk]`."""
+    the first `sequences` sequences. `ids`/`log_probs` are the kept top-k,
+    `[layer, sequence, pos, topk]`."""
     probs = log_probs.exp()
     labels = cell_labels(tokenizer, ids[..., 0], probs[..., 0] >= min_prob, formatter)
-    hover_values = [f"{100 * p:.1f}%" for p in probs[:, 0, :, :k].reshape(-1).tolist()]
-    hover = hover_entries(tokenizer, ids[:, 0, :, :k], hover_values, formatter)
+    shown = slice(0, sequences)
+    hover = hover_entries(
+        tokenizer, ids[:, shown, :, :k], probs[:, shown, :, :k], _percent, formatter
+    )
     return TrajectoryLabels(label_strings=labels, hover_over_entries=hover)
 
 
@@ -92,11 +121,12 @@ def delta_labels(
     min_prob_delta: float,
     topk: int,
     formatter: TokenFormatter | None,
+    sequences: int = 1,
 ) -> TrajectoryLabels | None:
     """Cells: the token whose probability changed most where |Δp| ≥ `min_prob_delta`
-    (and Δp ≠ 0); hover: the `topk` largest changes of the first sequence (blank
-    rows for tokens that did not change at all). `by_sequence` splits flat rows into
-    `[layer, sequence, pos, k]` (`RowLayout.by_sequence`)."""
+    (and Δp ≠ 0); hover: the `topk` largest changes of the first `sequences` sequences
+    (blank entries for tokens that did not change at all). `by_sequence` splits flat
+    rows into `[layer, sequence, pos, k]` (`RowLayout.by_sequence`)."""
     if tokenizer is None or pair.delta_ids is None or pair.deltas is None:
         return None
     k = min(topk, pair.delta_k)
@@ -105,11 +135,12 @@ def delta_labels(
     labels = cell_labels(
         tokenizer, ids[..., 0], (largest >= min_prob_delta) & (largest > 0), formatter
     )
-    first = deltas[:, 0, :, :k]
-    hover_values = [f"Δ{100 * d:+.2f}%" for d in first.reshape(-1).tolist()]
-    hover = hover_entries(tokenizer, ids[:, 0, :, :k], hover_values, formatter)
-    # Tokens whose probability did not change at all are no answer to "what changed".
-    hover[(first == 0).numpy()] = ""
+    shown = deltas[:, :sequences, :, :k]
+    hover = hover_entries(tokenizer, ids[:, :sequences, :, :k], shown, _change, formatter)
+    # Tokens whose probability did not change at all are no answer to "what changed":
+    # both entries of such a (token, Δp) pair are blank.
+    unchanged = (shown == 0).permute(0, 2, 3, 1).numpy()  # [layer, pos, k, sequence]
+    hover[np.repeat(unchanged, 2, axis=-1)] = ""
     return TrajectoryLabels(label_strings=labels, hover_over_entries=hover)
 
 

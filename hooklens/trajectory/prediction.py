@@ -45,8 +45,9 @@ class PredictionTrajectory(TrajectoryStatistics):
     Labels (given a tokenizer), as in tuned-lens: each cell of a single-trajectory
     statistic shows the top-1 token of that layer where its probability is at least
     `min_prob` (blank elsewhere), and hovering lists the `topk` most likely tokens —
-    at most the `topk` this trajectory kept when it was built (5 by default; build it
-    with `topk=10` to list tuned-lens's ten). Comparisons (`kl_divergence`,
+    at most the `topk` this trajectory kept when it was built (5 by default, or the
+    whole vocabulary if it is smaller; build it with `topk=10` to list tuned-lens's
+    ten). Comparisons (`kl_divergence`,
     `js_divergence`, `total_variation`) label each cell with the token whose
     probability changed most from self to other, where |Δp| ≥ `min_prob_delta`, and
     hover lists the `topk` largest changes with their signed Δp. With a batch, a cell
@@ -77,7 +78,7 @@ class PredictionTrajectory(TrajectoryStatistics):
         tokenizer: Any = None,
         mask_input: bool = False,
         residual_component: str | None = None,
-        topk: int = 5,
+        topk: int | None = None,
         attention_mask: Any = None,
     ):
         if not isinstance(lens, Lens):
@@ -109,7 +110,7 @@ class PredictionTrajectory(TrajectoryStatistics):
         anti_targets: Int[Tensor, "... pos"] | None = None,
         residual_component: str | None = None,
         mask_input: bool = False,
-        topk: int = 5,
+        topk: int | None = None,
         attention_mask: Any = None,
         check_logits: bool = True,
     ) -> PredictionTrajectory:
@@ -129,7 +130,9 @@ class PredictionTrajectory(TrajectoryStatistics):
                 another, like a `resid_post` Jacobian lens).
             mask_input: give every token of each input sequence probability 0 at the
                 lens rows (not the output row), to see what else the lens predicts.
-            topk: how many most likely tokens to keep per cell, for labels and hover.
+            topk: how many most likely tokens to keep per cell, for labels and hover;
+                default 5 (`hooklens.trajectory.DEFAULT_TOPK`), or the whole vocabulary if
+                it is smaller. A `topk` given larger than the vocabulary is refused.
             attention_mask: `[..., pos]` 1 for real tokens, 0 for padding. Padded cells
                 are NaN in every statistic and left out of means; a target pointing at
                 padding counts as none. Default: the padding TransformerLens added to a
@@ -171,7 +174,7 @@ class PredictionTrajectory(TrajectoryStatistics):
         anti_targets: Int[Tensor, "... pos"] | Sequence[int] | None = None,
         mask_input: bool = False,
         residual_component: str | None = None,
-        topk: int = 5,
+        topk: int | None = None,
         fwd_hooks: Sequence[tuple[Any, Any]] = (),
         attention_mask: Any = None,
     ) -> PredictionTrajectory:
@@ -216,7 +219,7 @@ class PredictionTrajectory(TrajectoryStatistics):
         anti_targets: Int[Tensor, "... pos"] | Sequence[int] | None = None,
         tokenizer: Any = None,
         *,
-        topk: int = 5,
+        topk: int | None = None,
         attention_mask: Any = None,
     ) -> PredictionTrajectory:
         """A trajectory of distributions computed elsewhere, e.g. tuned-lens's own
@@ -238,7 +241,9 @@ class PredictionTrajectory(TrajectoryStatistics):
             targets: `[..., pos]` token ids to score, -1 where none.
             anti_targets: `[..., pos]` token ids to compare targets against.
             tokenizer: turns ids into labels; without one, figures have no token labels.
-            topk: how many most likely tokens to keep per cell.
+            topk: how many most likely tokens to keep per cell; default 5, or the
+                whole vocabulary if it is smaller (a 3-token vocabulary keeps 3). A
+                `topk` given larger than the vocabulary is refused.
             attention_mask: `[..., pos]` 1 for real tokens, 0 for padding (nothing is
                 inferred: pass it for a padded batch). Without one, a position whose
                 rows are all zero (padding) is refused, not read as a uniform

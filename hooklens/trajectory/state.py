@@ -29,6 +29,21 @@ from hooklens.trajectory.statistic import TrajectoryLabels, TrajectoryStatistic
 S = TypeVar("S", bound="TrajectoryState")
 
 
+def kept_topk(topk: Any, vocab_size: int) -> int:
+    """The `topk` a trajectory keeps: `labels.DEFAULT_TOPK` clamped to the vocabulary when not
+    given; one given must lie in `1..vocab_size` (`InputError` saying the bound)."""
+    if topk is None:
+        return min(labels.DEFAULT_TOPK, vocab_size)
+    number = positive_int(topk, "topk")
+    if number > vocab_size:
+        raise InputError(
+            f"topk must be at most the vocabulary's {vocab_size} tokens, got {number}: pass "
+            f"topk={vocab_size} or fewer, or leave it out (the default keeps "
+            f"min({labels.DEFAULT_TOPK}, vocabulary))"
+        )
+    return number
+
+
 class TrajectoryState:
     """Internal. The state of a trajectory and the steps its methods share."""
 
@@ -41,7 +56,7 @@ class TrajectoryState:
         anti_targets: Any,
         tokenizer: Any,
         mask_input: bool,
-        topk: int,
+        topk: int | None,
         attention_mask: Any,
         readout_: Readout | None = None,
     ) -> None:
@@ -55,7 +70,7 @@ class TrajectoryState:
         self.anti_targets = inputs.as_long(anti_targets, "anti_targets")
         self.tokenizer = tokenizer
         self.mask_input = mask_input
-        self.topk = positive_int(topk, "topk", at_most=source.vocab_size)
+        self.topk = kept_topk(topk, source.vocab_size)
         inputs.check_token_ids(input_ids, self.targets, self.anti_targets, self.vocab_size)
         # 1 = a real token, 0 = padding (its cells are NaN and left out of every mean).
         self.attention_mask: Tensor | None = (
@@ -71,7 +86,7 @@ class TrajectoryState:
         self._pairs: weakref.WeakKeyDictionary[TrajectoryState, PairStats] = (
             weakref.WeakKeyDictionary()
         )
-        self._labels: dict[tuple[float, int], TrajectoryLabels] = {}
+        self._labels: dict[tuple[float, int, int], TrajectoryLabels] = {}
         if readout_ is None:
             readout_ = readout.read(
                 self._rows, self._layout.n_rows, self.targets, self.anti_targets, self.topk
@@ -202,10 +217,14 @@ class TrajectoryState:
         return labels.sequence_labels(self.tokenizer, sequences, formatter)
 
     def _top_prediction_labels(
-        self, min_prob: float, topk: int, formatter: TokenFormatter | None
+        self,
+        min_prob: float,
+        topk: int,
+        formatter: TokenFormatter | None,
+        sequences: int = 1,
     ) -> TrajectoryLabels | None:
         """Cells: the top-1 token where its probability ≥ `min_prob`; hover: the top
-        `topk` (at most `self.topk`) of the first sequence.
+        `topk` (at most `self.topk`) of the first `sequences` sequences.
 
         Built once per setting and shared by all statistics of this trajectory.
         """
@@ -213,7 +232,7 @@ class TrajectoryState:
         k = min(positive_int(topk, "topk"), self.topk)
         if self.tokenizer is None:
             return None
-        key = (min_prob, k)
+        key = (min_prob, k, sequences)
         if formatter is None and key in self._labels:
             return self._labels[key]
         by_sequence = self._layout.by_sequence
@@ -224,6 +243,7 @@ class TrajectoryState:
             min_prob,
             k,
             formatter,
+            sequences,
         )
         if formatter is None:
             self._labels[key] = result

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from jaxtyping import Shaped
 from numpy.typing import NDArray
 
+from hooklens._checks import positive_int
 from hooklens.errors import InputError
 
 # Cell text is an array of strings of either dtype: numpy `str_` (from `np.char`) or
@@ -52,6 +53,59 @@ class TrajectoryLabels:
             if self.hover_over_entries is None
             else _stride_keep_last(self.hover_over_entries, stride),
         )
+
+    def template_and_customdata(
+        self, col_width_limit: int = 10
+    ) -> tuple[str, Shaped[np.ndarray, "layer pos entries"]]:
+        """The hover table as plotly wants it, as in tuned-lens: a `hovertemplate` and
+        the `customdata` it reads, for a `go.Heatmap` of your own.
+
+        Each column of the table is as wide as its longest entry plus one, at most
+        `col_width_limit` characters; entries are right-aligned in it, and a longer one
+        keeps its last characters. (`heatmap()` shows the table through `hover_text`
+        instead, whole, under a line with the cell's value.)
+
+        Returns:
+            `(template, customdata)`: `template` puts `%{customdata[i]}` for the cells
+            of each row side by side, a `<br>` after each row; `customdata` is
+            `[layer, pos, rows × cols]`, the table's entries row by row.
+
+        Raises:
+            InputError: there is no hover table (`hover_over_entries` is None).
+
+        Examples:
+            >>> labels = TrajectoryLabels(
+            ...     label_strings=np.array([["a"]]),
+            ...     hover_over_entries=np.array([[[["cat", "12.5%"], ["dog", "3.0%"]]]]))
+            >>> template, customdata = labels.template_and_customdata()
+            >>> template
+            '%{customdata[0]}%{customdata[1]}<br>%{customdata[2]}%{customdata[3]}<br><extra></extra>'
+            >>> customdata.tolist()
+            [[[' cat', ' 12.5%', ' dog', '  3.0%']]]
+        """
+        limit = positive_int(col_width_limit, "col_width_limit")
+        if self.hover_over_entries is None:
+            raise InputError(
+                "these labels have no hover table (hover_over_entries is None), so there "
+                "is no template to make: build them with hover entries, e.g. a "
+                "trajectory's largest_prob_labels() with a tokenizer"
+            )
+        entries = np.asarray(self.hover_over_entries).astype(str)
+        n_rows, n_cols = entries.shape[-2:]
+        longest = np.char.str_len(entries).max(axis=(0, 1, 2), initial=0)  # [cols]
+        widths = np.minimum(longest + 1, limit).tolist()
+        cells = np.empty(entries.shape, dtype=object)
+        for col, width in enumerate(widths):
+            column = entries[..., col]
+            cells[..., col] = np.array(
+                [text[-width:].rjust(width) for text in column.reshape(-1).tolist()], dtype=object
+            ).reshape(column.shape)
+        template = "".join(
+            "".join(f"%{{customdata[{r * n_cols + c}]}}" for c in range(n_cols)) + "<br>"
+            for r in range(n_rows)
+        )
+        customdata = cells.astype(str).reshape(*entries.shape[:2], n_rows * n_cols)
+        return template + "<extra></extra>", customdata
 
     def hover_text(self) -> np.ndarray:
         """`[layer, pos]` HTML snippets: the hover table, one row per line."""

@@ -1,6 +1,8 @@
 """The statistics of a trajectory: one table entry each — its name (the figure title,
 tuned-lens's), units, bounds, what it needs, and how to read it off the readout — and
-`TrajectoryStatistics`, the public method of each entry (a few lines apiece).
+`TrajectoryStatistics`, the public method of each entry (a few lines apiece) and the
+public label builders tuned-lens names `largest_prob_labels` and
+`largest_delta_in_prob_labels`.
 
 `Statistic.of` reads `[layer + 1, rows]` values off the single-trajectory `Readout`;
 `PairStatistic.of` reads them off the `PairStats` of a comparison. Values are in nats
@@ -24,10 +26,10 @@ from hooklens.stats.reference import LN2
 from hooklens.stats.streaming import PairStats
 from hooklens.trajectory import inputs, labels
 from hooklens.trajectory.inputs import Units
-from hooklens.trajectory.labels import LABEL_TOPK, MIN_PROB_DELTA
+from hooklens.trajectory.labels import LABEL_TOPK, MAX_ENTRIES_TO_SHOW, MIN_PROB_DELTA
 from hooklens.trajectory.readout import Readout
 from hooklens.trajectory.state import TrajectoryState
-from hooklens.trajectory.statistic import TrajectoryStatistic
+from hooklens.trajectory.statistic import TrajectoryLabels, TrajectoryStatistic
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,9 @@ TV = PairStatistic("TV(Self ‖ Other)", "probs", lambda p: p.tv, min=0.0, max=1
 
 
 class TrajectoryStatistics(TrajectoryState):
-    """The statistic methods of `PredictionTrajectory`, one per table entry above."""
+    """The statistic methods of `PredictionTrajectory`, one per table entry above, and
+    the labels they carry under tuned-lens's names (`largest_prob_labels`,
+    `largest_delta_in_prob_labels`)."""
 
     def _single(
         self,
@@ -124,6 +128,7 @@ class TrajectoryStatistics(TrajectoryState):
         """`statistic` of this trajectory, labelled with each cell's top-1 token."""
         self._need(*statistic.needs)
         units = inputs.checked_units(units) if statistic.units == "nats" else statistic.units
+        # The labels of largest_prob_labels(..., max_entries_to_show=1), cached and shared.
         cells = self._top_prediction_labels(min_prob, topk, formatter)
         return self._statistic(
             statistic.name,
@@ -262,13 +267,102 @@ class TrajectoryStatistics(TrajectoryState):
     ) -> TrajectoryStatistic:
         """`statistic` between self and `other`, labelled with the largest Δp."""
         units = inputs.checked_units(units) if statistic.units == "nats" else statistic.units
+        cells = self.largest_delta_in_prob_labels(
+            other, formatter, min_prob_delta, max_entries_to_show=1, topk=topk
+        )
+        pair = self._pair(other)  # the pass the labels made (cached), or one without Δp
+        return self._statistic(statistic.name, statistic.of(pair), units, cells, statistic.bounds())
+
+    # --- labels, under tuned-lens's names ----------------------------------------------
+
+    def largest_prob_labels(
+        self,
+        formatter: TokenFormatter | None = None,
+        min_prob: float = 0.0,
+        topk: int = LABEL_TOPK,
+        max_entries_to_show: int = MAX_ENTRIES_TO_SHOW,
+    ) -> TrajectoryLabels | None:
+        """Labels from each layer's most likely tokens (tuned-lens's
+        `largest_prob_labels`): those every single-trajectory statistic carries.
+
+        Args:
+            formatter: how tokens are written (default `TokenFormatter()`).
+            min_prob: a cell shows its top-1 token only where that token's probability
+                is at least this (blank elsewhere).
+            topk: how many of the most likely tokens the hover lists; at most the
+                `topk` the trajectory kept when built (`traj.topk`).
+            max_entries_to_show: how many sequences of a batch the hover lists side by
+                side (the statistics' own figures list the first one).
+
+        Returns:
+            `TrajectoryLabels` whose `label_strings` are `[layer + 1, pos]` (the top-1
+            token; `*` where the sequences of a batch disagree) and whose
+            `hover_over_entries` are `[layer + 1, pos, k, 2 × n]`: row i holds the i-th
+            most likely token and its probability for each of the first
+            `n = min(batch, max_entries_to_show)` sequences. None without a tokenizer,
+            as in tuned-lens.
+
+        Examples:
+            >>> from hooklens import PredictionTrajectory
+            >>> traj = PredictionTrajectory.from_lens_and_cache(lens, tokens, cache, logits)
+            >>> labels = traj.largest_prob_labels(min_prob=0.1, topk=3)
+            >>> labels.label_strings.shape, labels.hover_over_entries.shape
+            ((5, 6), (5, 6, 3, 2))
+        """
+        sequences = positive_int(max_entries_to_show, "max_entries_to_show")
+        cells = self._top_prediction_labels(min_prob, topk, formatter, sequences)
+        if cells is None:
+            return None
+        # A copy: the statistics share the cached labels, and a caller may edit these.
+        hover = cells.hover_over_entries
+        return TrajectoryLabels(cells.label_strings.copy(), None if hover is None else hover.copy())
+
+    def largest_delta_in_prob_labels(
+        self,
+        other: Any,
+        formatter: TokenFormatter | None = None,
+        min_prob_delta: float = MIN_PROB_DELTA,
+        max_entries_to_show: int = MAX_ENTRIES_TO_SHOW,
+        topk: int = LABEL_TOPK,
+    ) -> TrajectoryLabels | None:
+        """Labels from the largest changes in probability from self to `other`
+        (tuned-lens's `largest_delta_in_prob_labels`): those every comparison carries.
+
+        Args:
+            other: a trajectory of the same shape (lens-built or `from_log_probs`).
+            formatter: how tokens are written (default `TokenFormatter()`).
+            min_prob_delta: a cell shows the token whose probability changed most
+                (other − self) only where |Δp| is at least this and not zero.
+            max_entries_to_show: how many sequences of a batch the hover lists side by
+                side (the comparisons' own figures list the first one).
+            topk: how many of the largest changes the hover lists, each with its
+                signed Δp; they come from the comparison's streaming pass.
+
+        Returns:
+            `TrajectoryLabels`: `label_strings` `[layer + 1, pos]`, `hover_over_entries`
+            `[layer + 1, pos, k, 2 × n]` (token, Δp) pairs of the first
+            `n = min(batch, max_entries_to_show)` sequences, blank for a token whose
+            probability did not change. None without a tokenizer, as in tuned-lens.
+
+        Examples:
+            >>> from hooklens import LogitLens, PredictionTrajectory
+            >>> traj = PredictionTrajectory.from_lens_and_cache(lens, tokens, cache, logits)
+            >>> logit = PredictionTrajectory.from_lens_and_cache(
+            ...     LogitLens.from_model(model), tokens, cache, logits)
+            >>> traj.largest_delta_in_prob_labels(logit, topk=4).hover_over_entries.shape
+            (5, 6, 4, 2)
+        """
         min_prob_delta = labels.probability(min_prob_delta, "min_prob_delta")
         topk = positive_int(topk, "topk")
-        pair = self._pair(other, delta_k=topk if self.tokenizer is not None else 0)
-        cells = labels.delta_labels(
-            self.tokenizer, pair, self._layout.by_sequence, min_prob_delta, topk, formatter
+        sequences = positive_int(max_entries_to_show, "max_entries_to_show")
+        if self.tokenizer is None:
+            self.check_comparable(other)
+            return None
+        pair = self._pair(other, delta_k=topk)
+        by_sequence = self._layout.by_sequence
+        return labels.delta_labels(
+            self.tokenizer, pair, by_sequence, min_prob_delta, topk, formatter, sequences
         )
-        return self._statistic(statistic.name, statistic.of(pair), units, cells, statistic.bounds())
 
     def kl_divergence(
         self,

@@ -34,7 +34,13 @@ from hooklens.errors import (
     RunStateError,
     UnknownModelError,
 )
-from hooklens.training.data import check_data_source, data_fingerprint
+from hooklens.training.data import (
+    check_data_source,
+    data_fingerprint,
+    load_texts,
+    pack,
+    split_texts,
+)
 from hooklens.training.loop import CHECKPOINT_FILE, TrainConfig, train_lens
 from tests.conftest import VOCAB
 
@@ -183,6 +189,58 @@ def test_unreadable_data_is_refused_before_the_model_loads(
     assert cli_main(_arguments(data, output)) == 2
     assert expected in capsys.readouterr().err
     assert tiny_models == [] and not output.exists()
+
+
+def _training_tokens(data: Path, tokenizer, seq_len: int = 16) -> int:
+    """Tokens of `data`'s training split in whole `seq_len` chunks, as the run reads them."""
+    texts = (row["text"] for row in load_texts(str(data), streaming=True))
+    return sum(
+        chunk.numel() for chunk in pack(split_texts(texts, held_out=False), tokenizer, seq_len)
+    )
+
+
+def test_a_fast_fit_that_would_take_all_the_text_stops_before_it_runs_naming_the_flag(
+    corpus, tmp_path, tiny_models, word_tokenizer, monkeypatch, capsys
+):
+    """Found porting tuned-lens's commands: the default fast fit (25,600 tokens) took all
+    of a small file and the run stopped at "data ran out at step 0", naming no flag."""
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the fast fit ran on data it leaves nothing after")
+
+    monkeypatch.setattr(training, "fit_tuned_lens", no_fit)
+    output = tmp_path / "run"
+    arguments = [*_arguments(corpus, output), "--fast-fit-tokens", "25600"]  # the default
+    assert cli_main(arguments) == 2
+    err = capsys.readouterr().err
+    held = _training_tokens(corpus, word_tokenizer)
+    assert 0 < held < 25_600
+    assert err.startswith(
+        "hooklens train: the fast fit would take all the training text and leave none for "
+        f"the fine-tune: --data {corpus} held {held:,} tokens of training text in --seq-len "
+        f"16 chunks: {held:,} for the fast fit (--fast-fit-tokens 25600) and 0 for the "
+        "fine-tune, whose --steps 2 need 32 (16 a step): give more text, fewer --steps, or "
+        "a smaller --fast-fit-tokens (0 skips the fit)"
+    ), err
+    assert len(tiny_models) == 1 and not output.exists()  # nothing written: retry as it was
+
+
+def test_data_that_runs_out_in_the_fine_tune_says_where_the_text_went(
+    corpus, tmp_path, tiny_models, word_tokenizer, capsys
+):
+    output = tmp_path / "run"
+    arguments = [*_arguments(corpus, output), "--fast-fit-tokens", "64", "--steps", "10000"]
+    assert cli_main(arguments) == 2
+    err = capsys.readouterr().err
+    held = _training_tokens(corpus, word_tokenizer)
+    steps_done = (held - 64) // 16
+    assert err.startswith(
+        f"hooklens train: the data ran out at step {steps_done} of 10000: token_batches gave "
+        f"{steps_done} batches and the steps need 10000 (steps × grad_accumulation): give "
+        f"more text or fewer steps. --data {corpus} held {held:,} tokens of training text in "
+        f"--seq-len 16 chunks: 64 for the fast fit (--fast-fit-tokens 64) and "
+        f"{held - 64:,} for the fine-tune, whose --steps 10000 need 160,000 (16 a step)"
+    ), err
 
 
 def test_help_shows_every_default_and_choice():

@@ -91,6 +91,15 @@ def test_running_out_of_data_says_so(hooked):
         )
 
 
+def test_running_out_of_data_says_how_many_batches_there_were_and_the_steps_need(hooked):
+    config = TrainConfig(steps=5, grad_accumulation=2)
+    with pytest.raises(ValueError) as caught:
+        train_lens(hooked, TunedLens.from_model(hooked), _batches(3), config, progress=False)
+    assert str(caught.value).startswith(
+        "the data ran out at step 1 of 5: token_batches gave 3 batches and the steps need 10"
+    )
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="lion")

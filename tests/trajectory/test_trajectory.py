@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from hooklens import LogitLens, NonFiniteActivationError, TunedLens, stats
+from hooklens import InputError, LogitLens, NonFiniteActivationError, TunedLens, stats
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
 from tests.conftest import N_LAYERS, VOCAB, make_hooked, randomised
 
@@ -387,3 +388,35 @@ def test_a_text_longer_than_the_context_is_cut_with_a_warning(model_zoo):
     with warnings.catch_warnings():
         warnings.simplefilter("error", TextCutWarning)  # a text that fits: no warning
         PredictionTrajectory.from_lens_and_model(lens, bridge, "w5 w6 w7")
+
+
+def test_the_default_topk_keeps_the_whole_vocabulary_when_it_has_fewer_than_five_tokens():
+    """Found porting tuned-lens's tests: a 3-token vocabulary raised "topk must be at
+    most 3, got 5" although no topk was passed."""
+    log_probs = torch.tensor(
+        [[[0.1, 0.2, 0.3], [0.6, 0.5, 0.4]], [[0.85, 0.8, 0.9], [1.0, 1.1, 1.2]]]
+    )
+    traj = PredictionTrajectory.from_log_probs(log_probs, input_ids=[1, 1], targets=[0, 1])
+    assert traj.topk == 3
+    assert traj.top_predictions()[0].shape == (2, 2, 3)
+    np.testing.assert_array_equal(traj.rank().stats, [[3, 2], [2, 2]])
+    assert PredictionTrajectory.from_log_probs(log_probs, [1, 1], topk=2).topk == 2
+    # A topk given larger than the vocabulary is still refused, saying the bound.
+    with pytest.raises(InputError, match=r"topk must be at most the vocabulary's 3 tokens, got 5"):
+        PredictionTrajectory.from_log_probs(log_probs, input_ids=[1, 1], topk=5)
+    for constructor in (
+        PredictionTrajectory,
+        PredictionTrajectory.from_lens_and_cache,
+        PredictionTrajectory.from_lens_and_model,
+        PredictionTrajectory.from_log_probs,
+    ):
+        assert inspect.signature(constructor).parameters["topk"].default is None
+
+
+def test_the_default_topk_is_five_where_the_vocabulary_has_more(hooked, batch):
+    ids, _, _ = batch
+    logits, cache = hooked.run_with_cache(ids)
+    traj = PredictionTrajectory.from_lens_and_cache(
+        LogitLens.from_model(hooked), ids, cache, logits
+    )
+    assert traj.topk == 5 < VOCAB
