@@ -10,6 +10,9 @@ Above the lenses and trajectories (it reads both). The modules, one job each:
   confidence bands, and `set_log_prob` (the log-probability of a set of tokens).
 - patching: `patching_sweep`, the clean residual patched into the corrupted run at each
   layer and position, read by a lens at every layer.
+- patchscope: Patchscopes, a state read by patching it into a target prompt's run
+  (`patchscope`, `patchscope_log_probs`, `target_prompt`, `token_identity_prompt`,
+  `description_prompt`).
 - tasks: prompt sets with answers (`greater_than`).
 - derangement: permutations that move every row, for resample ablation.
 - _projection: internal; `CausalBasis`, `remove_subspace` and the projection arithmetic
@@ -49,6 +52,14 @@ from hooklens.causal.interventions import (
     zero_ablation,
 )
 from hooklens.causal.patching import PatchingSweep, patching_sweep
+from hooklens.causal.patchscope import (
+    TargetPrompt,
+    description_prompt,
+    patchscope,
+    patchscope_log_probs,
+    target_prompt,
+    token_identity_prompt,
+)
 from hooklens.causal.subspaces import (
     CausalBasis,
     ablate_subspace,
@@ -67,6 +78,7 @@ __all__ = [
     "LayerFaithfulness",
     "PatchingSweep",
     "Positions",
+    "TargetPrompt",
     "Task",
     "TrajectoryComparison",
     "ablate_subspace",
@@ -74,6 +86,7 @@ __all__ = [
     "bootstrap_ci",
     "compare",
     "derange",
+    "description_prompt",
     "direction_effects",
     "extract_causal_bases",
     "faithfulness_figure",
@@ -83,11 +96,15 @@ __all__ = [
     "mean_ablation",
     "patch",
     "patching_sweep",
+    "patchscope",
+    "patchscope_log_probs",
     "remove_subspace",
     "replace_with",
     "resample_ablation",
     "residual_hook_name",
     "sample_derangement",
     "subspace_ablation",
+    "target_prompt",
+    "token_identity_prompt",
     "zero_ablation",
 ]

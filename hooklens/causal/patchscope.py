@@ -1,0 +1,247 @@
+"""Patchscopes: read a hidden state by patching it into another run.
+
+Ghandeharioun et al., "Patchscopes: A Unifying Framework for Inspecting Hidden
+Representations of Language Models" (ICML 2024). The hidden state `h` of a source run
+(model M, its tokens, layer ℓ, position i) is optionally mapped (`f(h)`), written over
+the residual of a target run (model M*, a target prompt, its placeholder position i*,
+layer ℓ*), and the target's next-token distribution at i* is the reading. The logit
+lens is the special case "target = source, ℓ* = the last layer"; the token-identity
+target prompt (`token_identity_prompt`) reads early layers far better.
+
+`patchscope` reads every (source layer, source position) cell and returns a
+`PredictionTrajectory` (`from_log_probs`): rows are the source's layers, the last row the
+source model's own output, so every statistic, label, figure and comparison works on it,
+e.g. `kl_divergence` with a lens's trajectory of the same tokens, cell by cell.
+
+Cost. The source runs once (its residuals cached). For each source layer the target
+prompt runs once per group of `batch_size` source positions, each copy of the prompt
+patched with another position's state: `n_layers × ceil(pos / batch_size)` target calls
+instead of one per cell. Where the target model can start mid-network
+(`ModelAdapter.can_start_at_layer`, a HookedTransformer) and the component is
+`resid_pre`, the target prompt's residuals are cached once and only the blocks from ℓ*
+on run again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from hooklens.core import ModelAdapter, normalize_component
+from hooklens.errors import InputError
+from hooklens.trajectory import PredictionTrajectory, next_token_targets
+
+Mapping = Callable[[Float[Tensor, "n d_source"], int], Float[Tensor, "n d_target"]]
+"""`f(states, source_layer)`: source hidden states to ones the target model reads."""
+
+IDENTITY_TEXT = "cat -> cat; 1135 -> 1135; hello -> hello; ?"
+"""The paper's token-identity prompt: its last token (`?`) is the placeholder."""
+
+DESCRIPTION_TEXT = (
+    "Syria: Country in the Middle East. Leonardo DiCaprio: American actor. "
+    "Samsung: South Korean multinational electronics corporation. x"
+)
+"""The paper's description prompt (entity descriptions): its last token is the placeholder."""
+
+
+@dataclass(frozen=True)
+class TargetPrompt:
+    """A target prompt's token ids `[1, pos]` and the position a state is patched into."""
+
+    ids: Int[Tensor, "1 pos"]
+    placeholder: int
+    text: str = ""
+
+    def __post_init__(self) -> None:
+        n = self.ids.shape[-1]
+        if not -n <= self.placeholder < n:
+            raise InputError(f"placeholder {self.placeholder} is outside the {n}-token prompt")
+
+
+def target_prompt(model: Any, text: str, marker: str | None = None) -> TargetPrompt:
+    """`text` as a target prompt. The placeholder is its last token, or, with `marker`,
+    the token that stands where `marker` is in `text` (written as the marker itself).
+
+    Examples:
+        >>> prompt = target_prompt(model, "The cat sat on the x", marker="x")
+        >>> prompt.placeholder == prompt.ids.shape[-1] - 1
+        True
+    """
+    ids = model.to_tokens(text)
+    if marker is None:
+        return TargetPrompt(ids, ids.shape[-1] - 1, text)
+    if text.count(marker) != 1:
+        raise InputError(f"the target prompt must hold the marker {marker!r} exactly once")
+    before = model.to_tokens(text[: text.index(marker) + len(marker)])
+    n = before.shape[-1]
+    if not torch.equal(ids[0, :n], before[0]):
+        raise InputError(
+            f"the marker {marker!r} merges with the text after it into one token; "
+            "put a space or punctuation after it"
+        )
+    return TargetPrompt(ids, n - 1, text)
+
+
+def token_identity_prompt(model: Any) -> TargetPrompt:
+    """The paper's token-identity prompt for `model`'s tokenizer, patched at its `?`."""
+    return target_prompt(model, IDENTITY_TEXT)
+
+
+def description_prompt(model: Any) -> TargetPrompt:
+    """The paper's description prompt for `model`'s tokenizer, patched at its final `x`."""
+    return target_prompt(model, DESCRIPTION_TEXT)
+
+
+def patchscope(
+    model: Any,
+    tokens: Int[Tensor, "1 pos"] | Int[Tensor, " pos"],
+    target: TargetPrompt | None = None,
+    **options: Any,
+) -> PredictionTrajectory:
+    """Read every (layer, position) state of `model` on `tokens` through a target run,
+    as a trajectory: `patchscope_log_probs`'s rows (its arguments), the last one the
+    source model's output; targets are the next source tokens.
+
+    Examples:
+        >>> ids = model.to_tokens("The capital of France is")
+        >>> scope = patchscope(model, ids, target_prompt(model, "one two x", marker="x"),
+        ...                    progress=False)
+        >>> scope.cross_entropy().stats.shape  # [batch, source layers + output, positions]
+        (1, 5, 6)
+    """
+    ids = torch.as_tensor(tokens).reshape(1, -1)
+    log_probs = patchscope_log_probs(model, ids, target, **options)
+    return PredictionTrajectory.from_log_probs(
+        log_probs[None],
+        ids,
+        targets=next_token_targets(ids),
+        tokenizer=ModelAdapter(model).tokenizer,
+    )
+
+
+def patchscope_log_probs(
+    model: Any,
+    tokens: Int[Tensor, "1 pos"] | Int[Tensor, " pos"],
+    target: TargetPrompt | None = None,
+    *,
+    target_model: Any = None,
+    target_layer: int | None = None,
+    component: str = "resid_pre",
+    mapping: Mapping | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> Float[Tensor, "layer_and_output pos vocab"]:
+    """The target's log-probabilities for every (layer, position) state of `model` on
+    `tokens`, in the model's dtype: `[source layers + 1, pos, vocab]`, the last row the
+    source model's own output.
+
+    Args:
+        model: the source HookedTransformer or TransformerBridge.
+        tokens: the source token ids, one sequence.
+        target: the target prompt and its placeholder (default: the token-identity
+            prompt, `token_identity_prompt(target_model)`).
+        target_model: the model the states are patched into (default: `model`). It
+            must share the source's vocabulary (the last row is the source's output).
+        target_layer: the target layer to patch; default the source layer itself.
+        component: the residual read and written (`resid_pre`, `resid_mid`, `resid_post`).
+        mapping: `f(states, source_layer)` applied before patching (default: none).
+        batch_size: source positions patched into copies of the target prompt per call.
+        progress: show a progress bar over source layers.
+
+    Examples:
+        >>> ids = model.to_tokens("The capital of France is")
+        >>> patchscope_log_probs(model, ids, progress=False).shape  # token-identity prompt
+        torch.Size([5, 6, 96])
+    """
+    target_model = model if target_model is None else target_model
+    source, goal = ModelAdapter(model), ModelAdapter(target_model)
+    component = normalize_component(component)
+    target = token_identity_prompt(target_model) if target is None else target
+    ids = torch.as_tensor(tokens).reshape(1, -1)
+    if source.d_vocab != goal.d_vocab:
+        raise InputError(
+            f"the target model's vocabulary ({goal.d_vocab}) is not the source's "
+            f"({source.d_vocab}): a Patchscope's rows and the source's output must be "
+            "distributions over the same tokens"
+        )
+    if target_layer is not None and not 0 <= target_layer < goal.n_layers:
+        raise InputError(
+            f"target_layer {target_layer} is out of range: the target model has blocks "
+            f"0..{goal.n_layers - 1}"
+        )
+    if target_layer is None and goal.n_layers < source.n_layers:
+        raise InputError(
+            f"the target model has {goal.n_layers} blocks, fewer than the source's "
+            f"{source.n_layers}: pass target_layer= to patch every state into one layer"
+        )
+    placeholder = target.placeholder % target.ids.shape[-1]
+    starts_mid = goal.can_start_at_layer and component == "resid_pre"
+    with torch.no_grad():
+        prompt_resid: dict[int, Tensor] = {}
+        if starts_mid:  # the target prompt's own residuals, to start from at any layer
+            wanted = {goal.hook_name("resid_pre", layer) for layer in range(goal.n_layers)}
+            _, prompt_cache = target_model.run_with_cache(
+                target.ids.to(goal.device), names_filter=lambda name: name in wanted
+            )
+            prompt_resid = {
+                layer: prompt_cache[goal.hook_name("resid_pre", layer)]
+                for layer in range(goal.n_layers)
+            }
+        names = {source.hook_name(component, layer) for layer in range(source.n_layers)}
+        logits, cache = model.run_with_cache(
+            ids.to(source.device), names_filter=lambda name: name in names
+        )
+        rows: list[Tensor] = []
+        for layer in tqdm(range(source.n_layers), desc="patchscope", disable=not progress):
+            states = cache[source.hook_name(component, layer)][0]  # [pos, d_model]
+            if mapping is not None:
+                states = mapping(states, layer)
+            into = layer if target_layer is None else target_layer
+            read = [
+                _patched_log_probs(target_model, goal, target.ids, placeholder, component,
+                                   into, states[start : start + batch_size],
+                                   prompt_resid.get(into))
+                for start in range(0, states.shape[0], batch_size)
+            ]  # fmt: skip
+            rows.append(torch.cat(read))
+        rows.append(torch.log_softmax(logits[0].to(rows[0].dtype), dim=-1))
+    return torch.stack(rows)
+
+
+def _patched_log_probs(
+    model: Any,
+    adapter: ModelAdapter,
+    prompt: Int[Tensor, "1 pos"],
+    placeholder: int,
+    component: str,
+    layer: int,
+    states: Float[Tensor, "n d_model"],
+    resid: Float[Tensor, "1 pos d_model"] | None = None,
+) -> Float[Tensor, "n vocab"]:
+    """The target's log-probabilities at `placeholder`, one copy of `prompt` per state,
+    each with its state written over `component` of block `layer` there. With `resid`
+    (the prompt's own `resid_pre` at `layer`), only the blocks from `layer` on run."""
+    n = states.shape[0]
+    index = torch.arange(n)
+    if resid is not None:
+        patched = resid.expand(n, -1, -1).clone()
+        patched[index, placeholder] = states.to(patched.dtype)
+        logits = model(patched, start_at_layer=layer)
+        return torch.log_softmax(logits[:, placeholder], dim=-1)
+    copies = prompt.expand(n, -1).to(adapter.device)
+
+    def overwrite(value: Tensor, hook: Any = None) -> Tensor:
+        value = value.clone()
+        value[index, placeholder] = states.to(value.dtype)
+        return value
+
+    logits = model.run_with_hooks(
+        copies, fwd_hooks=[(adapter.hook_name(component, layer), overwrite)]
+    )
+    return torch.log_softmax(logits[:, placeholder], dim=-1)
