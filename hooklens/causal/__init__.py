@@ -11,8 +11,8 @@ Above the lenses and trajectories (it reads both). The modules, one job each:
 - patching: `patching_sweep`, the clean residual patched into the corrupted run at each
   layer and position, read by a lens at every layer.
 - patchscope: Patchscopes, a state read by patching it into a target prompt's run
-  (`patchscope`, `patchscope_log_probs`, `target_prompt`, `token_identity_prompt`,
-  `description_prompt`).
+  (`patchscope`, `patchscope_log_probs`, `patchscope_generate`, `target_prompt`,
+  `token_identity_prompt`, `description_prompt`).
 - tasks: prompt sets with answers (`greater_than`).
 - derangement: permutations that move every row, for resample ablation.
 - _projection: internal; `CausalBasis`, `remove_subspace` and the projection arithmetic
@@ -56,6 +56,7 @@ from hooklens.causal.patchscope import (
     TargetPrompt,
     description_prompt,
     patchscope,
+    patchscope_generate,
     patchscope_log_probs,
     target_prompt,
     token_identity_prompt,
@@ -97,6 +98,7 @@ __all__ = [
     "patch",
     "patching_sweep",
     "patchscope",
+    "patchscope_generate",
     "patchscope_log_probs",
     "remove_subspace",
     "replace_with",

@@ -24,7 +24,7 @@ on run again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -235,13 +235,121 @@ def _patched_log_probs(
         logits = model(patched, start_at_layer=layer)
         return torch.log_softmax(logits[:, placeholder], dim=-1)
     copies = prompt.expand(n, -1).to(adapter.device)
+    name = adapter.hook_name(component, layer)
+    logits = model.run_with_hooks(copies, fwd_hooks=[(name, _writer(index, placeholder, states))])
+    return torch.log_softmax(logits[:, placeholder], dim=-1)
 
-    def overwrite(value: Tensor, hook: Any = None) -> Tensor:
+
+@torch.no_grad()
+def patchscope_generate(
+    model: Any,
+    tokens: Int[Tensor, "1 pos"] | Int[Tensor, " pos"],
+    target: TargetPrompt | None = None,
+    *,
+    position: int = -1,
+    layers: Sequence[int] | None = None,
+    target_model: Any = None,
+    target_layer: int | None = None,
+    component: str = "resid_pre",
+    mapping: Mapping | None = None,
+    max_new_tokens: int = 20,
+    do_sample: bool = False,
+    temp: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool | None = None,
+) -> Int[Tensor, "layer new"]:
+    """What the target says after the patch: its continuation of the target prompt with
+    the state of `position` at each source layer written over its placeholder.
+
+    All layers run as one batch (copy ℓ of the target prompt carries layer ℓ's state).
+    On a HookedTransformer the prompt runs once with the patch and each new token runs on
+    its key-value cache (`use_cache=False` reruns the whole sequence each step, as a
+    TransformerBridge always does); the patch stays in the prompt's keys and values.
+
+    Args:
+        model, tokens, target, target_model, target_layer, component, mapping: as in
+            `patchscope_log_probs` (the default target here is `description_prompt`).
+        position: the source position whose states are read.
+        layers: the source layers (default: all).
+        max_new_tokens: tokens generated per layer.
+        do_sample: sample at temperature `temp` (with `generator`); default greedy.
+        use_cache: use the key-value cache where the model has one (default).
+
+    Returns:
+        `[layer, max_new_tokens]` token ids; `model.to_string(row)` reads one.
+
+    Examples:
+        >>> ids = model.to_tokens("The capital of France is")
+        >>> said = patchscope_generate(model, ids, layers=[1, 3], max_new_tokens=4)
+        >>> said.shape
+        torch.Size([2, 4])
+    """
+    target_model = model if target_model is None else target_model
+    source, goal = ModelAdapter(model), ModelAdapter(target_model)
+    component = normalize_component(component)
+    target = description_prompt(target_model) if target is None else target
+    ids = torch.as_tensor(tokens).reshape(1, -1)
+    layers = list(range(source.n_layers)) if layers is None else [int(x) for x in layers]
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if do_sample and not temp > 0:
+        raise InputError(f"temp must be positive when sampling, got {temp}")
+    into = [layer if target_layer is None else target_layer for layer in layers]
+    for layer in into:
+        goal.hook_name(component, layer)  # refuses a layer the target does not have
+    position = position % ids.shape[-1]
+    names = {source.hook_name(component, layer) for layer in layers}
+    _, cache = model.run_with_cache(ids.to(source.device), names_filter=lambda n: n in names)
+    states = torch.stack(
+        [cache[source.hook_name(component, layer)][0, position] for layer in layers]
+    )
+    if mapping is not None:
+        states = torch.stack(
+            [mapping(state[None], layer)[0] for state, layer in zip(states, layers, strict=True)]
+        )
+    placeholder = target.placeholder % target.ids.shape[-1]
+    hooks = []
+    for layer in sorted(set(into)):
+        rows = torch.tensor([i for i, t in enumerate(into) if t == layer])
+        hooks.append((goal.hook_name(component, layer), _writer(rows, placeholder, states[rows])))
+    sequence = target.ids.expand(len(layers), -1).to(goal.device)
+    cached = goal.has_kv_cache if use_cache is None else use_cache and goal.has_kv_cache
+    if cached:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        kv = TransformerLensKeyValueCache.init_cache(goal.cfg, goal.device, len(layers))
+        mask = torch.ones_like(sequence)  # given, so that no tokenizer is needed to make one
+        logits = target_model.run_with_hooks(
+            sequence, attention_mask=mask, past_kv_cache=kv, fwd_hooks=hooks
+        )
+    else:
+        logits = target_model.run_with_hooks(sequence, fwd_hooks=hooks)
+    new: list[Tensor] = []
+    for step in range(max_new_tokens):
+        scores = logits[:, -1].float()
+        if do_sample:
+            probs = torch.softmax(scores / temp, dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        else:
+            token = scores.argmax(-1)
+        new.append(token)
+        if step + 1 == max_new_tokens:
+            break
+        sequence = torch.cat([sequence, token[:, None]], dim=1)
+        if cached:
+            step_mask = torch.ones_like(token[:, None])
+            logits = target_model(token[:, None], attention_mask=step_mask, past_kv_cache=kv)
+        else:
+            logits = target_model.run_with_hooks(sequence, fwd_hooks=hooks)
+    return torch.stack(new, dim=1)
+
+
+def _writer(rows: Tensor, placeholder: int, states: Tensor) -> Callable[..., Tensor]:
+    """A hook writing `states` over the placeholder of batch rows `rows`."""
+
+    def write(value: Tensor, hook: Any = None) -> Tensor:
         value = value.clone()
-        value[index, placeholder] = states.to(value.dtype)
+        value[rows, placeholder] = states.to(value.dtype)
         return value
 
-    logits = model.run_with_hooks(
-        copies, fwd_hooks=[(adapter.hook_name(component, layer), overwrite)]
-    )
-    return torch.log_softmax(logits[:, placeholder], dim=-1)
+    return write

@@ -9,6 +9,7 @@ from hooklens import LogitLens, PredictionTrajectory
 from hooklens.causal import (
     TargetPrompt,
     patchscope,
+    patchscope_generate,
     patchscope_log_probs,
     target_prompt,
     token_identity_prompt,
@@ -123,3 +124,45 @@ def test_patchscope_refuses_what_it_cannot_read(model_zoo, words):
     if ModelAdapter(other).d_vocab != ModelAdapter(model).d_vocab:
         with pytest.raises(InputError, match="vocabulary"):
             patchscope(model, tokens, prompt, target_model=other, progress=False)
+
+
+def _greedy(model, tokens: torch.Tensor, n: int) -> list[int]:
+    out = []
+    for _ in range(n):
+        token = int(model(tokens)[0, -1].argmax())
+        out.append(token)
+        tokens = torch.cat([tokens, torch.tensor([[token]])], dim=1)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kind", "use_cache"), [("hooked", True), ("hooked", False), ("bridge", None)]
+)
+def test_generating_after_a_state_patched_back_in_place_is_the_models_own_continuation(
+    kind, use_cache, words
+):
+    model = _float64(kind, words)
+    source = torch.randint(4, VOCAB, (1, 5), generator=torch.Generator().manual_seed(4))
+    said = patchscope_generate(
+        model, source, TargetPrompt(source, -1), max_new_tokens=4, use_cache=use_cache
+    )
+    assert said.shape == (N_LAYERS, 4)
+    expected = _greedy(model, source, 4)
+    assert all(row == expected for row in said.tolist())
+
+
+def test_the_key_value_cache_keeps_the_patch(words):
+    """A real patch (another prompt, a fixed layer): cached steps say what reruns say."""
+    model = _float64("hooked", words)
+    generator = torch.Generator().manual_seed(5)
+    source = torch.randint(4, VOCAB, (1, 5), generator=generator)
+    prompt = TargetPrompt(torch.randint(4, VOCAB, (1, 4), generator=generator), placeholder=1)
+    runs = [
+        patchscope_generate(
+            model, source, prompt, target_layer=1, max_new_tokens=5, use_cache=use_cache
+        )
+        for use_cache in (True, False)
+    ]
+    assert torch.equal(*runs)
+    unpatched = _greedy(model, prompt.ids, 5)
+    assert any(row != unpatched for row in runs[0].tolist())  # the patch changed something
