@@ -51,7 +51,7 @@ def test_report_inlines_its_code_once_and_fetches_nothing(report):
     assert text.count(get_plotlyjs()[-300:]) == text.count(circuitsvis_bundle()[-300:]) == 0
     # 4 statistics for each of 2 lenses, their JS divergence, and 2 comparison figures.
     assert text.count('class="plotly-graph-div"') == 11
-    assert text.count("CircuitsVis.render(") == 4
+    assert text.count("hooklens.widget(") == 4
 
 
 def test_report_compares_the_lenses_per_layer_in_a_table(report, model):

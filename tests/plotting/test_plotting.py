@@ -165,6 +165,8 @@ def test_figures_build_with_plotly_6(tmp_path):
         "stat = TrajectoryStatistic('x', np.random.rand(4, 5), units='nats',\n"
         "                           trajectory_labels=labels)\n"
         "stat.clip(0.1, 0.9).stride(2).figure(title='t').to_html()\n"
+        "from hooklens.plotting.page import Page\n"
+        "assert 'hooklens.plot(' in Page().figure(stat.figure(title='t'))\n"
         "stat.clip(0.1, 0.9).heatmap(log_scale=True)\n"
         "print('ok', plotly.__version__)\n"
     )
