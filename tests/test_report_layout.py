@@ -151,11 +151,25 @@ def test_report_fits_the_window_and_long_inputs_scroll_inside_figures(
             ".filter((el) => el.children.length > 0).length"
         )
         assert rendered == N_WIDGETS
+        assert_hover_shows_the_value_and_the_top_5(page)
         assert_last_token_reachable(page, width)
         assert problems == []
         assert all(re.match(r"(file|data|blob|about):", url) for url in requests), requests
     finally:
         page.close()
+
+
+def assert_hover_shows_the_value_and_the_top_5(page):
+    """Hovering a cell shows its layer and value (the template) and the lens's top 5
+    (the shared per-cell table): both halves arrive in the browser."""
+    gd = page.locator(".js-plotly-plot").first
+    box = gd.locator(".nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + 20, box["y"] + box["height"] - 10)  # layer 0, first token
+    page.wait_for_timeout(300)
+    shown = gd.locator(".hoverlayer").text_content()
+    assert re.match(r"layer 0Forward KL: [0-9.e+-]+ nats", shown), shown
+    assert shown.count("%") == 5, shown
+    page.mouse.move(0, 0)
 
 
 def assert_last_token_reachable(page, width):
