@@ -79,7 +79,7 @@ RUNTIME = """
   }
   // Show as many input positions as fit at cellWidth pixels each; the rest scroll, with
   // a range slider (in extra height) under the x axis.
-  function fit(gd, figure, cellWidth, baseHeight) {
+  function fit(gd, figure, cellWidth, baseHeight, start) {
     var layout = figure.layout;
     var n = figure.data[0].x.length;
     var margin = layout.margin || {};
@@ -91,7 +91,8 @@ RUNTIME = """
       - (margin.b === undefined ? 80 : margin.b);
     layout.height = baseHeight + extra;
     layout.xaxis = layout.xaxis || {};
-    layout.xaxis.range = [-0.5, shown - 0.5];
+    start = Math.max(-0.5, Math.min(start === undefined ? -0.5 : start, n - 0.5 - shown));
+    layout.xaxis.range = [start, start + shown];
     layout.xaxis.rangeslider = {visible: scrolls, range: [-0.5, n - 0.5],
       thickness: Math.min(0.5, 40 / Math.max(plotHeight + extra, 1))};
     layout.yaxis = layout.yaxis || {};
@@ -113,7 +114,8 @@ RUNTIME = """
         clearTimeout(wait);
         wait = setTimeout(function () {
           var layout = {margin: gd.layout.margin, xaxis: {}, yaxis: {}};
-          var now = fit(gd, {data: gd.data, layout: layout}, cellWidth, baseHeight);
+          var start = gd.layout.xaxis.range[0];  // keep the scrolled-to tokens in view
+          var now = fit(gd, {data: gd.data, layout: layout}, cellWidth, baseHeight, start);
           if (now === shown) return;
           shown = now;
           Plotly.relayout(gd, {height: layout.height, "xaxis.range": layout.xaxis.range,
