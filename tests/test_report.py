@@ -40,13 +40,18 @@ def test_report_inlines_its_code_once_and_fetches_nothing(report):
     assert re.search(r"<link[^>]*\bhref=", text) is None
     from plotly.offline import get_plotlyjs
 
+    from hooklens.plotting.page import unpack_libraries
     from hooklens.plotting.widgets import circuitsvis_bundle
 
-    assert text.count(get_plotlyjs()[-300:]) == 1  # each library inlined exactly once
-    assert text.count(circuitsvis_bundle()[-300:]) == 1
+    # each library inlined exactly once (compressed), and no plain copy beside it
+    assert unpack_libraries(text) == {
+        "plotly.js": [get_plotlyjs()],
+        "circuitsvis": [circuitsvis_bundle()],
+    }
+    assert text.count(get_plotlyjs()[-300:]) == text.count(circuitsvis_bundle()[-300:]) == 0
     # 4 statistics for each of 2 lenses, their JS divergence, and 2 comparison figures.
     assert text.count('class="plotly-graph-div"') == 11
-    assert text.count("CircuitsVis.render(") == 4
+    assert text.count("hooklens.widget(") == 4
 
 
 def test_report_compares_the_lenses_per_layer_in_a_table(report, model):

@@ -3,12 +3,13 @@
 circuitsvis's own objects pick between an inlined bundle and a CDN import by probing
 the network, and `str()` always gives the CDN version, which shows nothing offline.
 `Widget` always inlines the bundle (about 1.3 MB) for notebooks, and the report inlines
-it once for all widgets (`Widget.html(include_bundle=False)`).
+it once for all widgets (`hooklens.plotting.page.Page.widget`).
 """
 
 from __future__ import annotations
 
 import html
+import json
 import uuid
 from collections.abc import Sequence
 from functools import lru_cache
@@ -28,6 +29,25 @@ def circuitsvis_bundle() -> str:
     return path.read_text(encoding="utf-8").replace("</script>", "<\\/script>")
 
 
+def script_json(value: Any) -> str:
+    """`value` as JSON that is safe inside an HTML `<script>` element."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+
+
+def _rounded(value: Any) -> Any:
+    """`value` with numpy/torch arrays as lists and every float to 5 significant digits."""
+    from circuitsvis.utils.convert_props import convert_prop_type
+
+    value = convert_prop_type(value)
+    if isinstance(value, float):
+        return float(f"{value:.5g}")
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items() if item is not None}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(item) for item in value]
+    return value
+
+
 class Widget:
     """One circuitsvis component with its properties.
 
@@ -43,17 +63,20 @@ class Widget:
     def __repr__(self) -> str:
         return f"Widget({self.component}, {self.title!r})"
 
+    def props_json(self) -> str:
+        """The properties as JSON for a `<script>`: floats to 5 significant digits (the
+        widgets show at most 3 decimals), and `</` escaped so no string ends the script."""
+        return script_json(_rounded(self.props))
+
     def html(self, include_bundle: bool = True) -> str:
         """HTML for the widget; without the bundle it needs a page that loaded it once."""
-        from circuitsvis.utils.convert_props import convert_props
-
         element_id = f"hooklens-{uuid.uuid4().hex[:12]}"
         bundle = f"<script>{circuitsvis_bundle()}</script>\n" if include_bundle else ""
         heading = f"<h3>{html.escape(self.title)}</h3>\n" if self.title else ""
         return (
             f'{heading}{bundle}<div id="{element_id}" style="margin: 15px 0;"></div>\n'
             f"<script>CircuitsVis.render({element_id!r}, CircuitsVis.{self.component}, "
-            f"{convert_props(self.props)});</script>\n"
+            f"{self.props_json()});</script>\n"
         )
 
     def _repr_html_(self) -> str:

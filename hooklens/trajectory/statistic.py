@@ -217,8 +217,13 @@ class TrajectoryStatistic:
     def heatmap(
         self, colorscale: str = "rdbu_r", log_scale: bool = False, **kwargs: Any
     ) -> go.Heatmap:
-        """A plotly heatmap: x = input tokens, y = layers, colour = the statistic."""
-        z = self.matrix.astype(float)
+        """A plotly heatmap: x = input tokens, y = layers, colour = the statistic.
+
+        The hover's header (layer, value) is a `hovertemplate`; `customdata` holds only
+        what differs per cell: the hover table of `trajectory_labels` and padding notes.
+        """
+        # float32 stats stay float32 (half the bytes in a page); float64 stays float64
+        z = self.matrix.astype(np.result_type(self.matrix.dtype, np.float32))
         zmax = self.max if self.max is not None else float(np.nanmax(z))
         zmin = self.min if self.min is not None else float(np.nanmin(z))
         title = f"{self.name} ({self.units})" if self.units else self.name
@@ -229,38 +234,35 @@ class TrajectoryStatistic:
             z, zmin, zmax = np.log10(z), np.log10(zmin), np.log10(zmax)
             ticks = np.arange(np.ceil(zmin), np.floor(zmax) + 1)
             colorbar.update(tickmode="array", tickvals=ticks, ticktext=[f"1e{t:g}" for t in ticks])
-        layer_names = [str(label) for label in self.layer_labels]
         units = f" {self.units}" if self.units else ""
-        notes = self._padding_notes()
-        header = [
-            [
-                f"layer {name}<br>{self.name}: {value:.4g}{units}{note}"
-                for value, note in zip(row, notes, strict=True)
-            ]
-            for name, row in zip(layer_names, z.tolist(), strict=True)
-        ]
+        # d3-format: 4 significant digits, trailing zeros trimmed (Python's ".4g")
+        header = f"layer %{{y}}<br>{self.name}: %{{z:.4~g}}{units}"
         settings: dict[str, Any] = dict(
             x=self._x_labels(),
-            y=layer_names,
+            y=[str(label) for label in self.layer_labels],
             z=z,
             zmin=zmin,
             zmax=zmax,
             colorscale=colorscale,
             colorbar=colorbar,
-            customdata=header,
-            hovertemplate="%{customdata}<extra></extra>",
+            hovertemplate=f"{header}<extra></extra>",
         )
+        notes = self._padding_notes()
+        hover = None
         if self.trajectory_labels is not None:
             settings.update(
                 text=self.trajectory_labels.label_strings, texttemplate="<b>%{text}</b>"
             )
             if self.trajectory_labels.hover_over_entries is not None:
-                hover = self.trajectory_labels.hover_text().tolist()
-                settings["customdata"] = [
-                    [f"{cell}<br><br>{extra}" for cell, extra in zip(row, more, strict=True)]
-                    for row, more in zip(header, hover, strict=True)
-                ]
+                hover = self.trajectory_labels.hover_text()
                 settings["hoverlabel"] = dict(font_family="monospace")
+        if hover is not None or any(notes):
+            cells = np.empty(z.shape, dtype=object)
+            for (layer, pos), _ in np.ndenumerate(cells):
+                table = "" if hover is None else f"<br><br>{hover[layer, pos]}"
+                cells[layer, pos] = f"{notes[pos]}{table}"
+            settings["customdata"] = cells
+            settings["hovertemplate"] = f"{header}%{{customdata}}<extra></extra>"
         settings.update(kwargs)
         return go.Heatmap(**settings)
 

@@ -83,8 +83,13 @@ def test_figure_shows_layers_tokens_and_top_predictions(trajectory):
     assert len(set(heatmap.x)) == 6  # repeated tokens stay separate columns
     top1 = trajectory._readout.topk_ids[:, :, 0]
     assert np.asarray(heatmap.text)[-1, 0] == f"w{top1[-1, 0].item()}"
+    # The hover: a template for what every cell shares (layer, value), the per-cell
+    # top-k table in customdata (one string per cell, not the template repeated).
+    assert heatmap.hovertemplate.startswith("layer %{y}<br>Entropy: %{z:.4~g} nats")
+    assert heatmap.hovertemplate.endswith("%{customdata}<extra></extra>")
     hover = np.asarray(heatmap.customdata)[-1, 0]
-    assert "layer output" in hover and "Entropy:" in hover and f"w{top1[-1, 0].item()}" in hover
+    assert "layer" not in hover and "Entropy" not in hover
+    assert f"w{top1[-1, 0].item()}" in hover and hover.count("%") == 5  # the top 5
     assert figure.layout.width == 200 + 50 * 6
 
 
@@ -160,6 +165,8 @@ def test_figures_build_with_plotly_6(tmp_path):
         "stat = TrajectoryStatistic('x', np.random.rand(4, 5), units='nats',\n"
         "                           trajectory_labels=labels)\n"
         "stat.clip(0.1, 0.9).stride(2).figure(title='t').to_html()\n"
+        "from hooklens.plotting.page import Page\n"
+        "assert 'hooklens.plot(' in Page().figure(stat.figure(title='t'))\n"
         "stat.clip(0.1, 0.9).heatmap(log_scale=True)\n"
         "print('ok', plotly.__version__)\n"
     )
