@@ -13,7 +13,6 @@ import torch
 from hooklens import models
 from hooklens.cli import options
 from hooklens.errors import InputError
-from hooklens.lenses.registry import lens_type_of
 from hooklens.report import TextCutWarning, cut_notice, trajectory_report
 
 
@@ -59,12 +58,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with torch.no_grad():
         model = models.load(args.model, model_class=args.model_class, processing=args.processing)
-        lenses = {}
-        for index, directory in enumerate(args.lens):
-            lens = options.load_lens(directory, model)
-            kind = lens_type_of(lens)
-            name = kind.name if kind is not None else type(lens).__name__
-            lenses[name if len(args.lens) == 1 else f"{name} {index + 1} ({directory})"] = lens
+        lenses = options.named_lenses(args.lens, model)
         notice = cut_notice(model, text, args.max_tokens, option="--max-tokens ")
         if notice is not None:
             print(notice, file=sys.stderr)
