@@ -14,23 +14,16 @@ import time
 import numpy as np
 import pytest
 
-from hooklens import PredictionTrajectory, TunedLens, next_token_targets
+from hooklens import TunedLens
 from hooklens.exploration import ExploreSession
-from tests import tiny
 from tests.browser import chromium
 from tests.conftest import randomised
+from tests.exploration.conftest import TEXT, fresh_trajectory
 
 pytest.importorskip("dash")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-TEXT = "The capital of France is Paris . The capital of Germany is"
 GRAPH = "#heatmap .js-plotly-plot"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("words")
-    return tiny.make_bridge(tiny.word_tokenizer(folder, tiny.words_vocabulary()))
 
 
 @pytest.fixture
@@ -91,11 +84,7 @@ def test_typing_a_prompt_and_switching_lens_and_statistic_redraws_the_page(serve
     _choose(page, "lens", "logit")
     _choose(page, "statistic", "forward_kl")
 
-    tokens = model.to_tokens(TEXT)
-    logits, cache = model.run_with_cache(tokens)
-    fresh = PredictionTrajectory.from_lens_and_cache(
-        session.lenses["logit"], tokens, cache, logits, targets=next_token_targets(tokens)
-    ).forward_kl()
+    fresh = fresh_trajectory(model, session.lenses["logit"]).forward_kl()
     _wait_for_title(page, f"{fresh.name}: logit")
     np.testing.assert_allclose(_cells(page), fresh.matrix, rtol=1e-5, atol=1e-6)
     assert "lens logit" in page.inner_text("#status")

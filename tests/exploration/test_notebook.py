@@ -8,20 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from hooklens import PredictionTrajectory, TunedLens, explore, next_token_targets
+from hooklens import TunedLens, explore
 from hooklens.errors import MissingWidgetsWarning
-from tests import tiny
 from tests.conftest import randomised
+from tests.exploration.conftest import TEXT, fresh_trajectory
 
 pytest.importorskip("ipywidgets")
-
-TEXT = "The capital of France is Paris . The capital of Germany is"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("words")
-    return tiny.make_bridge(tiny.word_tokenizer(folder, tiny.words_vocabulary()))
 
 
 @pytest.fixture
@@ -29,37 +21,36 @@ def explorer(model):
     return explore(model, {"tuned": randomised(TunedLens.from_model(model))}, text=TEXT)
 
 
-def _fresh(model, lens, text=TEXT) -> PredictionTrajectory:
-    tokens = model.to_tokens(text)
-    logits, cache = model.run_with_cache(tokens)
-    targets = next_token_targets(tokens)
-    return PredictionTrajectory.from_lens_and_cache(lens, tokens, cache, logits, targets=targets)
-
-
 def test_every_control_redraws_what_a_fresh_trajectory_shows(explorer, model):
     session = explorer.session
     tuned, logit = session.lenses["tuned"], session.lenses["logit"]
     np.testing.assert_allclose(
-        explorer.figure.data[0].z, _fresh(model, tuned).entropy().matrix, rtol=1e-5
+        explorer.figure.data[0].z, fresh_trajectory(model, tuned).entropy().matrix, rtol=1e-5
     )
     explorer.statistic.value = "forward_kl"
     np.testing.assert_allclose(
-        explorer.figure.data[0].z, _fresh(model, tuned).forward_kl().matrix, rtol=1e-5, atol=1e-6
+        explorer.figure.data[0].z,
+        fresh_trajectory(model, tuned).forward_kl().matrix,
+        rtol=1e-5,
+        atol=1e-6,
     )
     explorer.lens.value = "logit"
     np.testing.assert_allclose(
-        explorer.figure.data[0].z, _fresh(model, logit).forward_kl().matrix, rtol=1e-5, atol=1e-6
+        explorer.figure.data[0].z,
+        fresh_trajectory(model, logit).forward_kl().matrix,
+        rtol=1e-5,
+        atol=1e-6,
     )
     explorer.lens.value, explorer.statistic.value = "tuned", "js_divergence"
     assert not explorer.other.disabled and explorer.other.value == "logit"
-    expected = _fresh(model, tuned).js_divergence(_fresh(model, logit)).matrix
+    expected = fresh_trajectory(model, tuned).js_divergence(fresh_trajectory(model, logit)).matrix
     np.testing.assert_allclose(explorer.figure.data[0].z, expected, rtol=1e-5, atol=1e-7)
     explorer.window.value = (2, 5)  # positions 2..5, both ends shown
     assert explorer.figure.data[0].z.shape[-1] == 4
     other = "The cat sat on the mat"
     explorer.statistic.value, explorer.text.value = "entropy", other
     np.testing.assert_allclose(
-        explorer.figure.data[0].z, _fresh(model, tuned, other).entropy().matrix, rtol=1e-5
+        explorer.figure.data[0].z, fresh_trajectory(model, tuned, other).entropy().matrix, rtol=1e-5
     )
     last = model.to_tokens(other).shape[-1] - 1  # the controls follow the new length
     assert explorer.window.value == (0, last) and explorer.position.value == last

@@ -6,20 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from hooklens import LogitLens, PredictionTrajectory, TunedLens, next_token_targets
+from hooklens import LogitLens, PredictionTrajectory, TunedLens
 from hooklens.errors import InputError
 from hooklens.exploration import ExploreSession, View, pin
-from tests import tiny
 from tests.conftest import randomised
-
-TEXT = "The capital of France is Paris . The capital of Germany is"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A tiny bridge whose tokenizer knows the words of `TEXT`."""
-    folder = tmp_path_factory.mktemp("words")
-    return tiny.make_bridge(tiny.word_tokenizer(folder, tiny.words_vocabulary()))
+from tests.exploration.conftest import TEXT, fresh_trajectory
 
 
 @pytest.fixture
@@ -28,11 +19,7 @@ def session(model):
 
 
 def _fresh(session: ExploreSession, lens: str) -> PredictionTrajectory:
-    tokens = session.model.to_tokens(TEXT)
-    logits, cache = session.model.run_with_cache(tokens)
-    return PredictionTrajectory.from_lens_and_cache(
-        session.lenses[lens], tokens, cache, logits, targets=next_token_targets(tokens)
-    )
+    return fresh_trajectory(session.model, session.lenses[lens])
 
 
 @pytest.mark.parametrize("statistic", ["entropy", "forward_kl", "cross_entropy", "rank"])
