@@ -13,6 +13,8 @@ Above the lenses and trajectories (it reads both). The modules, one job each:
 - patchscope: Patchscopes, a state read by patching it into a target prompt's run
   (`patchscope`, `patchscope_log_probs`, `patchscope_generate`, `target_prompt`,
   `token_identity_prompt`, `description_prompt`).
+- state_map: `fit_state_map`, an affine map from one model's states to another's, fitted
+  by least squares on the same tokens (a Patchscope's `mapping` across models).
 - tasks: prompt sets with answers (`greater_than`).
 - derangement: permutations that move every row, for resample ablation.
 - _projection: internal; `CausalBasis`, `remove_subspace` and the projection arithmetic
@@ -61,6 +63,7 @@ from hooklens.causal.patchscope import (
     target_prompt,
     token_identity_prompt,
 )
+from hooklens.causal.state_map import AffineStateMap, fit_state_map
 from hooklens.causal.subspaces import (
     CausalBasis,
     ablate_subspace,
@@ -72,6 +75,7 @@ from hooklens.causal.subspaces import (
 from hooklens.causal.tasks import Task, greater_than
 
 __all__ = [
+    "AffineStateMap",
     "CausalBasis",
     "FaithfulnessResult",
     "Hook",
@@ -92,6 +96,7 @@ __all__ = [
     "extract_causal_bases",
     "faithfulness_figure",
     "faithfulness_table",
+    "fit_state_map",
     "greater_than",
     "lens_faithfulness",
     "mean_ablation",

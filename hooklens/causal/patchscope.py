@@ -18,8 +18,10 @@ prompt runs once per group of `batch_size` source positions, each copy of the pr
 patched with another position's state: `n_layers × ceil(pos / batch_size)` target calls
 instead of one per cell. Where the target model can start mid-network
 (`ModelAdapter.can_start_at_layer`, a HookedTransformer) and the component is
-`resid_pre`, the target prompt's residuals are cached once and only the blocks from ℓ*
-on run again.
+`resid_pre`, each call runs only the blocks from ℓ* on, and only the placeholder and
+the tokens after it: the tokens before it are untouched by the patch (causal
+attention), so their keys and values are computed once and shared. Only the
+placeholder's row is unembedded.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooklens.core import ModelAdapter, normalize_component
+from hooklens.core import ModelAdapter, Unembed, normalize_component
 from hooklens.errors import InputError
 from hooklens.trajectory import PredictionTrajectory, next_token_targets
 
@@ -106,7 +108,8 @@ def patchscope(
 ) -> PredictionTrajectory:
     """Read every (layer, position) state of `model` on `tokens` through a target run,
     as a trajectory: `patchscope_log_probs`'s rows (its arguments), the last one the
-    source model's output; targets are the next source tokens.
+    source model's output; targets are the next source tokens. With `positions=`, the
+    columns are the positions read, in that order.
 
     Examples:
         >>> ids = model.to_tokens("The capital of France is")
@@ -117,11 +120,12 @@ def patchscope(
     """
     ids = torch.as_tensor(tokens).reshape(1, -1)
     log_probs = patchscope_log_probs(model, ids, target, **options)
+    targets = next_token_targets(ids)
+    if options.get("positions") is not None:  # the columns are the positions read
+        chosen = torch.as_tensor([int(p) for p in options["positions"]]) % ids.shape[-1]
+        ids, targets = ids[:, chosen], targets[:, chosen]
     return PredictionTrajectory.from_log_probs(
-        log_probs[None],
-        ids,
-        targets=next_token_targets(ids),
-        tokenizer=ModelAdapter(model).tokenizer,
+        log_probs[None], ids, targets=targets, tokenizer=ModelAdapter(model).tokenizer
     )
 
 
@@ -134,12 +138,13 @@ def patchscope_log_probs(
     target_layer: int | None = None,
     component: str = "resid_pre",
     mapping: Mapping | None = None,
+    positions: Sequence[int] | None = None,
     batch_size: int = 32,
     progress: bool = True,
-) -> Float[Tensor, "layer_and_output pos vocab"]:
+) -> Float[Tensor, "layer_and_output read_pos vocab"]:
     """The target's log-probabilities for every (layer, position) state of `model` on
-    `tokens`, in the model's dtype: `[source layers + 1, pos, vocab]`, the last row the
-    source model's own output.
+    `tokens`, in the model's dtype: `[source layers + 1, read_pos, vocab]`, the last row
+    the source model's own output (`read_pos` is every position, or `len(positions)`).
 
     Args:
         model: the source HookedTransformer or TransformerBridge.
@@ -150,7 +155,9 @@ def patchscope_log_probs(
             must share the source's vocabulary (the last row is the source's output).
         target_layer: the target layer to patch; default the source layer itself.
         component: the residual read and written (`resid_pre`, `resid_mid`, `resid_post`).
-        mapping: `f(states, source_layer)` applied before patching (default: none).
+        mapping: `f(states, source_layer)` applied before patching (default: none), e.g.
+            `fit_state_map(model, target_model, ...)`.
+        positions: the source positions to read (default: all), in the order given.
         batch_size: source positions patched into copies of the target prompt per call.
         progress: show a progress bar over source layers.
 
@@ -180,38 +187,110 @@ def patchscope_log_probs(
             f"the target model has {goal.n_layers} blocks, fewer than the source's "
             f"{source.n_layers}: pass target_layer= to patch every state into one layer"
         )
+    n = ids.shape[-1]
+    if positions is None:
+        chosen = torch.arange(n)
+    else:
+        chosen = torch.as_tensor([int(p) for p in positions], dtype=torch.long)
+        if len(chosen) == 0 or not bool(((chosen >= -n) & (chosen < n)).all()):
+            raise InputError(
+                f"positions must be a non-empty list of positions of the {n}-token source, "
+                f"got {list(positions)}"
+            )
+        chosen = chosen % n
     placeholder = target.placeholder % target.ids.shape[-1]
     starts_mid = goal.can_start_at_layer and component == "resid_pre"
     with torch.no_grad():
-        prompt_resid: dict[int, Tensor] = {}
-        if starts_mid:  # the target prompt's own residuals, to start from at any layer
-            wanted = {goal.hook_name("resid_pre", layer) for layer in range(goal.n_layers)}
-            _, prompt_cache = target_model.run_with_cache(
-                target.ids.to(goal.device), names_filter=lambda name: name in wanted
-            )
-            prompt_resid = {
-                layer: prompt_cache[goal.hook_name("resid_pre", layer)]
-                for layer in range(goal.n_layers)
-            }
+        suffix = _PromptSuffix(target_model, goal, target.ids, placeholder) if starts_mid else None
         names = {source.hook_name(component, layer) for layer in range(source.n_layers)}
         logits, cache = model.run_with_cache(
             ids.to(source.device), names_filter=lambda name: name in names
         )
         rows: list[Tensor] = []
         for layer in tqdm(range(source.n_layers), desc="patchscope", disable=not progress):
-            states = cache[source.hook_name(component, layer)][0]  # [pos, d_model]
+            states = cache[source.hook_name(component, layer)][0, chosen.to(source.device)]
             if mapping is not None:
                 states = mapping(states, layer)
             into = layer if target_layer is None else target_layer
-            read = [
-                _patched_log_probs(target_model, goal, target.ids, placeholder, component,
-                                   into, states[start : start + batch_size],
-                                   prompt_resid.get(into))
-                for start in range(0, states.shape[0], batch_size)
-            ]  # fmt: skip
+            read = []
+            for start in range(0, states.shape[0], batch_size):
+                some = states[start : start + batch_size]
+                if suffix is not None:
+                    read.append(suffix.log_probs(some, into))
+                else:
+                    read.append(
+                        _patched_log_probs(
+                            target_model, goal, target.ids, placeholder, component, into, some
+                        )
+                    )
             rows.append(torch.cat(read))
-        rows.append(torch.log_softmax(logits[0].to(rows[0].dtype), dim=-1))
+        output = logits[0, chosen.to(logits.device)]
+        rows.append(torch.log_softmax(output.to(rows[0].dtype), dim=-1))
     return torch.stack(rows)
+
+
+class _PromptSuffix:
+    """The target prompt run from its placeholder on, mid-network (a HookedTransformer).
+
+    Causal attention leaves the tokens before the placeholder as they were: their keys
+    and values at every layer are computed once (a frozen key-value cache, shared by
+    every copy), and each patched copy runs only the placeholder and what follows it,
+    from block ℓ on, starting from the prompt's own `resid_pre` there. For the
+    token-identity prompt (placeholder last) that is one token of the 21 per copy.
+    """
+
+    def __init__(self, model: Any, adapter: ModelAdapter, prompt: Tensor, placeholder: int):
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        self.model, self.adapter = model, adapter
+        prompt = prompt.to(adapter.device)
+        wanted = {adapter.hook_name("resid_pre", layer) for layer in range(adapter.n_layers)}
+        _, cache = model.run_with_cache(prompt, names_filter=wanted.__contains__)
+        self.resid = [
+            cache[adapter.hook_name("resid_pre", layer)][:, placeholder:]
+            for layer in range(adapter.n_layers)
+        ]  # [1, suffix, d_model] each
+        self.prefix = None
+        if placeholder > 0:
+            self.prefix = TransformerLensKeyValueCache.init_cache(adapter.cfg, adapter.device, 1)
+            mask = torch.ones_like(prompt[:, :placeholder])
+            model(prompt[:, :placeholder], attention_mask=mask, past_kv_cache=self.prefix)
+            self.prefix.freeze()
+        self.length = prompt.shape[-1]
+
+    def _prefix_for(self, n: int) -> Any:
+        """The prefix's frozen cache, its batch axis expanded (not copied) to `n`."""
+        if self.prefix is None:
+            return None
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+        from transformer_lens.cache.key_value_cache_entry import (
+            TransformerLensKeyValueCacheEntry,
+        )
+
+        entries = [
+            TransformerLensKeyValueCacheEntry(
+                entry.past_keys.expand(n, -1, -1, -1),
+                entry.past_values.expand(n, -1, -1, -1),
+                frozen=True,
+            )
+            for entry in self.prefix.entries
+        ]
+        mask = self.prefix.previous_attention_mask.expand(n, -1)
+        return TransformerLensKeyValueCache(entries, mask, frozen=True)
+
+    def log_probs(self, states: Float[Tensor, "n d_model"], layer: int) -> Float[Tensor, "n vocab"]:
+        n = states.shape[0]
+        patched = self.resid[layer].expand(n, -1, -1).clone()
+        patched[:, 0] = states.to(patched.dtype)
+        mask = torch.ones(n, self.length, dtype=torch.long, device=patched.device)
+        out = self.model(
+            patched,
+            start_at_layer=layer,
+            stop_at_layer=self.adapter.n_layers,
+            past_kv_cache=self._prefix_for(n),
+            attention_mask=mask,
+        )
+        return Unembed.from_model(self.adapter).log_probs(out[:, 0])
 
 
 def _patched_log_probs(
@@ -222,22 +301,21 @@ def _patched_log_probs(
     component: str,
     layer: int,
     states: Float[Tensor, "n d_model"],
-    resid: Float[Tensor, "1 pos d_model"] | None = None,
 ) -> Float[Tensor, "n vocab"]:
     """The target's log-probabilities at `placeholder`, one copy of `prompt` per state,
-    each with its state written over `component` of block `layer` there. With `resid`
-    (the prompt's own `resid_pre` at `layer`), only the blocks from `layer` on run."""
+    each with its state written over `component` of block `layer` there.
+
+    Where the model can stop after its last block, the unembedding reads the
+    placeholder's row alone: the other positions' `[pos, vocab]` logits are never made."""
     n = states.shape[0]
-    index = torch.arange(n)
-    if resid is not None:
-        patched = resid.expand(n, -1, -1).clone()
-        patched[index, placeholder] = states.to(patched.dtype)
-        logits = model(patched, start_at_layer=layer)
-        return torch.log_softmax(logits[:, placeholder], dim=-1)
+    index = torch.arange(n, device=states.device)
+    stop = {"stop_at_layer": adapter.n_layers} if adapter.can_stop_at_layer else {}
     copies = prompt.expand(n, -1).to(adapter.device)
     name = adapter.hook_name(component, layer)
-    logits = model.run_with_hooks(copies, fwd_hooks=[(name, _writer(index, placeholder, states))])
-    return torch.log_softmax(logits[:, placeholder], dim=-1)
+    hooks = [(name, _writer(index, placeholder, states))]
+    out = model.run_with_hooks(copies, fwd_hooks=hooks, **stop)
+    logits = Unembed.from_model(adapter)(out[:, placeholder]) if stop else out[:, placeholder]
+    return torch.log_softmax(logits, dim=-1)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from hooklens.artifacts import StagedWrites, output_lock
 from hooklens.cli import options
 from hooklens.core import precision
 from hooklens.errors import InputError
-from hooklens.evaluation import held_out, per_layer
+from hooklens.evaluation import held_out, patchscopes, per_layer
 from hooklens.evaluation.held_out import (
     LayerMarginals,
     evaluate_lenses,
@@ -74,6 +75,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="for the transfer matrix; auto: bf16 only where the device runs it fast",
     )
     parser.add_argument(
+        "--patchscope",
+        type=int,
+        default=0,
+        metavar="POSITIONS",
+        help="also read the token-identity Patchscope at this many held-out positions (a "
+        "seeded sample: each costs a target run per layer), as the column "
+        f"'{patchscopes.NAME}'; 0: none",
+    )
+    parser.add_argument(
         "--record-logit-stats",
         action="store_true",
         help="also record each lens layer's marginal next-token distribution over the "
@@ -124,7 +134,10 @@ def check_output_files(output: str | Path, *, logit_stats: bool = False) -> dict
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse, before any model or data loads, settings `run` cannot use."""
-    for flag, minimum in (("tokens", 1), ("seq_len", 2), ("batch_size", 1), ("transfer_tokens", 0)):
+    minimums = (
+        ("tokens", 1), ("seq_len", 2), ("batch_size", 1), ("transfer_tokens", 0), ("patchscope", 0)
+    )  # fmt: skip
+    for flag, minimum in minimums:
         value = getattr(args, flag)
         if value < minimum:
             raise InputError(f"--{flag.replace('_', '-')} must be at least {minimum}, got {value}")
@@ -160,16 +173,22 @@ def _evaluate(args: argparse.Namespace, files: dict[str, Path]) -> int:
     lenses: dict[str, Lens] = {"logit lens": LogitLens.from_model(model)}
     for directory in args.lens:
         lenses[lens_label(directory)] = options.load_lens(directory, model)
-    chunks = held_out_chunks(args.data, model.tokenizer, args.seq_len, args.text_field)
     n_chunks = max(1, args.tokens // args.seq_len)
+    chunks = list(  # a list: --patchscope reads them again
+        itertools.islice(
+            held_out_chunks(args.data, model.tokenizer, args.seq_len, args.text_field), n_chunks
+        )
+    )
     marginals = LayerMarginals() if args.record_logit_stats else None
     results = evaluate_lenses(
-        model,
-        lenses,
-        batches(itertools.islice(chunks, n_chunks), args.batch_size),
-        marginals=marginals,
+        model, lenses, batches(iter(chunks), args.batch_size), marginals=marginals
     )
     results = {"tokens": results["tokens"], "tokens_requested": args.tokens, **results}
+    if args.patchscope:
+        started = time.perf_counter()
+        scope = patchscopes.evaluate_patchscope(model, chunks, positions=args.patchscope)
+        results["lenses"][patchscopes.NAME] = scope.pop("metrics")
+        results["patchscope"] = scope | {"seconds": round(time.perf_counter() - started, 1)}
     if results["tokens"] < n_chunks * args.seq_len:
         print(
             f"hooklens eval: evaluated {results['tokens']} of the {args.tokens} tokens asked "
@@ -185,11 +204,11 @@ def _evaluate(args: argparse.Namespace, files: dict[str, Path]) -> int:
             if not isinstance(lens, TunedLens):
                 continue  # the logit lens has no translators to swap
             texts = texts_of(args.data, args.text_field)
-            chunks = pack(split_texts(texts, held_out=True), model.tokenizer, args.seq_len)
+            transfer = pack(split_texts(texts, held_out=True), model.tokenizer, args.seq_len)
             matrix = layer_transfer(
                 model,
                 lens,
-                batches(itertools.islice(chunks, n_transfer), args.batch_size),
+                batches(itertools.islice(transfer, n_transfer), args.batch_size),
                 matmul_dtype=args.matmul_dtype,
             )
             results["transfer"][name] = np.round(matrix, 6).tolist()
@@ -216,6 +235,12 @@ def _evaluate(args: argparse.Namespace, files: dict[str, Path]) -> int:
         text = json.dumps(results, indent=1) + "\n"
         staged.stage(output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     print(f"{results['tokens']} held-out tokens, the mean per token of each:")
+    if "patchscope" in results:
+        scope = results["patchscope"]
+        print(
+            f"({patchscopes.NAME}: {scope['positions']} of those positions, a seeded "
+            f"sample, in {scope['seconds']} s; top-1 agreement is its precision@1)"
+        )
     for metric in per_layer.SHOWN:
         print(f"\n{per_layer.TITLES[metric]}\n")
         print(per_layer.markdown_table(results["lenses"], metric))

@@ -13,6 +13,7 @@ and lenses. The modules, one job each:
   convention (the table in its docstring).
 - unembed: `Unembed` (final norm → W_U, b_U → softcap) and `vocab_chunks`, the one
   vocabulary chunker, with its one chunk size `VOCAB_CHUNK`.
+- least_squares: `AffineMoments`, `y ≈ A x + b` from streamed rows of any widths.
 - inversion: `invert_unembed`, a hidden state whose logits match a target, typed against
   the `UnembedLike` protocol (`Unembed.invert` calls it).
 - chunked_kl: `ChunkedKL` and `kl_to_target`, KL(target ‖ readout) forward and backward
@@ -47,6 +48,7 @@ from hooklens.core.fingerprint import (
     same_model_name,
 )
 from hooklens.core.inversion import InversionOutput, UnembedLike, invert_unembed
+from hooklens.core.least_squares import AffineMoments
 from hooklens.core.precision import describe, matmul_dtype, retain_freed_memory
 from hooklens.core.residuals import (
     check_cache,
@@ -61,6 +63,7 @@ __all__ = [
     "ABLATION_COMPONENTS",
     "RESIDUAL_COMPONENTS",
     "VOCAB_CHUNK",
+    "AffineMoments",
     "ChunkedKL",
     "InversionOutput",
     "ModelAdapter",

@@ -8,6 +8,8 @@ Its modules, one sentence each:
 - held_out: `evaluate_lenses` over batches of held-out text (with the marginals of
   `LayerMarginals`), the tuned lens's `layer_transfer` matrix, their figures, and the
   held-out split of a text source (`held_out_chunks`; was `hooklens.training.evaluate`).
+- patchscopes: `evaluate_patchscope`, the token-identity Patchscope's same per-layer
+  numbers on a seeded sample of held-out positions (`hooklens eval --patchscope N`).
 
 `figure` (from `held_out`) draws the results of `evaluate_lenses`; `per_layer.figure` draws
 any `{lens: {metric: [per layer]}}`. The command line (`hooklens eval`) lives in
@@ -42,6 +44,7 @@ from hooklens.evaluation.held_out import (
     texts_of,
     transfer_figure,
 )
+from hooklens.evaluation.patchscopes import evaluate_patchscope
 from hooklens.evaluation.per_layer import (
     METRICS,
     SHOWN,
@@ -61,6 +64,7 @@ __all__ = [
     "LayerMarginals",
     "PerLayer",
     "evaluate_lenses",
+    "evaluate_patchscope",
     "figure",
     "held_out_chunks",
     "held_out_token_count",

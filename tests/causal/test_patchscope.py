@@ -124,6 +124,22 @@ def test_patchscope_refuses_what_it_cannot_read(model_zoo, words):
     if ModelAdapter(other).d_vocab != ModelAdapter(model).d_vocab:
         with pytest.raises(InputError, match="vocabulary"):
             patchscope(model, tokens, prompt, target_model=other, progress=False)
+    with pytest.raises(InputError, match="positions must be"):
+        patchscope_log_probs(model, tokens, prompt, positions=[4], progress=False)
+
+
+@pytest.mark.parametrize("kind", ["hooked", "bridge"])
+def test_chosen_positions_are_those_rows_of_the_whole_reading(kind, words):
+    """`positions=[4, 0, -1]` reads those cells (the output row too), in that order."""
+    model = _float64(kind, words)
+    source = torch.randint(4, VOCAB, (1, 6), generator=torch.Generator().manual_seed(2))
+    prompt = TargetPrompt(source[:, :4], placeholder=2)
+    whole = patchscope_log_probs(model, source, prompt, progress=False)
+    chosen = patchscope_log_probs(model, source, prompt, positions=[4, 0, -1], progress=False)
+    torch.testing.assert_close(chosen, whole[:, [4, 0, 5]], rtol=0, atol=1e-12)
+    trajectory = patchscope(model, source, prompt, positions=[4, 0, -1], progress=False)
+    assert trajectory.input_ids.tolist() == [source[0, [4, 0, 5]].tolist()]
+    assert trajectory.targets.tolist() == [[int(source[0, 5]), int(source[0, 1]), -1]]
 
 
 def _greedy(model, tokens: torch.Tensor, n: int) -> list[int]:

@@ -181,6 +181,22 @@ def test_record_logit_stats_writes_the_marginals_beside_the_json(
     assert "--record-logit-stats" in help_text and "marginal_kl_to_output" in help_text
 
 
+def test_patchscope_adds_its_column_and_says_what_it_read(capsys, loads, corpus, tmp_path):
+    out = tmp_path / "eval.json"
+    arguments = ["eval", "--data", str(corpus), "--seq-len", str(SEQ_LEN), "--tokens", "32"]
+    assert main([*arguments, "--patchscope", "5", "--output", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert list(results["lenses"]) == ["logit lens", "token-identity patchscope"]
+    scope = results["lenses"]["token-identity patchscope"]
+    assert len(scope["kl_to_output"]) == N_LAYERS + 1 and scope["kl_to_output"][-1] == 0.0
+    assert results["patchscope"]["positions"] == 5
+    assert results["patchscope"]["target"].endswith("?")
+    printed = capsys.readouterr().out
+    assert "token-identity patchscope: 5 of those positions" in printed
+    assert "| layer | logit lens | token-identity patchscope |" in printed
+    assert main([*arguments, "--patchscope", "-1", "--output", str(out)]) == 2
+
+
 def test_the_held_out_split_is_a_library_function_of_plain_values(corpus, word_tokenizer):
     """What `hooklens eval` reads, without a command line: the same chunks, the same
     count, the same refusal."""
