@@ -135,3 +135,17 @@ def test_interventions_page_measures_what_it_says(monkeypatch):
     model, tokens = namespace["model"], namespace["tokens"]
     clean_logits = model(tokens)  # the `with` block's ablation was removed afterwards
     assert not torch.allclose(namespace["ablated_logits"], clean_logits, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_patchscopes_page_reads_what_it_says(monkeypatch):
+    """The token-identity Patchscope finds the model's answer at an earlier layer than the
+    logit lens on the page's prompt, and the mapped reading has the trajectory's shape."""
+    namespace = _page("guides/patchscopes.md", monkeypatch)
+    first = namespace["first"]
+    assert first["patchscope"] < first["logit lens"], first
+    shape = namespace["scope"].cross_entropy().stats.shape
+    assert shape == namespace["gap"].stats.shape == namespace["mapped"].entropy().stats.shape
+    assert shape[1] == 31
+    assert namespace["said"].shape == (3, 8)
+    assert sorted(namespace["state_map"].weights) == list(range(30))
