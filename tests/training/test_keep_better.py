@@ -52,7 +52,9 @@ def test_a_harmful_fine_tune_ends_with_every_layer_at_most_its_start(hooked, ran
         assert choice["tuned_kl"] == pytest.approx(w, abs=1e-5)
         assert choice["kept"] == ("start" if s < w else "fine-tune")
         assert e == pytest.approx(min(s, w), abs=1e-5)
-    assert len(lost_lines(history.held_out)) == sum(w > s for w, s in zip(worse, start))
+    assert len(lost_lines(history.held_out)) == sum(
+        w > s for w, s in zip(worse, start, strict=True)
+    )
 
 
 def test_without_held_out_batches_the_fine_tune_is_kept_unchecked(hooked):
