@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -121,8 +121,12 @@ def write_lens_dir(
             # the renames leaves parameters without config (refused), not a silent mix.
             config_path.unlink(missing_ok=True)
         for target, content in (also or {}).items():
-            staged.stage(target, lambda tmp, text=content: Path(tmp).write_text(text, "utf-8"))
+            staged.stage(target, _text_writer(content))
     return directory
+
+
+def _text_writer(text: str) -> Callable[[str], object]:
+    return lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
 
 
 def read_lens_dir(path: str | os.PathLike, *, map_location: MapLocation = None) -> LensFiles:

@@ -111,20 +111,17 @@ def save_run(
     """The lens and history.json in one staged write (history last: a history.json
     means the lens beside it is the one it describes); one line per layer where the
     fine-tune lost to the start."""
-    record = {
-        "steps": list(history),
-        "held_out": None
-        if history.held_out is None or held_out is None
-        else {"tokens": sum(batch.numel() for batch in held_out), "layers": history.held_out},
-    }
-    text = json.dumps(record, indent=1) + "\n"
+    check = None
+    if history.held_out is not None and held_out is not None:
+        tokens = sum(batch.numel() for batch in held_out)
+        check = {"tokens": tokens, "layers": history.held_out}
+    text = json.dumps({"steps": list(history), "held_out": check}, indent=1) + "\n"
     write_lens_dir(
         output / "lens",
         lens.config.to_dict(),
         lens.state_dict(),
         also={output / "history.json": text},
     )
-    if record["held_out"] is not None:
-        tokens = record["held_out"]["tokens"]
+    if check is not None:
         for line in lost_lines(history.held_out or []):
-            print(f"{line} (held-out KL on {tokens:,} tokens)")
+            print(f"{line} (held-out KL on {check['tokens']:,} tokens)")

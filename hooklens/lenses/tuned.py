@@ -199,10 +199,8 @@ class TunedLens(Lens):
         if idx == self.n_layers:
             return h
         # Residual form: weight decay pulls the translator toward the identity, not zero.
-        translator = self.layer_translators[idx]
-        dtype = (
-            translator.U if isinstance(translator, LowRankTranslator) else translator.weight
-        ).dtype
+        translator = self[idx]
+        dtype = next(translator.parameters()).dtype  # W's (full) or U's (low rank)
         if h.dtype != dtype:  # e.g. a .half() lens on a float32 cache: its precision, h's dtype
             return h + translator(h.to(dtype)).to(h.dtype)
         return h + translator(h)
