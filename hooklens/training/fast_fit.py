@@ -40,7 +40,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooklens.core import ModelAdapter, distributed
+from hooklens.core import ModelAdapter, distributed, normalize_component
 from hooklens.core.precision import retain_freed_memory
 from hooklens.errors import InputError
 from hooklens.lenses.tuned import LowRankTranslator, TunedLens
@@ -181,7 +181,22 @@ def fit_tuned_lens(
     """
     adapter = ModelAdapter(model)
     lens = TunedLens.from_model(adapter, bias=bias, component=component, rank=rank)
-    names = adapter.residual_hook_names(lens.component)
+    moments = accumulate_moments(model, token_batches, component=lens.component, progress=progress)
+    return solve_into(lens, moments, alpha)
+
+
+def accumulate_moments(
+    model: Any,
+    token_batches: Iterable[Int[Tensor, "batch pos"]],
+    *,
+    component: str = "resid_pre",
+    progress: bool = True,
+) -> LeastSquaresMoments:
+    """The moments of every layer's `component` against the final residual over
+    `token_batches` (one pass of the model; summed over ranks under torchrun)."""
+    adapter = ModelAdapter(model)
+    component = normalize_component(component)
+    names = adapter.residual_hook_names(component)
     moments = LeastSquaresMoments(adapter.n_layers, adapter.d_model, adapter.device)
     # The fit needs residuals only: a model that can stop after its last block skips the
     # final norm and the [tokens, vocab] logits (~14% of a SmolLM2 forward).
@@ -197,19 +212,28 @@ def fit_tuned_lens(
             y = cache[adapter.final_hook_name].reshape(-1, adapter.d_model)
             moments.add_targets(y)
             for layer in range(adapter.n_layers):
-                hook = adapter.hook_name(lens.component, layer)
+                hook = adapter.hook_name(component, layer)
                 moments.update(layer, cache[hook].reshape(-1, adapter.d_model), y)
             bar.set_postfix(tokens=moments.count)
         moments.all_reduce()  # under torchrun each rank saw its own shard
-        eye = torch.eye(adapter.d_model, dtype=torch.float64, device=adapter.device)
-        for layer in range(adapter.n_layers):
+    return moments
+
+
+def solve_into(lens: TunedLens, moments: LeastSquaresMoments, alpha: float = 1e-5) -> TunedLens:
+    """Set every translator of `lens` to the closed-form fit of `moments` (full or rank r,
+    with an intercept if the lens has biases); returns `lens`. One pass of moments serves
+    lenses of every rank (benchmarks/lens_rank.py)."""
+    eye = torch.eye(lens.config.d_model, dtype=torch.float64, device=moments.xx.device)
+    with torch.no_grad():
+        for layer in range(lens.n_layers):
             translator = lens[layer]
+            intercept = translator.bias is not None
             if isinstance(translator, LowRankTranslator):
-                U, V, offset = moments.solve_low_rank(layer, translator.rank, alpha, intercept=bias)
+                U, V, offset = moments.solve_low_rank(layer, translator.rank, alpha, intercept)
                 translator.U.copy_(U)
                 translator.V.copy_(V)
             else:
-                matrix, offset = moments.solve(layer, alpha, intercept=bias)
+                matrix, offset = moments.solve(layer, alpha, intercept=intercept)
                 translator.weight.copy_(matrix - eye)
             if translator.bias is not None:
                 translator.bias.copy_(offset)
