@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     retain_freed_memory()
     torch.set_grad_enabled(False)
-    print(cpu())
+    print(cpu(), flush=True)
     model = models.load("smollm2-135m")
     d, n_layers = model.cfg.d_model, model.cfg.n_layers
     fit = token_batches(model, held_out=False, n_tokens=args.fit_tokens)
@@ -80,7 +80,8 @@ def main() -> None:
         f"SmolLM2-135M ({n_layers} layers, d_model {d}); fast fit on "
         f"{moments.count:,} tokens: one pass for the moments, {pass_seconds:.1f} s (shared "
         f"by every rank); held-out KL(final ‖ lens) on {sum(b.numel() for b in held_out):,} "
-        "tokens, nats, float32\n"
+        "tokens, nats, float32\n",
+        flush=True,
     )
     columns: dict[str, list[float]] = {}
     rows = []
@@ -96,7 +97,10 @@ def main() -> None:
         columns[name] = held_out_kl(model, lens, held_out)["lens"]
         eval_seconds = time.perf_counter() - began
         rows.append((name, rank, sum(p.numel() for p in lens.parameters()), solve_seconds))
-        print(f"  {name}: solved in {solve_seconds:.2f} s, evaluated in {eval_seconds:.0f} s")
+        print(
+            f"  {name}: solved in {solve_seconds:.2f} s, evaluated in {eval_seconds:.0f} s",
+            flush=True,
+        )
     names = list(columns)
     print("\n| layer | " + " | ".join(names) + " |")
     print("|---:|" + "---:|" * len(names))
