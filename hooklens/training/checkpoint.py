@@ -188,7 +188,9 @@ def start_of(state: dict[str, Any], path: Path, lens: TunedLens) -> dict[str, Te
     if found != expected:
         raise RunStateError(
             f"{path}: entry 'start' should be the state dict of this run's lens at its start "
-            f"({len(expected)} tensors), found {type(start).__name__} that is not. {START_OVER}"
+            f"({len(expected)} tensors of its shapes), found "
+            f"{'other tensors' if found is not None else 'a ' + type(start).__name__}. "
+            f"{START_OVER}"
         )
     return start
 

@@ -131,3 +131,44 @@ def test_a_resumed_run_makes_the_same_choice_once_at_its_end(hooked, tmp_path):
     for layer in kept_start:
         key = f"layer_translators.{layer}.weight"
         assert not torch.equal(final["lens"][key], fresh.state_dict()[key])
+
+
+def _reseal(path, edit) -> None:
+    from hooklens.artifacts import content_sha256
+
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    state.pop("checkpoint_sha256", None)
+    state["checkpoint_sha256"] = content_sha256(state)
+    torch.save(state, path)
+
+
+def _run_to_the_end(model, directory, *, resume: bool, held_out=None):
+    return train_lens(
+        model,
+        _fast_fit(model) if not resume else TunedLens.from_model(model),
+        _batches(3, seed=1),
+        HARMFUL,
+        checkpoint_dir=directory,
+        resume=resume,
+        progress=False,
+        held_out=held_out,
+    )
+
+
+def test_a_checkpoint_before_starts_were_kept_resumes_unchecked_with_a_warning(hooked, tmp_path):
+    _run_to_the_end(hooked, tmp_path, resume=False)
+    _reseal(tmp_path / CHECKPOINT_FILE, lambda state: state.pop("start"))
+    with pytest.warns(UserWarning, match="records no start .made by an older hooklens."):
+        history = _run_to_the_end(hooked, tmp_path, resume=True, held_out=_batches(1, seed=7))
+    assert history.held_out is None and [r["step"] for r in history] == [1, 2, 3]
+
+
+def test_a_checkpoint_whose_start_is_not_this_lens_is_refused_by_name(hooked, tmp_path):
+    from hooklens.errors import RunStateError
+
+    _run_to_the_end(hooked, tmp_path, resume=False)
+    _reseal(tmp_path / CHECKPOINT_FILE, lambda state: state["start"].popitem())
+    with pytest.raises(RunStateError, match="entry 'start' should be the state dict") as info:
+        _run_to_the_end(hooked, tmp_path, resume=True, held_out=_batches(1, seed=7))
+    assert str(tmp_path / CHECKPOINT_FILE) in str(info.value)
