@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import types
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -91,7 +92,11 @@ class LensFiles:
 
 
 def write_lens_dir(
-    path: str | os.PathLike, config: dict[str, Any], tensors: dict[str, Tensor]
+    path: str | os.PathLike,
+    config: dict[str, Any],
+    tensors: dict[str, Tensor],
+    *,
+    also: Mapping[str | os.PathLike, str] | None = None,
 ) -> Path:
     """Write `params.safetensors` and `config.json` (recording the parameters' SHA-256)
     into directory `path`, replacing a lens already there.
@@ -99,6 +104,8 @@ def write_lens_dir(
     Both files are written and flushed to temporaries before either is renamed into
     place, parameters first: a save that fails leaves the previous lens intact, and one
     killed between the two renames leaves a directory that `read_lens_dir` refuses.
+    `also` (`{path: text}`: a training run's history, say) are staged with them and
+    renamed into place last, so each of them is there only with the lens it goes with.
     """
     directory = _directory_to_write(Path(path))
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -113,7 +120,13 @@ def write_lens_dir(
             # An old config cannot vouch for its parameters: without it, a kill between
             # the renames leaves parameters without config (refused), not a silent mix.
             config_path.unlink(missing_ok=True)
+        for target, content in (also or {}).items():
+            staged.stage(target, _text_writer(content))
     return directory
+
+
+def _text_writer(text: str) -> Callable[[str], object]:
+    return lambda tmp: Path(tmp).write_text(text, encoding="utf-8")
 
 
 def read_lens_dir(path: str | os.PathLike, *, map_location: MapLocation = None) -> LensFiles:

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.torch import save_file
@@ -154,6 +155,34 @@ def lens_label(source: str) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
+def training_check(source: str) -> dict[str, Any] | None:
+    """The held-out check that `hooklens train` recorded for the lens in `source` (its
+    run's `history.json`, beside the lens folder: `{"tokens", "layers": [{layer,
+    start_kl, tuned_kl, kept}]}`), or None when there is none."""
+    history = Path(source).parent / "history.json"
+    if not Path(source).is_dir() or not history.is_file():
+        return None
+    try:
+        record = json.loads(history.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    check = record.get("held_out") if isinstance(record, dict) else None
+    if not isinstance(check, dict) or not isinstance(check.get("layers"), list):
+        return None
+    return check
+
+
+def training_table(check: dict[str, Any]) -> str:
+    """The start and the fine-tune of each layer, as the training run measured them."""
+    lines = ["| layer | start | fine-tune | kept |", "|---:|---:|---:|:---|"]
+    for layer in check["layers"]:
+        lines.append(
+            f"| {layer['layer']} | {layer['start_kl']:.3f} | {layer['tuned_kl']:.3f} | "
+            f"{layer['kept']} |"
+        )
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     options.resolve_model_and_data(args)
     check_arguments(args)
@@ -189,6 +218,9 @@ def _evaluate(args: argparse.Namespace, files: dict[str, Path]) -> int:
         scope = patchscopes.evaluate_patchscope(model, chunks, positions=args.patchscope)
         results["lenses"][patchscopes.NAME] = scope.pop("metrics")
         results["patchscope"] = scope | {"seconds": round(time.perf_counter() - started, 1)}
+    checks = {lens_label(d): c for d in args.lens if (c := training_check(d)) is not None}
+    if checks:  # what training kept per layer: the start or the fine-tune
+        results["training_held_out"] = checks
     if results["tokens"] < n_chunks * args.seq_len:
         print(
             f"hooklens eval: evaluated {results['tokens']} of the {args.tokens} tokens asked "
@@ -244,6 +276,12 @@ def _evaluate(args: argparse.Namespace, files: dict[str, Path]) -> int:
     for metric in per_layer.SHOWN:
         print(f"\n{per_layer.TITLES[metric]}\n")
         print(per_layer.markdown_table(results["lenses"], metric))
+    for name, check in checks.items():
+        print(
+            f"\n{name}: held-out KL(final ‖ lens) of its start and its fine-tune, as "
+            f"training measured them on {check.get('tokens', '?')} tokens (nats)\n"
+        )
+        print(training_table(check))
     print()
     written = [f"{path} ({kind})" for kind, path in files.items()]
     print(f"wrote {', '.join(written[:-1])} and {written[-1]}")

@@ -3,6 +3,11 @@
 The token stream is deterministic (same data, tokenizer and split every run), so a run
 restarted with `--resume` after any interruption, SIGKILL included, reads the batches
 it had not yet consumed and ends with the same lens as an uninterrupted run.
+
+The run ends by keeping, per layer, the better of its start (fast fit or identity) and
+its fine-tune on `--held-out-tokens` of the data's held-out split (`keep_better`), and
+writes the lens with `history.json` (`{"steps": [...], "held_out": {"tokens", "layers":
+[{layer, start_kl, tuned_kl, kept}]}}`) in one staged write.
 """
 
 from __future__ import annotations
@@ -10,9 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import itertools
-import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -23,17 +26,17 @@ from pathlib import Path
 import torch
 
 from hooklens import models
-from hooklens.artifacts import atomic_write_text, output_lock
+from hooklens.artifacts import output_lock
 from hooklens.cli import options
+from hooklens.cli._train_run import RUN_FILE as RUN_FILE  # re-exported
+from hooklens.cli._train_run import RUN_OUTPUTS as RUN_OUTPUTS  # re-exported
+from hooklens.cli._train_run import check_output, save_run, start_output
 from hooklens.core import distributed
 from hooklens.core.precision import MATMUL_DTYPES, describe
 from hooklens.errors import (
     DataError,
     HooklensError,
     InputError,
-    MissingFileError,
-    OutputExistsError,
-    RunStateError,
 )
 from hooklens.lenses.tuned import TunedLens
 from hooklens.training.data import (
@@ -45,10 +48,8 @@ from hooklens.training.data import (
     split_texts,
 )
 from hooklens.training.fast_fit import fit_tuned_lens
-from hooklens.training.loop import CHECKPOINT_FILE, TrainConfig, train_lens
+from hooklens.training.loop import TrainConfig, train_lens
 
-RUN_FILE = "run.json"  # written once the run has started: the settings a --resume repeats
-RUN_OUTPUTS = (RUN_FILE, "checkpoint", "lens", "history.json")  # what --overwrite removes
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -71,6 +72,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=25_600,
         help="tokens for the closed-form initial fit (0: start from the identity)",
+    )
+    parser.add_argument(
+        "--rank",
+        type=int,
+        default=None,
+        help="low-rank translators h + U(Vᵀh) + b, U, V of d_model × RANK (default: full)",
+    )
+    parser.add_argument(
+        "--held-out-tokens",
+        type=int,
+        default=2048,
+        help="held-out tokens on which the end of the run keeps, per layer, the better of "
+        "the start and the fine-tune (0: keep the fine-tune unchecked)",
     )
     parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimiser steps")
     parser.add_argument(
@@ -145,6 +159,14 @@ def _check_arguments(args: argparse.Namespace) -> None:
             f"--fast-fit-tokens must be 0 (no fit: start from the identity) or more, got "
             f"{args.fast_fit_tokens}"
         )
+    if args.rank is not None and args.rank < 1:
+        raise InputError(
+            f"--rank must be at least 1 (or left out: full translators), got {args.rank}"
+        )
+    if args.held_out_tokens < 0:
+        raise InputError(
+            f"--held-out-tokens must be 0 (no check) or more, got {args.held_out_tokens}"
+        )
     if args.cpu_offload and not args.fsdp:
         raise InputError("--cpu-offload offloads the --fsdp shards: pass --fsdp too")
     if args.wandb is not None and not _importable("wandb"):
@@ -175,94 +197,12 @@ def _run_settings(args: argparse.Namespace, config: TrainConfig) -> dict:
     keys = ("model", "model_class", "data", "text_field", "seq_len", "batch_size")
     return {key: getattr(args, key) for key in keys} | {
         "fast_fit_tokens": args.fast_fit_tokens,
+        "rank": args.rank,
+        "held_out_tokens": args.held_out_tokens,
         "world_size": distributed.world_size(),
         "config": asdict(config),
         "data_hash": data_fingerprint(args.data),  # None for a hub dataset
     }
-
-
-def _run_entries(output: Path) -> list[Path]:
-    """What a run wrote in `output` (and temporaries a kill left of its atomic writes),
-    run.json first."""
-    found = []
-    for name in RUN_OUTPUTS:
-        found += [output / name, *sorted(output.glob(f".{name}.*.tmp"))]
-    return [path for path in found if path.exists()]
-
-
-def _holds_no_run(output: Path) -> bool:
-    """Nothing a run would lose: absent, empty, or what a run that stopped before its
-    first checkpoint leaves (its run.json, an empty checkpoint folder)."""
-    if not output.exists():
-        return True
-    if set(output.iterdir()) - set(_run_entries(output)):
-        return False  # files of the user's own
-    work = (output / "lens", output / "history.json", output / "checkpoint" / CHECKPOINT_FILE)
-    return not any(path.exists() for path in work)
-
-
-def _check_output(args: argparse.Namespace, output: Path, settings: dict) -> None:
-    """Refuse to touch an existing run unless asked; check a resume repeats its settings
-    and its data. Reads only: nothing is written before the run has started."""
-    if output.exists() and not output.is_dir():
-        raise OutputExistsError(f"--output {output} is a file: give a directory")
-    if not args.resume:
-        if not args.overwrite and not _holds_no_run(output):
-            raise OutputExistsError(
-                f"{output} is not empty: pass --resume to continue its run, --overwrite to "
-                "replace it, or choose another --output"
-            )
-        return
-    if not (output / "checkpoint" / CHECKPOINT_FILE).is_file():
-        stopped = (
-            " (its run stopped before its first checkpoint: start it again without --resume)"
-            if (output / RUN_FILE).is_file() and _holds_no_run(output)
-            else ""
-        )
-        raise MissingFileError(f"no checkpoint to resume in {output / 'checkpoint'}{stopped}")
-    if not (output / RUN_FILE).is_file():
-        raise RunStateError(
-            f"{output} has a checkpoint but no {RUN_FILE}, so its settings are unknown: "
-            "pass --overwrite to start again"
-        )
-    saved = json.loads((output / RUN_FILE).read_text())
-    saved_config, config = saved.pop("config", {}), settings["config"]
-    changed = [
-        f"{key}: {saved[key]!r} then, {value!r} now"
-        for key, value in settings.items()
-        if key not in ("config", "data_hash") and key in saved and saved[key] != value
-    ] + [
-        f"{key}: {saved_config[key]!r} then, {value!r} now"
-        for key, value in config.items()
-        if key in saved_config and saved_config[key] != value
-    ]
-    if changed:
-        raise RunStateError(
-            f"--resume must repeat the run's settings ({'; '.join(changed)}): pass the "
-            "values it started with, or --overwrite to start a new run"
-        )
-    if saved.get("data_hash") is not None and saved["data_hash"] != settings["data_hash"]:
-        raise RunStateError(
-            f"--resume: the content of --data {args.data} changed since the run started "
-            f"(blake2b {saved['data_hash'][:12]}… then, {str(settings['data_hash'])[:12]}… "
-            "now), so the rest of the run would train on other text: restore that data, or "
-            "--overwrite to start a new run"
-        )
-
-
-def _start_output(args: argparse.Namespace, output: Path, settings: dict) -> None:
-    """Mark the run as started: with --overwrite, remove the old run first (its run.json
-    before its lens, history and checkpoint, so that no kill leaves pieces of two runs
-    under one run.json); then write this run's run.json. A resume writes nothing."""
-    if distributed.is_primary() and not args.resume:
-        for path in _run_entries(output):
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-        output.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output / RUN_FILE, json.dumps(settings, indent=1) + "\n")
-    distributed.barrier()
 
 
 def _token_stream(args: argparse.Namespace, tokenizer) -> Iterator[torch.Tensor]:
@@ -277,6 +217,27 @@ def _token_stream(args: argparse.Namespace, tokenizer) -> Iterator[torch.Tensor]
         )
     chunks = itertools.chain([first], chunks)
     return batches(distributed.shard(chunks), args.batch_size // distributed.world_size())
+
+
+def _held_out_batches(args: argparse.Namespace, tokenizer) -> list[torch.Tensor] | None:
+    """`--held-out-tokens` of the held-out split in whole `--seq-len` chunks (the same on
+    every rank), or None (with a line on stderr) when it is 0 or the split has no chunk."""
+    if args.held_out_tokens == 0:
+        return None
+    texts = (row[args.text_field] for row in load_texts(args.data, streaming=True))
+    chunks = pack(split_texts(texts, held_out=True), tokenizer, args.seq_len)
+    n_chunks = max(1, args.held_out_tokens // args.seq_len)
+    found = list(batches(itertools.islice(chunks, n_chunks), args.batch_size))
+    if not found:
+        if distributed.is_primary():
+            print(
+                f"hooklens train: the held-out split of {args.data} has no chunk of "
+                f"{args.seq_len} tokens, so the fine-tune is kept at every layer unchecked "
+                "(give more text, or --held-out-tokens 0 to say so)",
+                file=sys.stderr,
+            )
+        return None
+    return found
 
 
 class _CountedBatches:
@@ -358,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
     # Checked under the lock: a run that finished between our check and our start would
     # otherwise be replaced without --overwrite.
     with owned_output([output], "hooklens train"):
-        _check_output(args, output, settings)
+        check_output(args, output, settings)
         _train(args, config, device, output, settings)
     return 0
 
@@ -412,13 +373,14 @@ def _train(
     fit_tokens = sum(batch.numel() for batch in fit_batches)
     # Before anything is written, and before the fit spends model time on the data.
     counted = _CountedBatches(_left_after_fit(args, fit_tokens, stream))
-    _start_output(args, output, settings)
+    start_output(args, output, settings)
+    held_out = _held_out_batches(args, model.tokenizer)
     if args.resume:
-        lens = TunedLens.from_model(model)  # its weights come from the checkpoint
+        lens = TunedLens.from_model(model, rank=args.rank)  # weights from the checkpoint
     elif fit_batches:
-        lens = fit_tuned_lens(model, fit_batches, progress=not args.no_progress)
+        lens = fit_tuned_lens(model, fit_batches, rank=args.rank, progress=not args.no_progress)
     else:
-        lens = TunedLens.from_model(model)
+        lens = TunedLens.from_model(model, rank=args.rank)
     try:
         history = train_lens(
             model,
@@ -429,14 +391,14 @@ def _train(
             resume=args.resume,
             progress=not args.no_progress,
             on_step=_wandb_logger(args.wandb, args),
+            held_out=held_out,
         )
     except DataError as error:
         if not counted.exhausted:
             raise
         raise DataError(f"{error}. {_data_accounting(args, fit_tokens, counted.tokens)}") from None
     if distributed.is_primary():
-        lens.save(output / "lens")
-        atomic_write_text(output / "history.json", json.dumps(history, indent=1) + "\n")
+        save_run(output, lens, history, held_out)
         tokens = sum(record["tokens"] for record in history)
         print(
             f"trained {output / 'lens'}: {len(history)} steps, {tokens} tokens on {world} "

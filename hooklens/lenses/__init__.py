@@ -6,6 +6,8 @@
 - tuned: `TunedLens` and `TunedLensConfig`, one learned affine translator per layer,
   saved and loaded through `hooklens.artifacts` (published lenses are named after
   `hooklens.models.hub_model_name`).
+- _translators: internal; `LowRankTranslator`, the `U (Vᵀ h) + b` translator of a
+  `TunedLens` with `rank=r`.
 - jacobian: `JacobianLens`, each layer moved into the last block's basis by its average
   Jacobian; `fit`, `save` and `load` call the three internal modules below.
 - _jacobian_files: internal; what `JacobianLens.save` writes and `JacobianLens.load`

@@ -31,6 +31,7 @@ from hooklens.core import (
 )
 from hooklens.core.unembed import Unembed
 from hooklens.errors import InputError, InputTypeError, LensFileError, LensMismatchError, warn
+from hooklens.lenses._translators import LowRankTranslator as LowRankTranslator  # re-exported
 from hooklens.lenses.base import Lens
 from hooklens.models import hub_model_name
 
@@ -49,6 +50,8 @@ class TunedLensConfig:
     # hooklens additions: which residual the translators read, and the model check.
     component: str = "resid_pre"
     fingerprint: dict[str, Any] | None = None
+    # None: full translators (d² + d parameters each); r: `U Vᵀ h + b`, U, V ∈ R^{d×r}.
+    rank: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +81,12 @@ class TunedLensConfig:
             raise LensFileError(f"{source}: key 'component': {error}. {FIX_CONFIG}") from None
         if values.get("fingerprint") is not None:
             check_json_fields(ModelFingerprint, values["fingerprint"], source, "fingerprint.")
+        rank = values.get("rank")
+        if rank is not None and not 1 <= rank < values["d_model"]:
+            raise LensFileError(
+                f"{source}: key 'rank' should be null (full translators) or an integer from 1 "
+                f"to d_model - 1 = {values['d_model'] - 1}, found {rank}. {FIX_CONFIG}"
+            )
         return cls(**values)
 
 
@@ -85,7 +94,9 @@ class TunedLens(Lens):
     """A lens with an affine translator `h ↦ h + W h + b` for each layer.
 
     Translators start at zero, so a fresh `TunedLens` is exactly the `LogitLens`.
-    The final residual (index `n_layers`) has no translator.
+    The final residual (index `n_layers`) has no translator. With `rank=r`
+    (`TunedLens.from_model(model, rank=r)`) each `W` is `U Vᵀ` with `U, V ∈ R^{d×r}`:
+    2·d·r + d parameters a layer instead of d² + d.
 
     Examples:
         >>> from hooklens import TunedLens
@@ -113,14 +124,21 @@ class TunedLens(Lens):
             config.unembed_hash = unembed.unembedding_hash()
         w = unembed.W_U
         dtype = w.dtype if w.is_floating_point() else torch.float32
-        translators = [
-            nn.Linear(
-                config.d_model, config.d_model, bias=config.bias, device=w.device, dtype=dtype
-            )
-            for _ in range(config.num_hidden_layers)
-        ]
-        for param in (p for t in translators for p in t.parameters()):
-            nn.init.zeros_(param)  # zero translators: a fresh lens is the logit lens
+        translators: list[nn.Module] = []
+        for _ in range(config.num_hidden_layers):
+            if config.rank is None:
+                linear = nn.Linear(
+                    config.d_model, config.d_model, bias=config.bias, device=w.device, dtype=dtype
+                )
+                for param in linear.parameters():
+                    nn.init.zeros_(param)  # zero translators: a fresh lens is the logit lens
+                translators.append(linear)
+            else:  # U = 0: zero too
+                translators.append(
+                    LowRankTranslator(
+                        config.d_model, config.rank, bias=config.bias, device=w.device, dtype=dtype
+                    )
+                )
         self.layer_translators = nn.ModuleList(translators)
 
     @classmethod
@@ -131,9 +149,22 @@ class TunedLens(Lens):
         bias: bool = True,
         component: str = "resid_pre",
         model_revision: str | None = None,
+        rank: int | None = None,
     ) -> TunedLens:
-        """An identity-initialised tuned lens for a HookedTransformer or TransformerBridge."""
+        """An identity-initialised tuned lens for a HookedTransformer or TransformerBridge.
+
+        `rank`: None (or d_model) for full translators `h ↦ h + W h + b`; r from 1 to
+        d_model - 1 for low-rank ones, `W = U Vᵀ` with `U, V ∈ R^{d×r}`.
+
+        Examples:
+            >>> lens = TunedLens.from_model(model, rank=4)
+            >>> lens.config.rank, sum(p.numel() for p in lens[0].parameters())  # 2·32·4 + 32
+            (4, 288)
+            >>> TunedLens.from_model(model, rank=32).config.rank is None  # rank d_model: full
+            True
+        """
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
+        rank = _check_rank(rank, adapter.d_model)
         config = TunedLensConfig(
             base_model_name_or_path=adapter.model_name,
             d_model=adapter.d_model,
@@ -142,6 +173,7 @@ class TunedLens(Lens):
             base_model_revision=model_revision,
             component=normalize_component(component),
             fingerprint=adapter.fingerprint.to_dict(),
+            rank=rank,
         )
         return cls(Unembed.from_model(adapter), config)
 
@@ -149,10 +181,11 @@ class TunedLens(Lens):
         return (
             f"TunedLens(model={self.config.base_model_name_or_path!r}, "
             f"layers={self.n_layers}, d_model={self.config.d_model}, "
-            f"bias={self.config.bias}, component={self.component!r})"
+            f"bias={self.config.bias}, component={self.component!r}"
+            + (f", rank={self.config.rank})" if self.config.rank is not None else ")")
         )
 
-    def __getitem__(self, idx: int) -> nn.Linear:
+    def __getitem__(self, idx: int) -> nn.Linear | LowRankTranslator:
         return self.layer_translators[idx]  # type: ignore[return-value]
 
     def __len__(self) -> int:
@@ -166,8 +199,8 @@ class TunedLens(Lens):
         if idx == self.n_layers:
             return h
         # Residual form: weight decay pulls the translator toward the identity, not zero.
-        translator: nn.Linear = self.layer_translators[idx]  # type: ignore[assignment]
-        dtype = translator.weight.dtype
+        translator = self[idx]
+        dtype = next(translator.parameters()).dtype  # W's (full) or U's (low rank)
         if h.dtype != dtype:  # e.g. a .half() lens on a float32 cache: its precision, h's dtype
             return h + translator(h.to(dtype)).to(h.dtype)
         return h + translator(h)
@@ -316,6 +349,7 @@ class TunedLens(Lens):
         device: torch.device | None = None,
     ) -> TunedLens:
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
+        _full_rank_of_tuned_lens(files)
         config = TunedLensConfig.from_dict(files.config, source=str(files.config_path))
         fingerprint = _saved_fingerprint(config, files)
         _check_parameters(config, files)  # the files agree with each other before the model
@@ -347,11 +381,41 @@ def _saved_fingerprint(config: TunedLensConfig, files: LensFiles) -> ModelFinger
     return fingerprint
 
 
+def _check_rank(rank: int | None, d_model: int) -> int | None:
+    """The config's `rank` for `from_model(rank=...)`: None for full translators."""
+    if rank is None:
+        return None
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= d_model:
+        raise InputError(
+            f"rank must be None (full translators) or an integer from 1 to d_model = "
+            f"{d_model}, got {rank!r}"
+        )
+    return None if rank == d_model else rank
+
+
+def _full_rank_of_tuned_lens(files: LensFiles) -> None:
+    """A tuned-lens config (no fingerprint) with a `rank` key over full `d × d` weights:
+    the lens is full, whatever the key says (the package's early configs carried it)."""
+    config = files.config
+    if config.get("fingerprint") is not None or config.get("rank") is None:
+        return
+    if any(key.endswith(".weight") for key in files.tensors):
+        warn(
+            f"{files.config_path}: key 'rank' is {config['rank']!r}, but the parameters are "
+            "full translators (layer_translators.*.weight); loaded as a full tuned lens"
+        )
+        files.config = {**config, "rank": None}
+
+
 def _expected_shapes(config: TunedLensConfig) -> dict[str, tuple[int, ...]]:
     d = config.d_model
     shapes: dict[str, tuple[int, ...]] = {}
     for i in range(config.num_hidden_layers):
-        shapes[f"layer_translators.{i}.weight"] = (d, d)
+        if config.rank is not None:
+            shapes[f"layer_translators.{i}.U"] = (d, config.rank)
+            shapes[f"layer_translators.{i}.V"] = (d, config.rank)
+        else:
+            shapes[f"layer_translators.{i}.weight"] = (d, d)
         if config.bias:
             shapes[f"layer_translators.{i}.bias"] = (d,)
     return shapes
@@ -362,7 +426,8 @@ def _check_parameters(config: TunedLensConfig, files: LensFiles) -> None:
     expected = _expected_shapes(config)
     described = (
         f"the {config.num_hidden_layers}-layer tuned lens with d_model={config.d_model} and "
-        f"bias={config.bias} that {files.config_path.name} describes"
+        f"bias={config.bias}{f' and rank={config.rank}' if config.rank else ''} that "
+        f"{files.config_path.name} describes"
     )
     missing = [k for k in expected if k not in files.tensors]
     unexpected = [k for k in files.tensors if k not in expected]

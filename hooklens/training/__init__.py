@@ -10,6 +10,8 @@ Its modules, one sentence each:
   regression on `LeastSquaresMoments`).
 - loop: the KL fine-tune (`train_lens`, `TrainConfig`), top to bottom, resumable
   from its checkpoint and data-parallel under torchrun.
+- keep_better: the end of a run: per layer, the better of start and fine-tune on
+  held-out batches (`keep_better`, `held_out_kl`).
 - checkpoint: the loop's checkpoint: claiming its directory, saving, checking and
   resuming it, and the digest of the batches it consumed.
 - jacobian_sketch: sketched Jacobian-lens estimators, measured against the exact one

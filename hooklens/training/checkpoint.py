@@ -173,6 +173,28 @@ def restore_checkpoint(
         ) from None
 
 
+def start_of(state: dict[str, Any], path: Path, lens: TunedLens) -> dict[str, Tensor] | None:
+    """The lens's state at the start of the run (`"start"`, which checkpoints hold since
+    runs keep the better of start and fine-tune per layer), or None in an older one."""
+    start = state.get("start")
+    if start is None:
+        return None
+    expected = {k: tuple(v.shape) for k, v in lens.state_dict().items()}
+    found = (
+        {k: tuple(v.shape) for k, v in start.items() if isinstance(v, Tensor)}
+        if isinstance(start, dict)
+        else None
+    )
+    if found != expected:
+        raise RunStateError(
+            f"{path}: entry 'start' should be the state dict of this run's lens at its start "
+            f"({len(expected)} tensors of its shapes), found "
+            f"{'other tensors' if found is not None else 'a ' + type(start).__name__}. "
+            f"{START_OVER}"
+        )
+    return start
+
+
 def skip_consumed(batches: Iterator[Tensor], consumed: int, digest: BatchDigest) -> bool:
     """Read (and hash) the `consumed` batches the checkpoint has already trained on;
     `False` when the batches end before that."""

@@ -5,6 +5,10 @@ model's own log-probabilities as the target of every layer, and sums the layers'
 chunked KL losses. A checkpoint (lens, optimiser, scheduler, step, data position, RNG)
 is written atomically every `checkpoint_every` steps; `resume=True` continues from it
 and ends with the same lens as an uninterrupted run (`hooklens.training.checkpoint`).
+
+With `held_out` batches, the run ends by keeping, per layer, the better of its start and
+its fine-tune on them (`hooklens.training.keep_better`); the checkpoints hold the start
+beside the fine-tune, so a resumed run makes the same choice, once, at its end.
 """
 
 from __future__ import annotations
@@ -30,7 +34,14 @@ from hooklens.core.chunked_kl import (
     weight_chunks,
 )
 from hooklens.core.precision import MATMUL_DTYPES, matmul_dtype, retain_freed_memory
-from hooklens.errors import DataError, InputError, InputTypeError, LensMismatchError, RunStateError
+from hooklens.errors import (
+    DataError,
+    InputError,
+    InputTypeError,
+    LensMismatchError,
+    RunStateError,
+    warn,
+)
 from hooklens.lenses.base import Lens
 from hooklens.lenses.tuned import TunedLens
 from hooklens.training.checkpoint import CHECKPOINT_FILE as CHECKPOINT_FILE  # re-exported
@@ -42,7 +53,9 @@ from hooklens.training.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
     skip_consumed,
+    start_of,
 )
+from hooklens.training.keep_better import LayerChoice, keep_better
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # as checkpoints name them
 
@@ -217,6 +230,14 @@ class StepRecord(TypedDict):
     tokens: int
 
 
+class TrainHistory(list[StepRecord]):
+    """What `train_lens` returns: one `StepRecord` per step (a list), and `held_out`,
+    the per-layer choice between start and fine-tune (`keep_better`), or None when the
+    run was given no `held_out` batches."""
+
+    held_out: list[LayerChoice] | None = None
+
+
 def train_lens(
     model: Any,
     lens: TunedLens,
@@ -228,8 +249,14 @@ def train_lens(
     overwrite: bool = False,
     progress: bool = True,
     on_step: Callable[[StepRecord], None] | None = None,
-) -> list[StepRecord]:
+    held_out: Iterable[Tensor] | None = None,
+) -> TrainHistory:
     """Train `lens` in place; returns one `{step, loss, lr, tokens}` record per step.
+
+    With `held_out` batches (text the run does not train on), the run ends by keeping,
+    per layer, the translator of its start (the lens as passed in) or of the fine-tune,
+    whichever has the lower KL on them, so that no layer ends worse than it began on
+    that text; `history.held_out` records both KLs and the choice (`keep_better`).
 
     With `checkpoint_dir`, a checkpoint is written there every `config.checkpoint_every`
     steps and at the end. An existing checkpoint there is continued with `resume=True`
@@ -258,7 +285,9 @@ def train_lens(
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     model.requires_grad_(False)  # the model is frozen; only the translators learn
     try:
-        return _train(model, lens, token_batches, config, checkpoint_dir, resume, progress, on_step)
+        return _train(
+            model, lens, token_batches, config, checkpoint_dir, resume, progress, on_step, held_out
+        )
     finally:
         for param, requires_grad in frozen:
             param.requires_grad_(requires_grad)
@@ -293,7 +322,8 @@ def _train(
     resume: bool,
     progress: bool,
     on_step: Callable[[StepRecord], None] | None,
-) -> list[StepRecord]:
+    held_out: Iterable[Tensor] | None = None,
+) -> TrainHistory:
     torch.manual_seed(config.seed)
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     state = load_checkpoint(directory, config.differences) if resume else None
@@ -309,6 +339,8 @@ def _train(
     optimizer = _optimizer(params, config)
     scheduler = _schedule(optimizer, config)
     step, consumed, history = 0, 0, []
+    # The start the end of the run compares with (a copy: the lens trains in place).
+    start = None if state is not None else {k: v.clone() for k, v in lens.state_dict().items()}
     batches = iter(token_batches)
     digest = BatchDigest()
     if state is not None:
@@ -329,6 +361,7 @@ def _train(
             )
         path = Path(str(directory)) / CHECKPOINT_FILE
         restore_checkpoint(path, state, lens, optimizer, scheduler)
+        start = start_of(state, path, lens)
     show = progress and distributed.is_primary()
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not show)
     while step < config.steps:
@@ -383,8 +416,21 @@ def _train(
                 "matmul_dtype": str(lens_kl.matmul_dtype).removeprefix("torch."),
                 "batch_digests": digest.over_ranks(),  # a collective: every rank calls it
             }
+            if start is not None:
+                state["start"] = start
             if distributed.is_primary():  # every rank holds the same state after the step
                 save_checkpoint(directory, state)
             distributed.barrier()
     bar.close()
-    return history
+    result = TrainHistory(history)
+    if held_out is not None:
+        if start is None:
+            warn(
+                f"the checkpoint in {directory} records no start (made by an older "
+                "hooklens): the fine-tune is kept at every layer, unchecked on held-out text"
+            )
+        else:
+            result.held_out = keep_better(
+                model, lens, start, held_out, vocab_chunk=config.vocab_chunk
+            )
+    return result

@@ -547,7 +547,7 @@ def test_two_concurrent_train_runs_into_one_output_one_is_refused(tmp_path, tiny
     run = json.loads((output / "run.json").read_text())
     assert run["data"] == str(first_data) and run["config"]["steps"] == 2
     history = json.loads((output / "history.json").read_text())
-    assert [record["step"] for record in history] == [1, 2]
+    assert [record["step"] for record in history["steps"]] == [1, 2]
     assert (output / "lens" / "params.safetensors").is_file()
     checkpoint = torch.load(output / "checkpoint" / "checkpoint.pt", weights_only=True)
     assert checkpoint["step"] == 2

@@ -56,7 +56,7 @@ def test_train_writes_a_lens_that_loads(corpus, tmp_path):
 
     assert cli_main(_arguments(corpus, tmp_path / "run")) == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())
-    assert [record["step"] for record in history] == [1, 2, 3, 4, 5, 6]
+    assert [record["step"] for record in history["steps"]] == [1, 2, 3, 4, 5, 6]
     model = models.load("smollm2-135m", model_class="bridge")
     lens = TunedLens.load(tmp_path / "run" / "lens", model=model)
     assert any(p.abs().sum() > 0 for p in lens.parameters())  # not the identity
@@ -86,7 +86,7 @@ def test_sigkilled_run_resumes_to_the_same_lens(corpus, tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr
     history = json.loads((killed / "history.json").read_text())
-    assert [record["step"] for record in history] == [1, 2, 3, 4, 5, 6]
+    assert [record["step"] for record in history["steps"]] == [1, 2, 3, 4, 5, 6]
     expected = load_file(straight / "lens" / "params.safetensors")
     got = load_file(killed / "lens" / "params.safetensors")
     assert expected.keys() == got.keys()

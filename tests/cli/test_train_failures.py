@@ -154,6 +154,8 @@ def test_data_fingerprint_follows_the_content_not_the_mtime(tmp_path):
         ("--warmup-steps", "-1", "warmup_steps must be 0"),
         ("--lr", "-0.1", "lr must be a finite number"),
         ("--momentum", "1.0", "momentum must be in [0, 1)"),
+        ("--rank", "0", "--rank must be at least 1 (or left out: full translators), got 0"),
+        ("--held-out-tokens", "-1", "--held-out-tokens must be 0 (no check) or more, got -1"),
     ],
 )
 def test_bad_settings_are_refused_before_the_model_loads(
