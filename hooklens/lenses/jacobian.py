@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from hooklens.artifacts import atomic_write, resolve_jacobian_lens, write_lens_dir
 from hooklens.artifacts.jlens_pt import REFERENCE_SUFFIX as REFERENCE_SUFFIX  # re-exported
+from hooklens.artifacts.provenance import PROVENANCE_KEY
 from hooklens.core import ModelAdapter, normalize_component, same_model_name
 from hooklens.core.unembed import Unembed
 from hooklens.errors import HooklensError, InputError, LensMismatchError, LensNotFoundError, warn
@@ -176,13 +177,15 @@ class JacobianLens(Lens):
             progress=progress,
         )
         fit_settings = {"max_seq_len": max_seq_len, "skip_first_positions": skip_first_positions}
-        return cls(
+        lens = cls(
             Unembed.from_model(adapter),
             jacobians,
             n_prompts=n_prompts,
             metadata={"model_name": adapter.model_name, **fit_settings, **(metadata or {})},
             component=component,
         )
+        lens.fit_settings = {**fit_settings, "n_prompts": n_prompts, "dim_batch": dim_batch}
+        return lens
 
     @classmethod
     def from_transformer_lens(
@@ -243,7 +246,7 @@ class JacobianLens(Lens):
         return (
             f"JacobianLens(model={name!r}, layers={self.n_layers}, fitted={span}, "
             f"d_model={self.unembed.d_model}, n_prompts={self.n_prompts}, "
-            f"component={self.component!r})"
+            f"component={self.component!r}{self._written_by()})"
         )
 
     def transform_hidden(
@@ -300,6 +303,7 @@ class JacobianLens(Lens):
                 n_layers=self.n_layers,
                 component=self.component,
                 fingerprint=self.adapter.fingerprint,
+                provenance=self.provenance_to_write(),
             )
             return atomic_write(path, lambda tmp: torch.save(payload, tmp))
         config = {
@@ -311,6 +315,7 @@ class JacobianLens(Lens):
             "metadata": self.metadata,
             "component": self.component,
             "fingerprint": self.adapter.fingerprint.to_dict(),
+            PROVENANCE_KEY: self.provenance_to_write(),
         }
         return write_lens_dir(
             path, config, {f"J.{k}": self.jacobian(k) for k in self.fitted_layers}
@@ -400,6 +405,7 @@ class JacobianLens(Lens):
         lens._check_model(
             adapter, source=str(path), strict=strict, name_checked=loaded.name_checked
         )
+        lens._loaded_with(loaded.provenance, str(path))
         return lens
 
     def _check_model(

@@ -140,4 +140,5 @@ def fit_tuned_lens(
             translator.weight.copy_(matrix - eye)
             if translator.bias is not None:
                 translator.bias.copy_(offset)
+    lens.fit_settings = {"method": "fast fit", "alpha": alpha, "tokens": moments.count}
     return lens

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from hooklens.artifacts.provenance import PROVENANCE_KEY, current_provenance
 from hooklens.core import ModelAdapter, distributed
 from hooklens.core.chunked_kl import (
     kl_to_target,
@@ -382,9 +383,12 @@ def _train(
                 "world_size": distributed.world_size(),
                 "matmul_dtype": str(lens_kl.matmul_dtype).removeprefix("torch."),
                 "batch_digests": digest.over_ranks(),  # a collective: every rank calls it
+                PROVENANCE_KEY: current_provenance(model, settings=asdict(config)),
             }
             if distributed.is_primary():  # every rank holds the same state after the step
                 save_checkpoint(directory, state)
             distributed.barrier()
     bar.close()
+    tokens = sum(record.get("tokens", 0) for record in history)
+    lens.fit_settings = {"method": "train", **asdict(config), "tokens": tokens}
     return history
