@@ -85,7 +85,7 @@ def reference_payload(
     """The `.pt` payload of a lens: the reference's keys, our record (its `provenance`
     included) and its checksum."""
     payload = {
-        "J": {layer: matrix.to(dtype) for layer, matrix in jacobians.items()},
+        "J": {layer: matrix.to(device="cpu", dtype=dtype) for layer, matrix in jacobians.items()},
         "n_prompts": n_prompts,
         "source_layers": list(jacobians),
         "d_model": d_model,

@@ -111,7 +111,9 @@ class JacobianLens(Lens):
                 )
             # Buffers, not parameters: fitted by an estimator, not trained; and a
             # trajectory notices in-place changes through their version counters.
-            self.register_buffer(_buffer_name(layer), matrix.detach().float().cpu().clone())
+            # On the unembedding's device, where the residuals it multiplies are read.
+            matrix = matrix.detach().to(device=unembed.W_U.device, dtype=torch.float32)
+            self.register_buffer(_buffer_name(layer), matrix.clone())
         missing = [layer for layer in range(n_layers - 1) if layer not in self.fitted_layers]
         if jacobians and missing:
             warn(
@@ -208,7 +210,7 @@ class JacobianLens(Lens):
         from transformer_lens.tools.analysis import JacobianLens as TLJacobianLens
 
         return TLJacobianLens(
-            {layer: self.jacobian(layer) for layer in self.fitted_layers},
+            {layer: self.jacobian(layer).cpu() for layer in self.fitted_layers},  # as TL fits
             n_prompts=self.n_prompts,
             d_model=self.unembed.d_model,
             metadata=self._provenance(),
@@ -237,7 +239,7 @@ class JacobianLens(Lens):
         name = _buffer_name(self.layer_index(layer))
         if name in self._buffers:
             return self._buffers[name]  # type: ignore[return-value]
-        return torch.eye(self.unembed.d_model)
+        return torch.eye(self.unembed.d_model, device=self.unembed.W_U.device)
 
     def __repr__(self) -> str:
         name = self.unembed.adapter.model_name if self.unembed.adapter else "?"

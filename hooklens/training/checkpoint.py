@@ -67,12 +67,9 @@ class BatchDigest:
 
     def over_ranks(self) -> list[str]:
         """Every rank's digest (hex), in rank order; the same list on every rank."""
-        digests = torch.zeros(distributed.world_size(), dtype=torch.int64)
+        digests = torch.zeros(distributed.world_size(), dtype=torch.int64, device="cpu")
         digests[distributed.rank()] = int.from_bytes(self._hash.digest(), "big", signed=True)
-        if distributed.active() and torch.distributed.get_backend() == "nccl":
-            digests = distributed.all_reduce_sum_(digests.cuda()).cpu()
-        else:
-            distributed.all_reduce_sum_(digests)
+        distributed.all_reduce_sum_(digests)  # through the GPU under NCCL
         return [value.to_bytes(8, "big", signed=True).hex() for value in digests.tolist()]
 
 
