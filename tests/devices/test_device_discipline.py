@@ -198,3 +198,27 @@ def test_held_out_evaluation(model):
     lenses = dict(zip(["logit", "tuned", "jacobian"], _lenses(model), strict=True))
     with device_checked():
         evaluate_lenses(model, lenses, batches, marginals=LayerMarginals())
+
+
+def test_interventions_and_faithfulness(model):
+    from hooklens.causal import (
+        lens_faithfulness,
+        mean_ablation,
+        patch,
+        replace_with,
+        resample_ablation,
+    )
+
+    tokens, other = _tokens(), _tokens(seed=1)
+    _, source = model.run_with_cache(other)
+    with device_checked():
+        hooks = [
+            mean_ablation(model, "mlp", 0, source, positions=[1, 2]),
+            patch(model, "attn", 1, source, positions=[0]),
+            resample_ablation(model, "resid_pre", 1, source, positions=[3]),
+            replace_with(model, "head", 1, torch.zeros(()), head=1, positions=[2]),
+        ]
+        PredictionTrajectory.from_lens_and_model(
+            LogitLens.from_model(model), model, tokens, fwd_hooks=hooks
+        )
+        lens_faithfulness(model, _lenses(model)[1], tokens, [1], k=2, max_iter=3, progress=False)
