@@ -148,3 +148,8 @@ class TextCutWarning(UserWarning):
 
 class MissingWidgetsWarning(UserWarning):
     """ipywidgets is not installed: `hooklens.explore` shows a static figure instead."""
+
+
+class ProvenanceWarning(UserWarning):
+    """A lens file was written under another transformers or TransformerLens major.minor
+    version than the one installed: the model may compute a little otherwise now."""

@@ -13,7 +13,9 @@ parameters under another's config. The config also records the SHA-256 of its ow
 (`config_sha256`, over the canonical JSON of every other key), so a damaged or hand-edited
 config (another model name in the fingerprint, another component) is refused as damaged
 instead of read as a lens for something else. Directories without the hashes (hooklens
-before them, and tuned-lens artifacts) load as before.
+before them, and tuned-lens artifacts) load as before. The config's `provenance` (the
+versions and settings that wrote it, `hooklens.artifacts.provenance`) is read into
+`LensFiles.provenance`; configs without one load as before.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from torch import Tensor
 
 from hooklens._checks import available_device
 from hooklens.artifacts.atomic import StagedWrites
+from hooklens.artifacts.provenance import PROVENANCE_KEY, read_provenance
 from hooklens.artifacts.reference_pt import SAVE_AGAIN, SHA256_HEX, read_tuned_lens_params
 from hooklens.core import ModelAdapter, ModelFingerprint, fingerprint_differences
 from hooklens.errors import (
@@ -89,6 +92,7 @@ class LensFiles:
     format: str  # "hooklens" or "tuned-lens"
     config_path: Path
     params_path: Path
+    provenance: dict[str, Any] | None = None  # what wrote the files (None: not recorded)
 
 
 def write_lens_dir(
@@ -200,6 +204,7 @@ def read_lens_files(
     device = parameter_device(map_location) or torch.device("cpu")
     config = _read_config(config_path)
     _check_config_digest(config, config_path)
+    provenance = read_provenance(config.pop(PROVENANCE_KEY, None), str(config_path))
     recorded = config.pop(PARAMS_HASH_KEY, None)
     if recorded is not None and not (isinstance(recorded, str) and SHA256_HEX.fullmatch(recorded)):
         raise LensFileError(
@@ -220,7 +225,7 @@ def read_lens_files(
                 "under the config of another), or the parameter file was changed or "
                 f"damaged after saving. {SAVE_AGAIN}"
             )
-    return LensFiles(config, tensors, format, config_path, params_path)
+    return LensFiles(config, tensors, format, config_path, params_path, provenance)
 
 
 def check_json_fields(schema: type, values: Any, source: str, prefix: str = "") -> None:

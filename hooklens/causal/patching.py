@@ -148,10 +148,11 @@ def _readout(
         for i, h in enumerate(hidden_by_layer)
     ]
     rows.append(torch.log_softmax(logits.float(), -1))
-    log_probs = torch.stack(rows, 1).cpu()  # [rows, layer + 1, vocab]
-    return set_log_prob(log_probs, targets.expand(log_probs.shape[0], 1, -1)) - set_log_prob(
-        log_probs, anti.expand(log_probs.shape[0], 1, -1)
+    log_probs = torch.stack(rows, 1)  # [rows, layer + 1, vocab], where the model computed
+    targets, anti = (
+        ids.to(log_probs.device).expand(log_probs.shape[0], 1, -1) for ids in (targets, anti)
     )
+    return (set_log_prob(log_probs, targets) - set_log_prob(log_probs, anti)).cpu()
 
 
 def patching_sweep(

@@ -1,5 +1,9 @@
 """`hooklens eval`: per-layer numbers of every `--lens` on held-out text, written as JSON
-with a page of figures beside it (`hooklens.evaluation`)."""
+with a page of figures beside it (`hooklens.evaluation`).
+
+The JSON records its own `provenance` (versions, model, the evaluation's settings) and
+`lens_provenance`, what each lens file records (null where it records none); both are
+printed before the tables."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from safetensors.torch import save_file
 
 from hooklens import models
 from hooklens.artifacts import StagedWrites, output_lock
+from hooklens.artifacts.provenance import PROVENANCE_KEY, current_provenance, provenance_lines
 from hooklens.cli import options
 from hooklens.core import precision
 from hooklens.errors import InputError
@@ -221,6 +226,15 @@ def _evaluate(args: argparse.Namespace, files: dict[str, Path]) -> int:
     checks = {lens_label(d): c for d in args.lens if (c := training_check(d)) is not None}
     if checks:  # what training kept per layer: the start or the fine-tune
         results["training_held_out"] = checks
+    settings = {
+        "data": str(args.data),
+        "tokens": args.tokens,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "processing": args.processing,
+    }
+    results[PROVENANCE_KEY] = current_provenance(model, settings=settings)
+    results["lens_provenance"] = {name: lens.provenance for name, lens in lenses.items()}
     if results["tokens"] < n_chunks * args.seq_len:
         print(
             f"hooklens eval: evaluated {results['tokens']} of the {args.tokens} tokens asked "
@@ -266,6 +280,9 @@ def _evaluate(args: argparse.Namespace, files: dict[str, Path]) -> int:
         staged.stage(files["figures"], lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
         text = json.dumps(results, indent=1) + "\n"
         staged.stage(output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    for name, lens in lenses.items():
+        if name != "logit lens":
+            print(f"{name}: {provenance_lines(lens.provenance)}")
     print(f"{results['tokens']} held-out tokens, the mean per token of each:")
     if "patchscope" in results:
         scope = results["patchscope"]

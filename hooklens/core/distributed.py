@@ -74,9 +74,27 @@ def shard(items: Iterable[T]) -> Iterator[T]:
     return itertools.islice(items, rank(), None, world_size())
 
 
+def backend_device() -> torch.device:
+    """The device the process group's collectives run on: this rank's current GPU under
+    NCCL (`init_from_environment` sets it to `LOCAL_RANK`), the CPU under gloo or
+    without a group."""
+    if active() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum `tensor` over ranks in place (a no-op for one process)."""
-    if active():
+    """Sum `tensor` over ranks in place (a no-op for one process), wherever it lives: a
+    tensor elsewhere than the backend's device (a CPU tensor under NCCL, which reduces
+    CUDA tensors only) goes through `backend_device()` and back."""
+    if not active():
+        return tensor
+    device = backend_device()
+    if device.type == "cuda" and tensor.device.type != "cuda":
+        reduced = tensor.to(device)
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        tensor.copy_(reduced)
+    else:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
@@ -84,9 +102,7 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
 def mean_over_ranks(value: float) -> float:
     if not active():
         return value
-    tensor = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
+    tensor = torch.tensor([value], dtype=torch.float64, device=backend_device())
     return all_reduce_sum_(tensor).item() / world_size()
 
 
@@ -145,18 +161,9 @@ def shard_blocks(model: torch.nn.Module, *, cpu_offload: bool = False) -> torch.
 
 
 def all_reduce_cpu_sum_(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a CPU `tensor` over ranks in place, on either backend (a no-op for one process).
-
-    NCCL reduces CUDA tensors only, so there the sum goes through this rank's GPU and
-    back; gloo sums the CPU tensor where it is.
-    """
-    if not active():
-        return tensor
-    if dist.get_backend() == "nccl":
-        tensor.copy_(all_reduce_sum_(tensor.cuda()).cpu())
-    else:
-        all_reduce_sum_(tensor)
-    return tensor
+    """Sum a CPU `tensor` over ranks in place, on either backend (a no-op for one process):
+    `all_reduce_sum_`, which sends it through this rank's GPU under NCCL."""
+    return all_reduce_sum_(tensor)
 
 
 def same_on_all_ranks(value: str) -> bool:
@@ -164,5 +171,5 @@ def same_on_all_ranks(value: str) -> bool:
     (so that all of them raise together, none waiting for the others in a collective)."""
     if not active():
         return True
-    differs = torch.tensor([float(broadcast_object(value) != value)])
+    differs = torch.tensor([float(broadcast_object(value) != value)], device="cpu")
     return all_reduce_cpu_sum_(differs).item() == 0

@@ -27,6 +27,7 @@ from hooklens.artifacts import (
 )
 from hooklens.artifacts.jlens_pt import (
     CHECKSUM_KEY,
+    FIT_RECORD_KEY,
     RECORD_FORMAT,
     RECORD_KEY,
     JLensRecord,
@@ -34,6 +35,7 @@ from hooklens.artifacts.jlens_pt import (
     recorded_component,
     verified_record,
 )
+from hooklens.artifacts.provenance import PROVENANCE_KEY, read_provenance
 from hooklens.core import ModelAdapter, ModelFingerprint
 from hooklens.errors import (
     InputError,
@@ -65,6 +67,7 @@ class JacobianFile:
     metadata: dict[str, Any]
     component: str  # the component the file records ("resid_pre" when it records none)
     name_checked: bool  # a recorded fingerprint has already judged the model's name
+    provenance: dict[str, Any] | None = None  # what wrote the file (None: not recorded)
 
 
 def reference_payload(
@@ -77,10 +80,12 @@ def reference_payload(
     n_layers: int,
     component: str,
     fingerprint: ModelFingerprint,
+    provenance: dict[str, Any],
 ) -> dict[str, Any]:
-    """The `.pt` payload of a lens: the reference's keys, our record and its checksum."""
+    """The `.pt` payload of a lens: the reference's keys, our record (its `provenance`
+    included) and its checksum."""
     payload = {
-        "J": {layer: matrix.to(dtype) for layer, matrix in jacobians.items()},
+        "J": {layer: matrix.to(device="cpu", dtype=dtype) for layer, matrix in jacobians.items()},
         "n_prompts": n_prompts,
         "source_layers": list(jacobians),
         "d_model": d_model,
@@ -91,6 +96,7 @@ def reference_payload(
             "target_layer": n_layers - 1,
             "component": component,
             "fingerprint": fingerprint.to_dict(),
+            PROVENANCE_KEY: provenance,
         },
     }
     return sealed(payload, CHECKSUM_KEY)
@@ -114,7 +120,20 @@ def read_jacobian_pt(path: Path, adapter: ModelAdapter, *, strict: bool) -> Jaco
         metadata,
         component=record.component if record is not None else "resid_pre",
         name_checked=record is not None,
+        provenance=_recorded_provenance(payload, path),
     )
+
+
+def _recorded_provenance(payload: Any, path: Path) -> dict[str, Any] | None:
+    """The provenance a `.pt` lens (our record) or fit checkpoint (our fit record)
+    holds; `None` for a file without one."""
+    if not isinstance(payload, dict):
+        return None
+    for key in (RECORD_KEY, FIT_RECORD_KEY):
+        entry = payload.get(key)
+        if isinstance(entry, dict) and PROVENANCE_KEY in entry:
+            return read_provenance(entry[PROVENANCE_KEY], f"{path} (entry {key!r})")
+    return None
 
 
 def read_jacobian_dir(path: Path, adapter: ModelAdapter, *, strict: bool) -> JacobianFile:
@@ -167,6 +186,7 @@ def read_jacobian_dir(path: Path, adapter: ModelAdapter, *, strict: bool) -> Jac
         config.get("metadata") or {},
         component=saved_component,
         name_checked=True,
+        provenance=files.provenance,
     )
 
 

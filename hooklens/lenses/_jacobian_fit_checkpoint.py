@@ -27,6 +27,7 @@ from hooklens.artifacts.jlens_pt import (
     START_OVER,
     verify_fit_checkpoint,
 )
+from hooklens.artifacts.provenance import PROVENANCE_KEY, check_provenance
 from hooklens.core import distributed, fingerprint_of, same_model_name
 from hooklens.errors import HooklensError, InputError, RunStateError, warn
 
@@ -208,6 +209,7 @@ def check_resumable(
             "checking them",
         )
     else:
+        check_provenance(saved.get(PROVENANCE_KEY), str(path))
         pairs.append(("max_seq_len", saved.get("max_seq_len"), record["max_seq_len"]))
         pairs += [
             (f"model {key}", saved.get("model", {}).get(key), value)

@@ -11,6 +11,11 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooklens._checks import layer_index, validate_hidden
+from hooklens.artifacts.provenance import (
+    check_provenance,
+    current_provenance,
+    describe_provenance,
+)
 from hooklens.core import ModelAdapter, normalize_component
 from hooklens.core.residuals import check_cache, get_residual
 from hooklens.core.unembed import Unembed
@@ -29,11 +34,38 @@ class Lens(nn.Module, ABC):
 
     unembed: Unembed
     component: str = "resid_pre"
+    provenance: dict[str, Any] | None = None
+    """What wrote the file this lens was loaded from: library versions, model, fit
+    settings (`hooklens.artifacts.provenance`); None for a lens made in this process or
+    read from a file that records none."""
 
     def __init__(self, unembed: Unembed, n_layers: int):
         super().__init__()
         self.unembed = unembed  # a plain object: not registered, so never trained or saved
         self.n_layers = n_layers
+        self.fit_settings: dict[str, Any] = {}
+        """How the lens was fitted or trained (a training run's config, the fast fit's
+        alpha and token count), recorded in the provenance of the files it is saved to."""
+
+    def provenance_to_write(self, revision: str | None = None) -> dict[str, Any]:
+        """The provenance a file saved now records: this environment's versions, the
+        model (at `revision`, else the one its config records), and `fit_settings`."""
+        return current_provenance(
+            self.unembed.adapter, settings=self.fit_settings, revision=revision
+        )
+
+    def _loaded_with(self, provenance: dict[str, Any] | None, source: str) -> None:
+        """Keep what a file records about its making (warning once where the installed
+        transformers or TransformerLens differs from the recorded one)."""
+        check_provenance(provenance, source)
+        self.provenance = provenance
+        settings = (provenance or {}).get("settings")
+        self.fit_settings = dict(settings) if isinstance(settings, dict) else {}
+
+    def _written_by(self) -> str:
+        """`", written by hooklens 0.1.0, torch 2.5.1"` for a `repr` (empty for none)."""
+        described = describe_provenance(self.provenance)
+        return f", written by {described}" if described else ""
 
     @property
     def adapter(self) -> ModelAdapter:

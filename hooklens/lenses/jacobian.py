@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from hooklens.artifacts import atomic_write, resolve_jacobian_lens, write_lens_dir
 from hooklens.artifacts.jlens_pt import REFERENCE_SUFFIX as REFERENCE_SUFFIX  # re-exported
+from hooklens.artifacts.provenance import PROVENANCE_KEY
 from hooklens.core import ModelAdapter, normalize_component, same_model_name
 from hooklens.core.unembed import Unembed
 from hooklens.errors import HooklensError, InputError, LensMismatchError, LensNotFoundError, warn
@@ -110,7 +111,9 @@ class JacobianLens(Lens):
                 )
             # Buffers, not parameters: fitted by an estimator, not trained; and a
             # trajectory notices in-place changes through their version counters.
-            self.register_buffer(_buffer_name(layer), matrix.detach().float().cpu().clone())
+            # On the unembedding's device, where the residuals it multiplies are read.
+            matrix = matrix.detach().to(device=unembed.W_U.device, dtype=torch.float32)
+            self.register_buffer(_buffer_name(layer), matrix.clone())
         missing = [layer for layer in range(n_layers - 1) if layer not in self.fitted_layers]
         if jacobians and missing:
             warn(
@@ -176,13 +179,15 @@ class JacobianLens(Lens):
             progress=progress,
         )
         fit_settings = {"max_seq_len": max_seq_len, "skip_first_positions": skip_first_positions}
-        return cls(
+        lens = cls(
             Unembed.from_model(adapter),
             jacobians,
             n_prompts=n_prompts,
             metadata={"model_name": adapter.model_name, **fit_settings, **(metadata or {})},
             component=component,
         )
+        lens.fit_settings = {**fit_settings, "n_prompts": n_prompts, "dim_batch": dim_batch}
+        return lens
 
     @classmethod
     def from_transformer_lens(
@@ -205,7 +210,7 @@ class JacobianLens(Lens):
         from transformer_lens.tools.analysis import JacobianLens as TLJacobianLens
 
         return TLJacobianLens(
-            {layer: self.jacobian(layer) for layer in self.fitted_layers},
+            {layer: self.jacobian(layer).cpu() for layer in self.fitted_layers},  # as TL fits
             n_prompts=self.n_prompts,
             d_model=self.unembed.d_model,
             metadata=self._provenance(),
@@ -234,7 +239,7 @@ class JacobianLens(Lens):
         name = _buffer_name(self.layer_index(layer))
         if name in self._buffers:
             return self._buffers[name]  # type: ignore[return-value]
-        return torch.eye(self.unembed.d_model)
+        return torch.eye(self.unembed.d_model, device=self.unembed.W_U.device)
 
     def __repr__(self) -> str:
         name = self.unembed.adapter.model_name if self.unembed.adapter else "?"
@@ -243,7 +248,7 @@ class JacobianLens(Lens):
         return (
             f"JacobianLens(model={name!r}, layers={self.n_layers}, fitted={span}, "
             f"d_model={self.unembed.d_model}, n_prompts={self.n_prompts}, "
-            f"component={self.component!r})"
+            f"component={self.component!r}{self._written_by()})"
         )
 
     def transform_hidden(
@@ -300,6 +305,7 @@ class JacobianLens(Lens):
                 n_layers=self.n_layers,
                 component=self.component,
                 fingerprint=self.adapter.fingerprint,
+                provenance=self.provenance_to_write(),
             )
             return atomic_write(path, lambda tmp: torch.save(payload, tmp))
         config = {
@@ -311,6 +317,7 @@ class JacobianLens(Lens):
             "metadata": self.metadata,
             "component": self.component,
             "fingerprint": self.adapter.fingerprint.to_dict(),
+            PROVENANCE_KEY: self.provenance_to_write(),
         }
         return write_lens_dir(
             path, config, {f"J.{k}": self.jacobian(k) for k in self.fitted_layers}
@@ -400,6 +407,7 @@ class JacobianLens(Lens):
         lens._check_model(
             adapter, source=str(path), strict=strict, name_checked=loaded.name_checked
         )
+        lens._loaded_with(loaded.provenance, str(path))
         return lens
 
     def _check_model(

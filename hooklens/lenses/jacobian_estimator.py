@@ -39,6 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from hooklens._checks import check_id_range, non_negative_int, positive_int, token_id_tensor
+from hooklens.artifacts.provenance import PROVENANCE_KEY, current_provenance
 from hooklens.core import ModelAdapter, distributed
 from hooklens.errors import InputError, InputTypeError
 from hooklens.lenses._jacobian_fit_checkpoint import (
@@ -245,7 +246,12 @@ def fit_jacobians(
             )
     digests = prompt_digests(tokens)
     require_the_same_prompts_on_every_rank(digests)
-    record = {"model": model_record(model), "max_seq_len": max_seq_len}
+    settings = {"max_seq_len": max_seq_len, "skip_first_positions": skip_first_positions}
+    record = {
+        "model": model_record(model),
+        "max_seq_len": max_seq_len,
+        PROVENANCE_KEY: current_provenance(model, settings={**settings, "source_layers": layers}),
+    }
     running, next_idx = _RunningSums(layers, d_model), 0
     path = Path(checkpoint) if checkpoint is not None else None
     entries, saved_sums = read_checkpoint(path) if path is not None else (None, None)

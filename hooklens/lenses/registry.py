@@ -14,7 +14,7 @@ Examples:
     'Jacobian lens'
     >>> TunedLens.from_model(model).save("my-tuned-lens")
     >>> load_lens("my-tuned-lens", model)  # a folder, a .pt file, or a published name
-    TunedLens(model='tiny-llama', layers=4, d_model=32, bias=True, component='resid_pre')
+    TunedLens(model='tiny-llama', ..., component='resid_pre', written by hooklens ...)
 """
 
 from __future__ import annotations

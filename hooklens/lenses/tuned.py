@@ -23,6 +23,7 @@ from hooklens.artifacts import (
     write_lens_dir,
 )
 from hooklens.artifacts.hub import load_artifacts
+from hooklens.artifacts.provenance import PROVENANCE_KEY
 from hooklens.core import (
     ModelAdapter,
     ModelFingerprint,
@@ -182,7 +183,8 @@ class TunedLens(Lens):
             f"TunedLens(model={self.config.base_model_name_or_path!r}, "
             f"layers={self.n_layers}, d_model={self.config.d_model}, "
             f"bias={self.config.bias}, component={self.component!r}"
-            + (f", rank={self.config.rank})" if self.config.rank is not None else ")")
+            + (f", rank={self.config.rank}" if self.config.rank is not None else "")
+            + f"{self._written_by()})"
         )
 
     def __getitem__(self, idx: int) -> nn.Linear | LowRankTranslator:
@@ -224,10 +226,16 @@ class TunedLens(Lens):
         leaves the previous lens, or a directory that `load` refuses with
         `LensFileError` (save again), never one lens's parameters under another's config.
 
+        The config also records its `provenance`: the hooklens, torch, transformers and
+        TransformerLens versions, the model's name (and revision where known) and the
+        `fit_settings` (`hooklens.artifacts.provenance`).
+
         Raises:
             OutputExistsError: `path` (or a folder above it) is a file.
         """
-        write_lens_dir(path, self.config.to_dict(), self.state_dict())
+        provenance = self.provenance_to_write(revision=self.config.base_model_revision)
+        config = {**self.config.to_dict(), PROVENANCE_KEY: provenance}
+        write_lens_dir(path, config, self.state_dict())
 
     @classmethod
     def load(
@@ -301,8 +309,8 @@ class TunedLens(Lens):
             A local folder needs no hub (here: a lens saved for the examples' tiny model):
 
             >>> TunedLens.from_model(model).save("lenses/tiny")
-            >>> TunedLens.from_model_and_pretrained(model, "lenses/tiny")
-            TunedLens(model='tiny-llama', layers=4, d_model=32, bias=True, component='resid_pre')
+            >>> TunedLens.from_model_and_pretrained(model, "lenses/tiny")  # doctest: +ELLIPSIS
+            TunedLens(model='tiny-llama', ..., component='resid_pre', written by hooklens ...)
         """
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
         if lens_resource_id is None:
@@ -361,6 +369,7 @@ class TunedLens(Lens):
         if device is not None:  # the translators only: the unembedding is the model's
             lens.layer_translators.to(device)
         lens.load_state_dict(files.tensors)  # keys and shapes checked above
+        lens._loaded_with(files.provenance, str(files.config_path))
         return lens
 
 

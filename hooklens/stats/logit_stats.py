@@ -197,9 +197,9 @@ class LogitStats:
                 f"{largest} tokens; every rank must read the same model"
             )
         if self._sum_probs is None or self._sum_log_probs is None:
-            self._sum_probs = torch.zeros(largest, dtype=torch.float64)
+            self._sum_probs = torch.zeros(largest, dtype=torch.float64, device=device)
             self._sum_log_probs = torch.zeros_like(self._sum_probs)
-        count = torch.tensor([float(self.n)], dtype=torch.float64)
+        count = torch.tensor([float(self.n)], dtype=torch.float64, device="cpu")
         packed = torch.cat([self._sum_probs.cpu(), self._sum_log_probs.cpu(), count])
         packed = packed.to(device)
         dist.all_reduce(packed, op=dist.ReduceOp.SUM)

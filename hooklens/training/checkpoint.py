@@ -2,9 +2,11 @@
 and the digest of the batches it consumed.
 
 A checkpoint (lens, optimiser, scheduler, step, data position, RNG, the batches'
-digests) is one `torch.save`d dict, written atomically with its checksum
-(`CHECKSUM_KEY`); a resume refuses it (`RunStateError`, naming the file) unless it is
-whole, consistent, and was made with the same config, world size and batches.
+digests, the run's `provenance`: versions, model, config) is one `torch.save`d dict,
+written atomically with its checksum (`CHECKSUM_KEY`); a resume refuses it
+(`RunStateError`, naming the file) unless it is whole, consistent, and was made with the
+same config, world size and batches, and warns when it was written under another
+transformers or TransformerLens version (`ProvenanceWarning`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor
 
 from hooklens.artifacts import atomic_write, load_weights_only, seal_matches, sealed
+from hooklens.artifacts.provenance import PROVENANCE_KEY, check_provenance
 from hooklens.core import distributed
 from hooklens.errors import InputError, MissingFileError, OutputExistsError, RunStateError, warn
 from hooklens.lenses.tuned import TunedLens
@@ -64,12 +67,9 @@ class BatchDigest:
 
     def over_ranks(self) -> list[str]:
         """Every rank's digest (hex), in rank order; the same list on every rank."""
-        digests = torch.zeros(distributed.world_size(), dtype=torch.int64)
+        digests = torch.zeros(distributed.world_size(), dtype=torch.int64, device="cpu")
         digests[distributed.rank()] = int.from_bytes(self._hash.digest(), "big", signed=True)
-        if distributed.active() and torch.distributed.get_backend() == "nccl":
-            digests = distributed.all_reduce_sum_(digests.cuda()).cpu()
-        else:
-            distributed.all_reduce_sum_(digests)
+        distributed.all_reduce_sum_(digests)  # through the GPU under NCCL
         return [value.to_bytes(8, "big", signed=True).hex() for value in digests.tolist()]
 
 
@@ -94,6 +94,7 @@ def load_checkpoint(
     path = directory / CHECKPOINT_FILE
     state = load_weights_only(path, "a training checkpoint", error=RunStateError, advice=START_OVER)
     check_state(state, path)
+    check_provenance(state.get(PROVENANCE_KEY), str(path))
     if changed := differences(state["config"]):
         raise RunStateError(
             f"the checkpoint in {directory} was made with another TrainConfig "

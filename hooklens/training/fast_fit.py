@@ -237,4 +237,5 @@ def solve_into(lens: TunedLens, moments: LeastSquaresMoments, alpha: float = 1e-
                 translator.weight.copy_(matrix - eye)
             if translator.bias is not None:
                 translator.bias.copy_(offset)
+    lens.fit_settings = {"method": "fast fit", "alpha": alpha, "tokens": moments.count}
     return lens

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from hooklens.artifacts.provenance import PROVENANCE_KEY, current_provenance
 from hooklens.core import ModelAdapter, distributed
 from hooklens.core.chunked_kl import (
     kl_to_target,
@@ -415,6 +416,7 @@ def _train(
                 "world_size": distributed.world_size(),
                 "matmul_dtype": str(lens_kl.matmul_dtype).removeprefix("torch."),
                 "batch_digests": digest.over_ranks(),  # a collective: every rank calls it
+                PROVENANCE_KEY: current_provenance(model, settings=asdict(config)),
             }
             if start is not None:
                 state["start"] = start
@@ -422,6 +424,8 @@ def _train(
                 save_checkpoint(directory, state)
             distributed.barrier()
     bar.close()
+    tokens = sum(record.get("tokens", 0) for record in history)
+    lens.fit_settings = {"method": "train", **asdict(config), "tokens": tokens}
     result = TrainHistory(history)
     if held_out is not None:
         if start is None:

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import transformers
 from safetensors import safe_open
 
 from hooklens import LogitLens, PredictionTrajectory, TunedLens, models, next_token_targets
@@ -141,6 +142,29 @@ def test_marginals_are_the_mean_distributions_of_every_lens_row(model):
     assert results["lenses"]["tuned"]["marginal_kl_to_output"][0] != pytest.approx(
         results["lenses"]["logit"]["marginal_kl_to_output"][0]
     )
+
+
+def test_the_results_record_their_provenance_and_each_lens_files(
+    capsys, loads, corpus, tmp_path, model
+):
+    lens_dir = tmp_path / "lenses" / "tuned"
+    lens = TunedLens.from_model(model)
+    lens.fit_settings = {"method": "fast fit", "alpha": 0.5}
+    lens.save(lens_dir)
+    out = tmp_path / "eval.json"
+    arguments = ["eval", "--data", str(corpus), "--seq-len", str(SEQ_LEN), "--tokens", "16"]
+    assert main([*arguments, "--lens", str(lens_dir), "--output", str(out)]) == 0
+    results = json.loads(out.read_text())
+    versions = {name: results["provenance"][name] for name in ("torch", "transformers")}
+    assert versions == {"torch": torch.__version__, "transformers": transformers.__version__}
+    assert results["provenance"]["model_name"] == model.cfg.model_name
+    assert results["provenance"]["settings"]["seq_len"] == SEQ_LEN
+    assert results["lens_provenance"]["logit lens"] is None  # no file
+    recorded = json.loads((lens_dir / "config.json").read_text())["provenance"]
+    assert results["lens_provenance"]["lenses/tuned"] == recorded
+    printed = capsys.readouterr().out
+    assert f"lenses/tuned: hooklens {recorded['hooklens']}; torch {torch.__version__};" in printed
+    assert "settings alpha=0.5, method=fast fit" in printed  # as the config sorts them
 
 
 def test_record_logit_stats_writes_the_marginals_beside_the_json(
