@@ -13,6 +13,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from hooklens.errors import InputError
+
 
 class LowRankTranslator(nn.Module):
     """`h ↦ U (Vᵀ h) + b` with `U, V` of shape `[d_model, rank]` (the `TunedLens` adds h).
@@ -57,3 +59,15 @@ class LowRankTranslator(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, rank={self.rank}, bias={self.bias is not None}"
+
+
+def check_rank(rank: int | None, d_model: int) -> int | None:
+    """The config's `rank` for `from_model(rank=...)`: None for full translators."""
+    if rank is None:
+        return None
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= d_model:
+        raise InputError(
+            f"rank must be None (full translators) or an integer from 1 to d_model = "
+            f"{d_model}, got {rank!r}"
+        )
+    return None if rank == d_model else rank

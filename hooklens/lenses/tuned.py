@@ -33,6 +33,7 @@ from hooklens.core import (
 from hooklens.core.unembed import Unembed
 from hooklens.errors import InputError, InputTypeError, LensFileError, LensMismatchError, warn
 from hooklens.lenses._translators import LowRankTranslator as LowRankTranslator  # re-exported
+from hooklens.lenses._translators import check_rank
 from hooklens.lenses.base import Lens
 from hooklens.models import hub_model_name
 
@@ -165,7 +166,7 @@ class TunedLens(Lens):
             True
         """
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
-        rank = _check_rank(rank, adapter.d_model)
+        rank = check_rank(rank, adapter.d_model)
         config = TunedLensConfig(
             base_model_name_or_path=adapter.model_name,
             d_model=adapter.d_model,
@@ -388,18 +389,6 @@ def _saved_fingerprint(config: TunedLensConfig, files: LensFiles) -> ModelFinger
                 f"{recorded}; the file contradicts itself. {FIX_CONFIG}"
             )
     return fingerprint
-
-
-def _check_rank(rank: int | None, d_model: int) -> int | None:
-    """The config's `rank` for `from_model(rank=...)`: None for full translators."""
-    if rank is None:
-        return None
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= d_model:
-        raise InputError(
-            f"rank must be None (full translators) or an integer from 1 to d_model = "
-            f"{d_model}, got {rank!r}"
-        )
-    return None if rank == d_model else rank
 
 
 def _full_rank_of_tuned_lens(files: LensFiles) -> None:
