@@ -24,6 +24,8 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
+import torch
+
 from hooklens.core import ModelAdapter
 from hooklens.errors import LensFileError, ProvenanceWarning, warn
 
@@ -40,7 +42,10 @@ _warned: set[tuple[str, str, str]] = set()
 
 
 def package_version(package: str) -> str | None:
-    """The installed version of `package` (`None` when it is not installed)."""
+    """The installed version of `package` (`None` when it is not installed); torch's
+    with its build (`2.14.1+cu130`), which its package metadata may leave out."""
+    if package == "torch":
+        return str(torch.__version__)
     for name in (package, _DISTRIBUTIONS.get(package, package)):
         try:
             return importlib.metadata.version(name)

@@ -22,8 +22,8 @@ from tests.conftest import VOCAB
 PROMPTS = ["w5 w6 w7 w8 w9 w10 w11", "w12 w13 w14 w15 w16 w17"]
 INSTALLED = {
     name: importlib.metadata.version(name.replace("_", "-"))
-    for name in ("hooklens", "torch", "transformers", "transformer_lens")
-}
+    for name in ("hooklens", "transformers", "transformer_lens")
+} | {"torch": torch.__version__}  # with its build (+cpu, +cu130): the metadata may omit it
 
 
 @pytest.fixture(autouse=True)
