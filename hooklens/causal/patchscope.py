@@ -345,8 +345,9 @@ def patchscope_generate(
     TransformerBridge always does); the patch stays in the prompt's keys and values.
 
     Args:
-        model, tokens, target, target_model, target_layer, component, mapping: as in
-            `patchscope_log_probs` (the default target here is `description_prompt`).
+        target: the target prompt (default here: `description_prompt`); `model`,
+            `tokens`, `target_model`, `target_layer`, `component` and `mapping` are as
+            in `patchscope_log_probs`.
         position: the source position whose states are read.
         layers: the source layers (default: all).
         max_new_tokens: tokens generated per layer.

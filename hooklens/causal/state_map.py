@@ -90,7 +90,8 @@ def fit_state_map(
     the same tokens (the models share a tokenizer).
 
     Args:
-        source_model, target_model: HookedTransformers or TransformerBridges (any widths).
+        source_model: a HookedTransformer or TransformerBridge.
+        target_model: another (or the same), of any width, with the same tokenizer.
         token_batches: `[batch, pos]` token ids both models read.
         layers: the source layers to map (default: all).
         target_layer: the target layer every state is written to; default each source
