@@ -243,6 +243,7 @@ class _PromptSuffix:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         self.model, self.adapter = model, adapter
+        self.unembed = Unembed.from_model(adapter)
         prompt = prompt.to(adapter.device)
         wanted = {adapter.hook_name("resid_pre", layer) for layer in range(adapter.n_layers)}
         _, cache = model.run_with_cache(prompt, names_filter=wanted.__contains__)
@@ -290,7 +291,7 @@ class _PromptSuffix:
             past_kv_cache=self._prefix_for(n),
             attention_mask=mask,
         )
-        return Unembed.from_model(self.adapter).log_probs(out[:, 0])
+        return self.unembed.log_probs(out[:, 0])
 
 
 def _patched_log_probs(

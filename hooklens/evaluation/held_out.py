@@ -27,7 +27,7 @@ from hooklens.core import VOCAB_CHUNK, ModelAdapter, precision
 from hooklens.core.chunked_kl import kl_to_target, target_distribution, weight_chunks
 from hooklens.errors import DataError, FewerTokensWarning, warn
 from hooklens.evaluation import per_layer
-from hooklens.evaluation.per_layer import layer_sums
+from hooklens.evaluation.per_layer import add_layer_sums
 from hooklens.lenses import Lens, TunedLens
 from hooklens.plotting.tokens import decode_token
 from hooklens.stats import LogitStats, kl_divergence
@@ -160,10 +160,7 @@ def evaluate_lenses(
             trajectory = PredictionTrajectory.from_lens_and_cache(
                 lens, tokens, cache, logits, targets=targets
             )
-            totals = sums.setdefault(name, {})
-            for metric, (total, count) in layer_sums(trajectory).items():
-                previous = totals.get(metric, [0.0, 0])
-                totals[metric] = [previous[0] + total, previous[1] + count]
+            add_layer_sums(sums.setdefault(name, {}), trajectory)
             if marginals is not None:
                 _record_marginals(marginals, name, trajectory)
             del trajectory

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from hooklens.causal import TargetPrompt, patchscope, token_identity_prompt
 from hooklens.errors import InputError
-from hooklens.evaluation.per_layer import layer_sums
+from hooklens.evaluation.per_layer import add_layer_sums
 
 NAME = "token-identity patchscope"
 """The column `hooklens eval --patchscope` adds beside the lenses."""
@@ -88,9 +88,7 @@ def evaluate_patchscope(
                     model, rows[sequence], target, positions=some, batch_size=batch_size,
                     progress=False,
                 )  # fmt: skip
-                for metric, (total, count) in layer_sums(trajectory).items():
-                    previous = totals.get(metric, [0.0, 0])
-                    totals[metric] = [previous[0] + total, previous[1] + count]
+                add_layer_sums(totals, trajectory)
                 bar.update(len(some))
     metrics = {
         metric: [round(float(v), 6) for v in total / np.maximum(count, 1)]

@@ -73,6 +73,15 @@ def layer_sums(trajectory: PredictionTrajectory) -> dict[str, tuple[np.ndarray, 
     return sums
 
 
+def add_layer_sums(totals: dict[str, list], trajectory: PredictionTrajectory) -> dict[str, list]:
+    """Add `trajectory`'s `layer_sums` into running `{metric: [sum, count]}` totals (in
+    place, and returned), for means over many trajectories."""
+    for metric, (total, count) in layer_sums(trajectory).items():
+        previous = totals.get(metric, [0.0, 0])
+        totals[metric] = [previous[0] + total, previous[1] + count]
+    return totals
+
+
 def layer_means(trajectory: PredictionTrajectory) -> dict[str, list[float]]:
     """`{metric: [per layer]}`: the mean of each metric over the trajectory's cells."""
     return {
