@@ -23,11 +23,6 @@ LONG_TEXT = " ".join(f"w{4 + i % 90}" for i in range(800))  # about 3,000 charac
 
 
 @pytest.fixture(scope="module")
-def model(word_tokenizer):
-    return make_bridge(word_tokenizer, "llama")
-
-
-@pytest.fixture(scope="module")
 def lens_dir(model, tmp_path_factory):
     """A lens trained (well, saved) for the tiny unprocessed llama bridge."""
     directory = tmp_path_factory.mktemp("lens") / "lens"

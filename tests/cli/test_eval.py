@@ -16,24 +16,14 @@ import torch
 import transformers
 from safetensors import safe_open
 
-from hooklens import LogitLens, PredictionTrajectory, TunedLens, models, next_token_targets
+from hooklens import LogitLens, PredictionTrajectory, TunedLens, next_token_targets
 from hooklens.cli import eval as evaluation
 from hooklens.cli import main
 from hooklens.evaluation import FewerTokensWarning, LayerMarginals, evaluate_lenses
 from hooklens.training.data import pack, split_texts
-from tests.conftest import N_LAYERS, VOCAB, make_bridge
+from tests.conftest import N_LAYERS, VOCAB
 
 SEQ_LEN = 16
-
-
-@pytest.fixture(scope="module")
-def model(word_tokenizer):
-    return make_bridge(word_tokenizer, "llama")
-
-
-@pytest.fixture
-def loads(monkeypatch, model):
-    monkeypatch.setattr(models, "load", lambda name, **kwargs: model)
 
 
 @pytest.fixture(scope="module")

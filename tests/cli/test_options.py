@@ -14,18 +14,12 @@ import pytest
 
 from hooklens import TunedLens, models
 from hooklens.cli import main
-from tests.conftest import make_bridge
 
 SMALL_TRAIN = [
     "--model-class", "bridge", "--seq-len", "16", "--batch-size", "1",
     "--fast-fit-tokens", "32", "--steps", "2", "--matmul-dtype", "float32", "--no-progress",
 ]  # fmt: skip
 SMALL_EVAL = ["--seq-len", "16", "--tokens", "32"]
-
-
-@pytest.fixture(scope="module")
-def model(word_tokenizer):
-    return make_bridge(word_tokenizer, "llama")
 
 
 @pytest.fixture

@@ -10,24 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from hooklens import TunedLens, models
+from hooklens import TunedLens
 from hooklens.cli import main
 from hooklens.training.data import pack, split_texts
 from hooklens.training.keep_better import held_out_kl
 from hooklens.training.loop import CHECKPOINT_FILE
-from tests.conftest import VOCAB, make_bridge
+from tests.conftest import VOCAB
 
 SEQ_LEN = 16
-
-
-@pytest.fixture(scope="module")
-def model(word_tokenizer):
-    return make_bridge(word_tokenizer, "llama")
-
-
-@pytest.fixture
-def loads(monkeypatch, model):
-    monkeypatch.setattr(models, "load", lambda name, **kwargs: model)
 
 
 @pytest.fixture(scope="module")
