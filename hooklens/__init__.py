@@ -46,6 +46,7 @@ from hooklens.errors import (
     OutputExistsError,
     RunStateError,
     UnknownModelError,
+    UnsupportedModelError,
 )
 from hooklens.exploration import explore
 from hooklens.lenses import (
@@ -98,6 +99,7 @@ __all__ = [
     "TunedLensConfig",
     "Unembed",
     "UnknownModelError",
+    "UnsupportedModelError",
     "WeightProcessing",
     "explore",
     "get_residual",

@@ -89,6 +89,11 @@ class UnknownModelError(HooklensError, ValueError):
     the hub, or a hub model that is not cached while the hub is unreachable."""
 
 
+class UnsupportedModelError(HooklensError, ValueError):
+    """A model hooklens cannot read faithfully: e.g. a family that transforms its logits
+    after the unembedding in a way hooklens does not know."""
+
+
 class DataError(HooklensError, ValueError):
     """Training or evaluation text that cannot be read (format, field, empty, changed)."""
 

@@ -132,8 +132,33 @@ def make_hooked(
     return model.eval()
 
 
+# Families that transform their logits after W_U (hooklens.core.output_transform), each
+# with a non-unit setting so a lens that ignored it would be caught.
+SCALED_LOGITS = {
+    "cohere": ("CohereConfig", "CohereForCausalLM", {"logit_scale": 0.25}),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", {"logits_scaling": 4.0}),
+    "falcon_h1": (  # muP: lm_head_multiplier, and Mamba mixers beside attention
+        "FalconH1Config",
+        "FalconH1ForCausalLM",
+        {
+            "lm_head_multiplier": 0.3,
+            "head_dim": 8,
+            "mamba_d_ssm": D_MODEL,
+            "mamba_n_heads": 4,
+            "mamba_d_head": 8,
+            "mamba_d_state": 8,
+            "mamba_n_groups": 1,
+            "mamba_chunk_size": 8,
+        },
+    ),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"final_logit_softcapping": 3.0}),
+}
+
+
 def tiny_hf(architecture: str, seed: int = 0, n_layers: int = N_LAYERS) -> torch.nn.Module:
-    """A tiny random Hugging Face causal LM: "llama", "gpt2" or "gemma2"."""
+    """A tiny random Hugging Face causal LM: "llama", "gpt2", "gemma2", or one of
+    `SCALED_LOGITS` ("cohere", "granite", "falcon_h1", "gemma3")."""
+    import transformers
     from transformers import (
         Gemma2Config,
         Gemma2ForCausalLM,
@@ -144,38 +169,39 @@ def tiny_hf(architecture: str, seed: int = 0, n_layers: int = N_LAYERS) -> torch
     )
 
     torch.manual_seed(seed)
+    llama_sizes = {
+        "vocab_size": VOCAB,
+        "hidden_size": D_MODEL,
+        "intermediate_size": 64,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": False,
+    }
     if architecture == "llama":
-        config = LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=D_MODEL,
-            intermediate_size=64,
-            num_hidden_layers=n_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            tie_word_embeddings=False,
-        )
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(LlamaConfig(**llama_sizes))
     elif architecture == "gpt2":
         config = GPT2Config(vocab_size=VOCAB, n_embd=D_MODEL, n_layer=n_layers, n_head=4)
         model = GPT2LMHeadModel(config)
     elif architecture == "gemma2":  # RMSNorm with (1 + w) gains and a logit softcap
         config = Gemma2Config(
-            vocab_size=VOCAB,
-            hidden_size=D_MODEL,
-            intermediate_size=64,
-            num_hidden_layers=n_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            **{**llama_sizes, "tie_word_embeddings": True},
             head_dim=8,
-            max_position_embeddings=64,
             final_logit_softcapping=3.0,
         )
         model = Gemma2ForCausalLM(config)
+    elif architecture in SCALED_LOGITS:
+        config_name, model_name, settings = SCALED_LOGITS[architecture]
+        model_class = getattr(transformers, model_name)
+        config = getattr(transformers, config_name)(
+            **llama_sizes, **settings, architectures=[model_name]
+        )
+        model = model_class(config)
     else:
         raise ValueError(architecture)
     randomise_norms_and_biases(model, seed)
-    if architecture == "gemma2":  # (1 + w) gains: keep them near one, not two
+    if architecture.startswith("gemma"):  # (1 + w) gains: keep them near one, not two
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if "norm" in name:

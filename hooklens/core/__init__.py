@@ -11,8 +11,10 @@ and lenses. The modules, one job each:
   fit a model, with `same_model_name` and `fingerprint_differences`.
 - residuals: cache → rows of the residual stream, and the one statement of the row
   convention (the table in its docstring).
-- unembed: `Unembed` (final norm → W_U, b_U → softcap) and `vocab_chunks`, the one
-  vocabulary chunker, with its one chunk size `VOCAB_CHUNK`.
+- unembed: `Unembed` (final norm → W_U, b_U → scale → softcap) and `vocab_chunks`, the
+  one vocabulary chunker, with its one chunk size `VOCAB_CHUNK`.
+- output_transform: `OutputTransform`, what a model does to its logits after W_U (Cohere,
+  Granite and Falcon-H1 scale them, Gemma caps them), read where its forward reads it.
 - least_squares: `AffineMoments`, `y ≈ A x + b` from streamed rows of any widths.
 - inversion: `invert_unembed`, a hidden state whose logits match a target, typed against
   the `UnembedLike` protocol (`Unembed.invert` calls it).

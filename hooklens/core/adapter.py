@@ -25,6 +25,7 @@ from hooklens.core.fingerprint import (
     WeightProcessing,
     fingerprint_differences,
 )
+from hooklens.core.output_transform import OutputTransform, read_output_transform
 from hooklens.errors import InputError, InputTypeError, LayerIndexError, LensMismatchError
 
 ResidualComponent = Literal["resid_pre", "resid_mid", "resid_post"]
@@ -186,13 +187,22 @@ class ModelAdapter:
         return getattr(self.model, "b_U", None)
 
     @property
+    def output_transform(self) -> OutputTransform:
+        """What the model does to `h W_U + b_U`: a scale (Cohere, Granite, Falcon-H1),
+        then a softcap (Gemma 2/3); `UnsupportedModelError` for a family hooklens cannot
+        read (`hooklens.core.output_transform`)."""
+        return read_output_transform(self.model)
+
+    @property
     def logit_softcap(self) -> float | None:
         """`cap` in `logits = cap * tanh(logits / cap)`, or None when the model has none."""
-        cap = getattr(self.cfg, "output_logits_soft_cap", None)
-        if cap is None or cap <= 0:
-            hf_config = getattr(getattr(self.model, "original_model", None), "config", None)
-            cap = getattr(hf_config, "final_logit_softcapping", None)
-        return float(cap) if cap is not None and cap > 0 else None
+        return self.output_transform.softcap
+
+    @property
+    def logit_scale(self) -> float:
+        """The factor the model multiplies `h W_U + b_U` by before any softcap (1 for
+        most models)."""
+        return self.output_transform.scale
 
     def final_norm_gain_and_bias(self) -> tuple[Tensor | None, Tensor | None]:
         """The final norm's gain (with a Gemma-style `1 +` offset applied) and bias;
@@ -281,15 +291,19 @@ class ModelAdapter:
         )
 
     def unembedding_hash(self) -> str:
-        """SHA-256 of the whole unembedding: final norm, every entry of W_U, b_U, softcap."""
+        """SHA-256 of the whole unembedding: final norm, every entry of W_U, b_U, and what
+        the model does after it (scale, softcap)."""
         gain, bias = self.final_norm_gain_and_bias()
+        transform = self.output_transform
         norm_type = str(getattr(self.cfg, "normalization_type", None) or "none")
-        header = {
+        header: dict[str, Any] = {
             "norm": norm_type.removesuffix("Pre"),
             "d_model": self.d_model,
             "d_vocab": self.d_vocab,
-            "softcap": self.logit_softcap,
+            "softcap": transform.softcap,
         }
+        if transform.scale != 1.0:  # absent at 1, so files from before it still match
+            header["logit_scale"] = transform.scale
         digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
         # An absent gain or bias is the same map as ones or zeros: a folded norm and an
         # unfolded one with unit gain must hash alike.

@@ -33,8 +33,8 @@ class WeightProcessing:
 class ModelFingerprint:
     """What a lens must agree with to be valid for a model.
 
-    `unembedding_hash` covers the *whole* final norm (gain, bias), W_U, b_U and the
-    softcap, rounded to bfloat16 so a float32 and a bfloat16 load of the same
+    `unembedding_hash` covers the *whole* final norm (gain, bias), W_U, b_U, the logit
+    scale and the softcap, rounded to bfloat16 so a float32 and a bfloat16 load of the same
     checkpoint agree.
     """
 
@@ -88,7 +88,7 @@ def fingerprint_differences(expected: ModelFingerprint, actual: ModelFingerprint
             )
     if expected.unembedding_hash != actual.unembedding_hash:
         found.append(
-            "unembedding (final norm, W_U, b_U, softcap): hash "
+            "unembedding (final norm, W_U, b_U, scale, softcap): hash "
             f"{expected.unembedding_hash[:12]}… in the lens, {actual.unembedding_hash[:12]}… "
             "in the model"
         )

@@ -1,4 +1,5 @@
-"""The model's own map from a final hidden state to logits: norm → W_U, b_U → softcap.
+"""The model's own map from a final hidden state to logits: norm → W_U, b_U → scale →
+softcap.
 
 The vocabulary is the big axis (49k to 256k), so everything that only needs a reduction
 over it (log-sum-exp, and later entropy, KL, ranks) streams over vocabulary chunks and
@@ -40,11 +41,26 @@ def vocab_chunks(d_vocab: int, chunk_size: int = VOCAB_CHUNK) -> Iterator[slice]
         yield slice(start, min(start + step, d_vocab))
 
 
+class _ScaledNorm(nn.Module):
+    """The final norm followed by the model's logit scale: `(s·n) W_U + s·b = s·(n W_U +
+    b)`, so every reader of `final_norm`, `W_U` and `b_U` gets the scaled logits."""
+
+    def __init__(self, norm: nn.Module, scale: float):
+        super().__init__()
+        self.norm, self.scale = norm, scale
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.norm(h) * self.scale
+
+
 class Unembed:
-    """Final norm, unembedding matrix and bias, and logit softcap of a model.
+    """Final norm, unembedding matrix and bias, logit scale and softcap of a model.
 
     It holds references to the model's own tensors (no copies) and is not an
-    `nn.Module`, so a lens that owns one never trains or saves the model's weights.
+    `nn.Module`, so a lens that owns one never trains or saves the model's weights. A
+    logit scale other than 1 (Cohere, Granite, Falcon-H1:
+    `hooklens.core.output_transform`) is folded into `final_norm` and `b_U`, the two
+    things every logit computation here reads besides `W_U`.
 
     Examples:
         >>> logits, cache = model.run_with_cache(tokens)
@@ -65,6 +81,7 @@ class Unembed:
         b_U: Float[Tensor, " d_vocab"] | None = None,
         logit_softcap: float | None = None,
         *,
+        logit_scale: float = 1.0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         adapter: ModelAdapter | None = None,
     ):
@@ -72,10 +89,14 @@ class Unembed:
             raise InputError(f"W_U must be [d_model, d_vocab], got shape {tuple(W_U.shape)}")
         if b_U is not None and b_U.shape != (W_U.shape[1],):
             raise InputError(f"b_U must be [d_vocab={W_U.shape[1]}], got {tuple(b_U.shape)}")
-        self.final_norm = final_norm
+        self.logit_scale = float(logit_scale)
+        scaled = self.logit_scale != 1.0
+        self.final_norm = _ScaledNorm(final_norm, self.logit_scale) if scaled else final_norm
         self.W_U = W_U
         # Most models have an all-zero b_U; skipping it saves addmm a copy per chunk.
         self.b_U = b_U if b_U is not None and bool(b_U.any()) else None
+        if self.b_U is not None and scaled:
+            self.b_U = self.b_U * self.logit_scale  # one [d_vocab] copy
         self.logit_softcap = logit_softcap
         self.chunk_size = check_chunk_size(chunk_size)
         self.adapter = adapter
@@ -89,20 +110,25 @@ class Unembed:
     def from_model(cls, model: nn.Module | ModelAdapter, **kwargs) -> Unembed:
         """The unembedding of a HookedTransformer or TransformerBridge."""
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
+        transform = adapter.output_transform  # refuses a family it cannot read
         return cls(
             adapter.final_norm,
             adapter.W_U,
             adapter.b_U,
-            adapter.logit_softcap,
+            transform.softcap,
+            logit_scale=transform.scale,
             adapter=adapter,
             **kwargs,
         )
 
     def __repr__(self) -> str:
+        norm = self.final_norm
+        norm = norm.norm if isinstance(norm, _ScaledNorm) else norm
+        scale = f", logit_scale={self.logit_scale:g}" if self.logit_scale != 1.0 else ""
         cap = f", softcap={self.logit_softcap}" if self.logit_softcap else ""
         return (
             f"Unembed(d_model={self.d_model}, d_vocab={self.d_vocab}, "
-            f"norm={type(self.final_norm).__name__}{cap}, chunk_size={self.chunk_size})"
+            f"norm={type(norm).__name__}{scale}{cap}, chunk_size={self.chunk_size})"
         )
 
     @property
@@ -122,7 +148,7 @@ class Unembed:
     # --- full logits for one hidden state ----------------------------------------------
 
     def normalize(self, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-        """Apply the model's final norm (validated input)."""
+        """Apply the model's final norm, and its logit scale if any (validated input)."""
         validate_hidden(h, self.d_model)
         return self.final_norm(h)
 
