@@ -78,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--matmul-dtype",
         choices=precision.MATMUL_DTYPES,
         default="auto",
-        help="for the transfer matrix; auto: bf16 only where the device runs it fast",
+        help="for the transfer matrix; auto: bf16 only where the device runs it fast, "
+        "float16 on GPUs without bf16 (T4)",
     )
     parser.add_argument(
         "--patchscope",

@@ -113,7 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--matmul-dtype",
         choices=MATMUL_DTYPES,
         default=TrainConfig.matmul_dtype,
-        help="loss matmuls; auto: bf16 only where the device runs it natively fast",
+        help="loss matmuls; auto: bf16 only where the device runs it natively fast, "
+        "float16 on GPUs without bf16 (T4)",
     )
     parser.add_argument(
         "--checkpoint-every",

@@ -11,26 +11,55 @@ layers.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hooklens.core.precision import float32_accumulation
 from hooklens.core.unembed import VOCAB_CHUNK, Unembed, vocab_chunks
 from hooklens.errors import InputError
+
+# float16's largest finite value is 65,504; the gradient matmul's outputs stay below this.
+_FP16_OUTPUT_BOUND = 2.0**15
+
+
+class WeightChunks(list):
+    """`W_U`'s vocabulary chunks in the matmul dtype (a list), with `operand_scale`: the
+    power of two the float16 gradient matmul multiplies its softmax weights by.
+
+    Each gradient output row is `Σ_v w_v W[:, v]` over a chunk, with weights
+    `w_v = exp(z_v − max) ≤ 1`: up to `chunk · max|W|`, which overflows float16 when the
+    readout is flat and W_U has a large dimension (a folded norm gain of 10 over 8,192
+    tokens is 81,920). Scaling the weights down by a power of two keeps that below
+    2¹⁵ and costs nothing in precision (exponents only); weights below float16's
+    smallest subnormal (6e-8 after scaling) are lost, a relative error far below the
+    output's own rounding. The other matmuls need no scaling: logits are the model's
+    own magnitude, and `Σ_v q_v W[:, v] ≤ max|W|` since q sums to one.
+    """
+
+    operand_scale: float = 1.0
 
 
 def weight_chunks(
     W_U: Float[Tensor, "d_model vocab"], chunk: int, dtype: torch.dtype
-) -> list[Float[Tensor, "d_model chunk"]]:
+) -> WeightChunks:
     """`W_U` split into vocabulary chunks in the matmul dtype, converted once.
 
     Converting a chunk to bfloat16 inside the loop would cost a copy per chunk, layer
     and batch (a quarter of a training step's time on SmolLM2); the model is frozen, so
     one conversion serves the whole run.
     """
-    return [W_U[:, vocab].to(dtype).contiguous() for vocab in vocab_chunks(W_U.shape[-1], chunk)]
+    chunks = WeightChunks(
+        W_U[:, vocab].to(dtype).contiguous() for vocab in vocab_chunks(W_U.shape[-1], chunk)
+    )
+    if dtype == torch.float16:
+        largest = max(float(w.detach().abs().amax()) * w.shape[-1] for w in chunks)
+        if largest > _FP16_OUTPUT_BOUND:
+            chunks.operand_scale = 2.0 ** -math.ceil(math.log2(largest / _FP16_OUTPUT_BOUND))
+    return chunks
 
 
 def _logits(
@@ -78,6 +107,7 @@ class ChunkedKL(torch.autograd.Function):
         # Σ_v q_v z_v = normed · (q W_Uᵀ) when z = normed W_U: one [rows, d] dot product
         # instead of a pass over every [rows, chunk] block.
         project = softcap is None and b_U is None and target_projection is not None
+        operand_scale = getattr(w_chunks, "operand_scale", 1.0)
         if project:
             matmul_normed = normed.to(w_chunks[0].dtype).float()
             q_dot_z = torch.linalg.vecdot(matmul_normed, target_projection)
@@ -101,7 +131,12 @@ class ChunkedKL(torch.autograd.Function):
                 slope = 1 - squashed.square()
                 weights = weights * slope
                 target_term += ((q * slope).to(dtype) @ w_chunk.T).float()
-            model_term = model_term * scale[:, None] + (weights.to(dtype) @ w_chunk.T).float()
+            if operand_scale != 1.0:  # float16 only (WeightChunks)
+                weights = weights * operand_scale
+            chunk_term = (weights.to(dtype) @ w_chunk.T).float()
+            if operand_scale != 1.0:
+                chunk_term /= operand_scale
+            model_term = model_term * scale[:, None] + chunk_term
         lse = running_max + torch.log(running_sum)
         if needs_grad:
             if target_term is None:
@@ -146,10 +181,11 @@ def target_projection(
         w_chunks = weight_chunks(unembed.W_U, chunk, dtype)
     out = torch.zeros(target_probs.shape[0], unembed.d_model, device=target_probs.device)
     start = 0
-    for w_chunk in w_chunks:
-        q = target_probs[:, start : start + w_chunk.shape[-1]]
-        out += (q.to(w_chunk.dtype) @ w_chunk.T).float()
-        start += w_chunk.shape[-1]
+    with float32_accumulation(w_chunks[0].dtype, out.device):
+        for w_chunk in w_chunks:
+            q = target_probs[:, start : start + w_chunk.shape[-1]]
+            out += (q.to(w_chunk.dtype) @ w_chunk.T).float()
+            start += w_chunk.shape[-1]
     return out
 
 
@@ -171,9 +207,9 @@ def kl_to_target(
     `hidden` is the translated (not yet normalised) hidden state; the model's final norm
     is applied here with autograd. Pass `projection = target_projection(...)` when
     calling this for many layers with the same target (it is computed here otherwise).
-    `dtype=torch.bfloat16` runs the unembedding matmuls in bfloat16, accumulating in
-    float32: about 4× faster where bf16 is native, ~100× slower where it is emulated
-    (`hooklens.core.precision.matmul_dtype("auto")` measures which). Pass `w_chunks =
+    `dtype=torch.bfloat16` (or `torch.float16`) runs the unembedding matmuls in 16 bits,
+    accumulating in float32: bf16 is about 4× faster where it is native, ~100× slower
+    where it is emulated (`hooklens.core.precision.matmul_dtype("auto")` decides). Pass `w_chunks =
     weight_chunks(W_U, chunk, dtype)` when calling this repeatedly (it then decides the
     chunking and dtype).
     """
@@ -183,12 +219,13 @@ def kl_to_target(
     needs_grad = torch.is_grad_enabled() and normed.requires_grad
     if projection is None and needs_grad and not unembed.logit_softcap:
         projection = target_projection(unembed, target_probs, w_chunks=w_chunks)
-    return ChunkedKL.apply(
-        normed,
-        target_probs,
-        target_neg_entropy,
-        projection,
-        w_chunks,
-        unembed.b_U,
-        unembed.logit_softcap,
-    )
+    with float32_accumulation(w_chunks[0].dtype, normed.device):
+        return ChunkedKL.apply(
+            normed,
+            target_probs,
+            target_neg_entropy,
+            projection,
+            w_chunks,
+            unembed.b_U,
+            unembed.logit_softcap,
+        )

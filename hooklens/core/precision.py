@@ -10,14 +10,19 @@ on an AVX2-only AMD EPYC a `[1024, 576] @ [576, 8192]` matmul ran at 0.4 GFLOP/s
 bf16 against 47 in float32 (shared/MEASURED.md). No CPU flag check is reliable across
 PyTorch builds and oneDNN versions, so `"auto"` measures:
 
-- CUDA: bf16 where `torch.cuda.is_bf16_supported()`, else float32;
+- CUDA: bf16 where `torch.cuda.is_bf16_supported()`; else float16 where the GPU has
+  float16 tensor cores (compute capability 7.0 on: V100, T4 — Colab's free GPU);
+  else float32. float16 keeps 11 bits of mantissa against bf16's 8, so its chunked KL
+  and gradient are closer to float64 than bf16's (tests/core/test_precision.py checks
+  it on the CPU); its smaller range is handled where the loss needs it
+  (`hooklens.core.chunked_kl.WeightChunks`);
 - CPU: a one-time probe (cached per process, well under a second even where bf16 is
   emulated) times a small matmul in both dtypes and picks bf16 only when it is at least
   `BF16_MIN_SPEEDUP` times faster;
 - anything else: float32.
 
-An explicit `"bfloat16"` is honoured, with one warning per process where the probe found
-it slower than float32.
+An explicit `"bfloat16"` or `"float16"` is honoured, with one warning per process where
+the CPU probe found it slower than float32.
 
 Freed memory (`retain_freed_memory`): keep freed memory in the process instead of
 handing it back to the kernel (glibc).
@@ -41,17 +46,22 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import sys
 import time
+from collections.abc import Iterator
 
 import torch
 
 from hooklens.errors import InputError, warn
 
-MATMUL_DTYPES = ("auto", "float32", "bfloat16")
+MATMUL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+# The first CUDA compute capability with float16 tensor cores (Volta; Turing's T4 is 7.5).
+FP16_TENSOR_CORES = (7, 0)
 # "Clearly faster": native bf16 is 2–10× float32 at these shapes; emulated bf16 is 0.01×.
 BF16_MIN_SPEEDUP = 1.5
 _PROBE_SHAPE = (256, 512, 512)  # [m, k] @ [k, n]: 134 MFLOP, ~1 ms in float32 here
@@ -78,19 +88,26 @@ def _time_matmul(
 
 
 @functools.cache
-def cpu_bf16_speedup() -> float:
-    """float32 seconds / bfloat16 seconds for one small matmul on this CPU (cached).
+def cpu_matmul_speedup(dtype: torch.dtype) -> float:
+    """float32 seconds / `dtype` seconds for one small matmul on this CPU (cached).
 
-    Above 1 bf16 is faster. Measured once per process with the current thread count;
-    emulated bf16 is cut short after one slow call, so the probe stays sub-second.
+    Above 1 `dtype` is faster. Measured once per process and dtype with the current
+    thread count; an emulated dtype is cut short after one slow call, so the probe
+    stays sub-second.
     """
     float32 = _time_matmul(torch.float32, budget_s=0.02)
-    bfloat16 = _time_matmul(torch.bfloat16, budget_s=max(0.02, 40 * float32))
+    low = _time_matmul(dtype, budget_s=max(0.02, 40 * float32))
     # Float32 again, after: on a busy machine the first short probe can catch a stall
     # (a 166× "speed-up" of AMX bf16 was printed once under load 12); the best of both
     # keeps the ratio honest either way round.
     float32 = min(float32, _time_matmul(torch.float32, budget_s=0.02))
-    return float32 / bfloat16
+    return float32 / low
+
+
+@functools.cache
+def cpu_bf16_speedup() -> float:
+    """float32 seconds / bfloat16 seconds for one small matmul on this CPU (cached)."""
+    return cpu_matmul_speedup(torch.bfloat16)
 
 
 def matmul_gflops(
@@ -103,24 +120,29 @@ def matmul_gflops(
 
 
 @functools.cache
-def _warn_slow_bf16(ratio: float) -> None:
+def _warn_slow(name: str, ratio: float) -> None:
     warn(
-        f"bfloat16 matmuls run {1 / ratio:.1f}× slower than float32 on this CPU "
-        f"({torch.backends.cpu.get_cpu_capability()}; it has no native bf16, so PyTorch "
-        "emulates it): pass matmul_dtype='auto' or 'float32'",
+        f"{name} matmuls run {1 / ratio:.1f}× slower than float32 on this CPU "
+        f"({torch.backends.cpu.get_cpu_capability()}; it has no native {name}, so "
+        "PyTorch emulates it): pass matmul_dtype='auto' or 'float32'",
         RuntimeWarning,
     )
+
+
+def _has_fp16_tensor_cores(device) -> bool:
+    return torch.cuda.get_device_capability(device) >= FP16_TENSOR_CORES
 
 
 def matmul_dtype(requested: str | torch.dtype = "auto", device=None) -> torch.dtype:
     """The dtype for lens matmuls on `device` (default: CPU).
 
-    `requested` is `"auto"`, `"float32"` or `"bfloat16"` (or the torch dtype itself).
-    `"auto"` gives bf16 only where the device runs it natively fast (see the module
-    docstring); an explicit bf16 on a CPU where it is slower warns once.
+    `requested` is `"auto"`, `"float32"`, `"bfloat16"` or `"float16"` (or the torch
+    dtype itself). `"auto"` gives a 16-bit dtype only where the device runs it natively
+    fast (see the module docstring); an explicit 16-bit dtype on a CPU where it is
+    slower warns once.
     """
     if isinstance(requested, torch.dtype):
-        requested = {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(requested, "")
+        requested = _DTYPE_NAMES.get(requested, "")
     if requested not in MATMUL_DTYPES:
         raise InputError(
             f"matmul dtype must be one of {', '.join(MATMUL_DTYPES)}, got {requested!r}"
@@ -130,13 +152,39 @@ def matmul_dtype(requested: str | torch.dtype = "auto", device=None) -> torch.dt
         return torch.float32
     if requested == "bfloat16":
         if kind == "cpu" and cpu_bf16_speedup() < 1.0:
-            _warn_slow_bf16(cpu_bf16_speedup())
+            _warn_slow("bfloat16", cpu_bf16_speedup())
         return torch.bfloat16
+    if requested == "float16":
+        if kind == "cpu" and cpu_matmul_speedup(torch.float16) < 1.0:
+            _warn_slow("float16", cpu_matmul_speedup(torch.float16))
+        return torch.float16
     if kind == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16 if _has_fp16_tensor_cores(device) else torch.float32
     if kind == "cpu" and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP:
         return torch.bfloat16
     return torch.float32
+
+
+@contextlib.contextmanager
+def float32_accumulation(dtype: torch.dtype, device: torch.device) -> Iterator[None]:
+    """float16 CUDA matmuls inside accumulate in float32 throughout.
+
+    cuBLAS accumulates float16 GEMMs in float32, but PyTorch lets split-K kernels add
+    their partial sums in float16 (`allow_fp16_reduced_precision_reduction`, on by
+    default); the loss's long reductions over d_model turn that off, and put it back.
+    """
+    flags = torch.backends.cuda.matmul
+    if dtype != torch.float16 or device.type != "cuda":
+        yield
+        return
+    before = flags.allow_fp16_reduced_precision_reduction
+    flags.allow_fp16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        flags.allow_fp16_reduced_precision_reduction = before
 
 
 def describe(requested: str | torch.dtype = "auto", device=None) -> str:
@@ -144,7 +192,12 @@ def describe(requested: str | torch.dtype = "auto", device=None) -> str:
     chosen = matmul_dtype(requested, device)
     kind = torch.device(device).type if device is not None else "cpu"
     if kind == "cuda":
-        why = f"CUDA, bf16 {'' if torch.cuda.is_bf16_supported() else 'not '}supported"
+        if torch.cuda.is_bf16_supported():
+            why = "CUDA, bf16 supported"
+        else:
+            capability = ".".join(map(str, torch.cuda.get_device_capability(device)))
+            cores = "" if _has_fp16_tensor_cores(device) else "no "
+            why = f"CUDA {capability}, no bf16, {cores}float16 tensor cores"
     elif kind == "cpu":
         why = (
             f"CPU {torch.backends.cpu.get_cpu_capability()}: bf16 "

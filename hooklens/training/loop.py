@@ -58,7 +58,8 @@ from hooklens.training.checkpoint import (
 )
 from hooklens.training.keep_better import LayerChoice, keep_better
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # as checkpoints name them
+# As checkpoints name them.
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -76,7 +77,8 @@ class TrainConfig:
     vocab_chunk: int = 8192
     # Unembedding matmuls of the loss: "auto" measures the device (hooklens/precision.py)
     # and takes bf16 only where it is native and fast (~2× faster steps with AMX; ~100×
-    # slower where it is emulated); "float32" is exact. Evaluation stays float32.
+    # slower where it is emulated), float16 on GPUs with float16 tensor cores and no
+    # bf16 (T4, V100); "float32" is exact. Evaluation stays float32.
     matmul_dtype: str = "auto"
     checkpoint_every: int = 50
     seed: int = 0
