@@ -49,8 +49,7 @@ from hooklens.training.data import (
 )
 from hooklens.training.fast_fit import fit_tuned_lens
 from hooklens.training.loop import TrainConfig, train_lens
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
+from hooklens.training.optimizers import OPTIMIZERS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimiser steps")
     parser.add_argument(
-        "--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer, help="sgd is Nesterov"
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=TrainConfig.optimizer,
+        help="sgd is Nesterov; muon is torch's Muon for the matrices, Adam for the biases",
     )
     parser.add_argument(
         "--lr", type=float, default=TrainConfig.lr, help="for sgd: tuned-lens's scale (1.0)"

@@ -10,6 +10,8 @@ Its modules, one sentence each:
   regression on `LeastSquaresMoments`).
 - loop: the KL fine-tune (`train_lens`, `TrainConfig`), top to bottom, resumable
   from its checkpoint and data-parallel under torchrun.
+- optimizers: the optimiser and schedule a `TrainConfig` names (Adam, AdamW, Nesterov
+  SGD, and Muon for the matrices with Adam for the biases: `MuonWithAdam`).
 - keep_better: the end of a run: per layer, the better of start and fine-tune on
   held-out batches (`keep_better`, `held_out_kl`).
 - checkpoint: the loop's checkpoint: claiming its directory, saving, checking and

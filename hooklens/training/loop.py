@@ -57,6 +57,7 @@ from hooklens.training.checkpoint import (
     start_of,
 )
 from hooklens.training.keep_better import LayerChoice, keep_better
+from hooklens.training.optimizers import OPTIMIZERS, build_optimizer, build_schedule
 
 # As checkpoints name them.
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -67,7 +68,7 @@ class TrainConfig:
     """Optimisation settings (defaults: Adam 1e-3, stable on SmolLM2; docs/performance.md)."""
 
     steps: int = 250
-    optimizer: str = "adam"  # "adam", "adamw" or "sgd" (Nesterov)
+    optimizer: str = "adam"  # "adam", "adamw", "sgd" (Nesterov) or "muon" (optimizers.py)
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -84,8 +85,10 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("adam", "adamw", "sgd"):
-            raise InputError(f"optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
         if self.matmul_dtype not in MATMUL_DTYPES:
             raise InputError(
                 f"matmul_dtype must be one of {', '.join(MATMUL_DTYPES)}, got {self.matmul_dtype!r}"
@@ -119,35 +122,6 @@ class TrainConfig:
             for field in fields(self)
             if field.name in saved and saved[field.name] != getattr(self, field.name)
         ]
-
-
-def _optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        # tuned-lens's convention: torch's heavy-ball update moves 1 / (1 − momentum)
-        # times the lr in steady state, so the lr given here is divided back down. Its
-        # "lr 1.0" is torch lr 0.1; torch lr 1.0 is ten times that, and on SmolLM2 it
-        # throws the fast fit away first (loss 2.7 → 6.9; benchmarks/optimizer_defaults.py).
-        return torch.optim.SGD(
-            params,
-            lr=config.lr * (1 - config.momentum),
-            momentum=config.momentum,
-            nesterov=True,
-            weight_decay=config.weight_decay,
-        )
-    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return kind(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig):
-    """Linear warm-up, then linear decay to zero at the last step."""
-
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        remaining = config.steps - config.warmup_steps
-        return max(0.0, 1 - (step - config.warmup_steps) / max(remaining, 1))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class _BatchTargets(NamedTuple):
@@ -339,8 +313,8 @@ def _train(
     if distributed.active():  # averages gradients over ranks; starts from rank 0's lens
         objective = ddp = torch.nn.parallel.DistributedDataParallel(objective)
     params = [p for p in lens.parameters() if p.requires_grad]
-    optimizer = _optimizer(params, config)
-    scheduler = _schedule(optimizer, config)
+    optimizer = build_optimizer(params, config)
+    scheduler = build_schedule(optimizer, config)
     step, consumed, history = 0, 0, []
     # The start the end of the run compares with (a copy: the lens trains in place).
     start = None if state is not None else {k: v.clone() for k, v in lens.state_dict().items()}

@@ -15,9 +15,10 @@ def _batches(n: int = 12, seed: int = 0) -> list[torch.Tensor]:
     return [torch.randint(4, VOCAB, (2, 12), generator=generator) for _ in range(n)]
 
 
-def test_training_lowers_the_loss(hooked):
+@pytest.mark.parametrize("optimizer", ["adam", "muon"])
+def test_training_lowers_the_loss(hooked, optimizer):
     lens = TunedLens.from_model(hooked)
-    config = TrainConfig(steps=12, lr=1e-2, checkpoint_every=100)
+    config = TrainConfig(steps=12, lr=1e-2, checkpoint_every=100, optimizer=optimizer)
     before, _ = batch_loss(hooked, lens, _batches(1, seed=9)[0], config)
     history = train_lens(hooked, lens, _batches(), config, progress=False)
     after, _ = batch_loss(hooked, lens, _batches(1, seed=9)[0], config)
@@ -37,8 +38,11 @@ def _dies_after(batches: list[torch.Tensor], n: int):
         yield batch
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_lens(hooked, tmp_path):
-    config = TrainConfig(steps=6, lr=1e-2, grad_accumulation=2, checkpoint_every=2)
+@pytest.mark.parametrize("optimizer", ["adam", "muon"])  # Muon: two optimisers in one state
+def test_interrupted_and_resumed_run_ends_with_the_same_lens(hooked, tmp_path, optimizer):
+    config = TrainConfig(
+        steps=6, lr=1e-2, grad_accumulation=2, checkpoint_every=2, optimizer=optimizer
+    )
     straight = TunedLens.from_model(hooked)
     train_lens(hooked, straight, _batches(), config, progress=False)
 
@@ -104,15 +108,15 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="lion")
     with pytest.raises(ValueError, match="matmul_dtype"):
-        TrainConfig(matmul_dtype="float16")
+        TrainConfig(matmul_dtype="float8")
 
 
 def test_sgd_lr_follows_tuned_lens_convention(hooked):
     """tuned-lens's "lr 1.0" for Nesterov SGD is torch lr 1.0 × (1 − momentum)."""
-    from hooklens.training.loop import _optimizer
+    from hooklens.training.optimizers import build_optimizer
 
     lens = TunedLens.from_model(hooked)
-    optimizer = _optimizer(list(lens.parameters()), TrainConfig(optimizer="sgd", lr=1.0))
+    optimizer = build_optimizer(list(lens.parameters()), TrainConfig(optimizer="sgd", lr=1.0))
     group = optimizer.param_groups[0]
     assert group["lr"] == pytest.approx(0.1) and group["nesterov"] and group["momentum"] == 0.9
 
