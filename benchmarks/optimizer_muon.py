@@ -92,7 +92,7 @@ def main() -> None:
     for optimizer, lr in runs:
         name = f"{optimizer} lr {lr:g}"
         final = results[f"{name} @ {args.steps}"]
-        worse = [layer for layer, (a, b) in enumerate(zip(base, final)) if b > a]
+        worse = [layer for layer, (a, b) in enumerate(zip(base, final, strict=True)) if b > a]
         print(f"{name}: layers worse than the fast fit at the end: {worse or 'none'}")
 
 
