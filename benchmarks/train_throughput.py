@@ -6,7 +6,10 @@
   runs it;
 - ours, float32 / bfloat16 matmuls: `hooklens.training.loop.batch_loss` (the model's
   output distribution once per batch, chunked KL with the gradient computed in the same
-  pass over the vocabulary, nothing `[tokens, vocab]` per layer).
+  pass over the vocabulary, nothing `[tokens, vocab]` per layer);
+- ours, sampled KL (opt-in, `--kl-samples`): each row's 32 top target tokens exactly
+  and `--kl-samples` tokens drawn per batch (`hooklens.core.sampled_kl`), in the
+  precision "ours" runs in; "× speed" is against ours, exact, in the same precision.
 
 float32 ours vs float32 reference is the comparison that holds on every CPU. The bf16
 rows run only where `hooklens.precision` measures bf16 as natively fast: where it is
@@ -56,7 +59,7 @@ def reference_step(model, lens, tokens, autocast: bool) -> None:
         loss.backward()
 
 
-def child(variant: str, batch: int, seq: int, steps: int) -> None:
+def child(variant: str, batch: int, seq: int, steps: int, kl_samples: int) -> None:
     from hooklens import TunedLens, models
     from hooklens.core.precision import retain_freed_memory
     from hooklens.training.data import batches, load_texts, pack, split_texts
@@ -78,7 +81,8 @@ def child(variant: str, batch: int, seq: int, steps: int) -> None:
         autocast = "bf16" in variant
         step = lambda: reference_step(model, lens, tokens, autocast)  # noqa: E731
     else:
-        config = TrainConfig(matmul_dtype=variant)
+        dtype, _, sampled = variant.partition("-")
+        config = TrainConfig(matmul_dtype=dtype, kl_samples=kl_samples if sampled else 0)
         step = lambda: batch_loss(model, lens, tokens, config)[0].backward()  # noqa: E731
     optimizer = torch.optim.Adam(lens.parameters(), lr=1e-3)
     timings = []
@@ -101,6 +105,7 @@ FLOAT32 = {
         "reference loop, float32",
     ),
     "ours, float32 matmuls": ("float32", "reference loop, float32"),
+    "ours, float32, sampled KL": ("float32-sampled", "ours, float32 matmuls"),
 }
 BFLOAT16 = {
     "reference loop, bf16 autocast": ("reference-bf16", "reference loop, bf16 autocast"),
@@ -109,6 +114,7 @@ BFLOAT16 = {
         "reference loop, bf16 autocast",
     ),
     "ours, bfloat16 matmuls": ("bfloat16", "reference loop, bf16 autocast"),
+    "ours, bfloat16, sampled KL": ("bfloat16-sampled", "ours, bfloat16 matmuls"),
 }
 
 
@@ -117,15 +123,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--kl-samples", type=int, default=1024)
+    parser.add_argument(
+        "--only", help="comma-separated variants to run, e.g. float32,float32-sampled"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.batch, args.seq, args.steps)
+        return child(args.child, args.batch, args.seq, args.steps, args.kl_samples)
     from hooklens import precision
 
     variants = dict(FLOAT32)
     if precision.matmul_dtype("auto") == torch.bfloat16:
         variants |= BFLOAT16
+    if args.only:  # the variants asked for and those they are compared with
+        wanted = {name for name, (v, _) in variants.items() if v in args.only.split(",")}
+        needed = wanted | {variants[name][1] for name in wanted}
+        variants = {name: v for name, v in variants.items() if name in needed}
     results = {}
     for name, (variant, _) in variants.items():
         command = [sys.executable, __file__, "--child", variant, *sys.argv[1:]]

@@ -15,10 +15,18 @@ def _batches(n: int = 12, seed: int = 0) -> list[torch.Tensor]:
     return [torch.randint(4, VOCAB, (2, 12), generator=generator) for _ in range(n)]
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "muon"])
-def test_training_lowers_the_loss(hooked, optimizer):
+# Muon: two optimisers in one state; the sampled KL: random columns each batch.
+VARIANTS = {
+    "adam": {},
+    "muon": {"optimizer": "muon"},
+    "sampled-kl": {"kl_samples": 32, "kl_top_k": 4},
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_training_lowers_the_loss(hooked, variant):
     lens = TunedLens.from_model(hooked)
-    config = TrainConfig(steps=12, lr=1e-2, checkpoint_every=100, optimizer=optimizer)
+    config = TrainConfig(steps=12, lr=1e-2, checkpoint_every=100, **VARIANTS[variant])
     before, _ = batch_loss(hooked, lens, _batches(1, seed=9)[0], config)
     history = train_lens(hooked, lens, _batches(), config, progress=False)
     after, _ = batch_loss(hooked, lens, _batches(1, seed=9)[0], config)
@@ -38,10 +46,10 @@ def _dies_after(batches: list[torch.Tensor], n: int):
         yield batch
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "muon"])  # Muon: two optimisers in one state
-def test_interrupted_and_resumed_run_ends_with_the_same_lens(hooked, tmp_path, optimizer):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_interrupted_and_resumed_run_ends_with_the_same_lens(hooked, tmp_path, variant):
     config = TrainConfig(
-        steps=6, lr=1e-2, grad_accumulation=2, checkpoint_every=2, optimizer=optimizer
+        steps=6, lr=1e-2, grad_accumulation=2, checkpoint_every=2, **VARIANTS[variant]
     )
     straight = TunedLens.from_model(hooked)
     train_lens(hooked, straight, _batches(), config, progress=False)
