@@ -5,7 +5,11 @@ with the compute each used, in one run:
 - fast fit: closed-form least squares on `--fit-tokens` (one pass of the model);
 - fast fit + KL fine-tune: then `--steps` Adam steps on KL(output ‖ lens);
 - KL from the identity: the same steps from zero translators (tuned-lens's recipe,
-  with our default optimiser).
+  with our default optimiser; `--no-identity` leaves it out);
+- with `--kl-samples N`: fast fit + sampled-KL fine-tune (`hooklens.core.sampled_kl`,
+  N tokens drawn per batch) for the wall time the exact fine-tune took: as many
+  steps as fit in it at the sampled loss's measured seconds per step, on the training
+  text that follows.
 
 Training text is the Wikipedia summaries' train split, evaluation its held-out split.
 Fine-tuning uses the matmul dtype "auto" picks (bf16 where it is native).
@@ -18,6 +22,7 @@ fine-tune), 5.30 (229 s from identity), logit lens 18.7.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import time
 
@@ -41,6 +46,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--all-layers", action="store_true")
+    parser.add_argument("--no-identity", action="store_true", help="skip KL from identity")
+    parser.add_argument("--kl-samples", type=int, default=0, help="also the sampled KL")
     args = parser.parse_args()
     model = models.load("smollm2-135m")
     texts = load_texts("wikipedia-summaries")["text"]
@@ -73,19 +80,47 @@ def main() -> None:
         f"{fit_seconds:.0f} + {tune_seconds:.0f} s"
     )
 
-    from_identity = TunedLens.from_model(model)
-    began = time.perf_counter()
-    train_lens(model, from_identity, train, config, progress=False)
-    compute["KL from identity"] = (
-        f"{args.steps * per_step} tokens, {time.perf_counter() - began:.0f} s"
-    )
-
     lenses = {
         "logit lens": LogitLens.from_model(model),
         "fast fit": fast_fit,
         "fast fit + KL fine-tune": fine_tuned,
-        "KL from identity": from_identity,
     }
+    if not args.no_identity:
+        from_identity = TunedLens.from_model(model)
+        began = time.perf_counter()
+        train_lens(model, from_identity, train, config, progress=False)
+        compute["KL from identity"] = (
+            f"{args.steps * per_step} tokens, {time.perf_counter() - began:.0f} s"
+        )
+        lenses["KL from identity"] = from_identity
+
+    if args.kl_samples:
+        sampled_config = dataclasses.replace(config, steps=2, kl_samples=args.kl_samples)
+        probe = TunedLens.from_model(model)
+        probe.load_state_dict(fast_fit.state_dict())
+        began = time.perf_counter()
+        train_lens(model, probe, train[:2], sampled_config, progress=False)
+        per_sampled_step = (time.perf_counter() - began) / 2
+        steps = max(1, int(tune_seconds / per_sampled_step))
+        skip = (len(fit) + len(train)) * args.batch_size
+        sampled_train = token_batches(False, steps * per_step, skip=skip)
+        steps = min(steps, len(sampled_train))
+        sampled = TunedLens.from_model(model)
+        sampled.load_state_dict(fast_fit.state_dict())
+        began = time.perf_counter()
+        train_lens(
+            model,
+            sampled,
+            sampled_train,
+            dataclasses.replace(sampled_config, steps=steps),
+            progress=False,
+        )
+        name = f"fast fit + sampled KL ({args.kl_samples})"
+        compute[name] = (
+            f"{args.fit_tokens} + {steps * per_step} tokens, "
+            f"{fit_seconds:.0f} + {time.perf_counter() - began:.0f} s ({steps} steps)"
+        )
+        lenses[name] = sampled
     results = evaluate_lenses(model, lenses, held_out)
     kl = {name: np.array(r["kl_to_output"][:-1]) for name, r in results["lenses"].items()}
     print(f"KL(output ‖ lens), nats/token, {results['tokens']} held-out tokens")

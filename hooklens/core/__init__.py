@@ -20,6 +20,8 @@ and lenses. The modules, one job each:
   the `UnembedLike` protocol (`Unembed.invert` calls it).
 - chunked_kl: `ChunkedKL` and `kl_to_target`, KL(target ‖ readout) forward and backward
   one vocabulary chunk at a time.
+- sampled_kl: `sample_columns` and `sampled_kl_to_target`, the opt-in estimate of the
+  same KL from each row's top target tokens and importance-weighted draws.
 - distributed: torchrun helpers (process group, sharding, reductions); no-ops for one
   process.
 - precision: the matmul dtype for a device (`"auto"` measures) and glibc's setting that
