@@ -34,13 +34,18 @@ def _tokens(batch: int = 2, pos: int = 6, seed: int = 0) -> torch.Tensor:
 
 
 def _lenses(model) -> list:
+    """The logit lens, a random tuned lens and a random J-lens of `model`: the same
+    draws (made on the CPU) on whichever device and in whichever dtype `model` is."""
     generator = torch.Generator().manual_seed(0)
     tuned = TunedLens.from_model(model)
     with torch.no_grad():
         for param in tuned.parameters():
-            param.normal_(0, 0.05, generator=generator)
+            param.copy_(torch.empty(param.shape).normal_(0, 0.05, generator=generator))
+    weight = model.W_U
     jacobians = {
-        layer: torch.eye(D_MODEL) + 0.05 * torch.randn(D_MODEL, D_MODEL, generator=generator)
+        layer: (torch.eye(D_MODEL) + 0.05 * torch.randn(D_MODEL, D_MODEL, generator=generator)).to(
+            weight.device, weight.dtype
+        )
         for layer in range(N_LAYERS - 2)  # one layer left as the identity (logit lens)
     }
     with warnings.catch_warnings():
