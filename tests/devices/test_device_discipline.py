@@ -41,13 +41,12 @@ def _lenses(model) -> list:
     with torch.no_grad():
         for param in tuned.parameters():
             param.copy_(torch.empty(param.shape).normal_(0, 0.05, generator=generator))
-    weight = model.W_U
+    like = {"device": model.W_U.device, "dtype": model.W_U.dtype}
     jacobians = {
-        layer: (torch.eye(D_MODEL) + 0.05 * torch.randn(D_MODEL, D_MODEL, generator=generator)).to(
-            weight.device, weight.dtype
-        )
+        layer: (torch.eye(D_MODEL) + 0.05 * torch.randn(D_MODEL, D_MODEL, generator=generator))
         for layer in range(N_LAYERS - 2)  # one layer left as the identity (logit lens)
     }
+    jacobians = {layer: matrix.to(**like) for layer, matrix in jacobians.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no matrix for layers [...]"
         jlens = JacobianLens.from_model(model, jacobians)
