@@ -19,7 +19,8 @@ PYTEST_TL4_ARGS ?= -m "not slow or tl4"
 export MALLOC_MMAP_THRESHOLD_ ?= 4000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 40000000000
 
-.PHONY: venv venv-tl4 demo test test-tl4 docs lint format typecheck browser bench clean
+.PHONY: venv venv-tl4 demo test test-tl4 docs lint format typecheck browser bench clean \
+	gpu-wheels gpu-check
 
 venv: $(STAMP)
 
@@ -93,6 +94,15 @@ bench: venv
 	$(BIN)/python benchmarks/optimizer_defaults.py
 	$(BIN)/python benchmarks/patching_cost.py
 	$(BIN)/python benchmarks/fast_fit_speed.py
+
+# The GPU check (CONTRIBUTING.md, "The GPU check"): `make gpu-wheels` here, where PyPI
+# answers, then `make gpu-check` (or `bash scripts/gpu-check.sh`) on the GPU machine,
+# carrying .whl/. It needs no venv: the machine's python3 and the wheels.
+gpu-wheels:
+	bash scripts/gpu-wheels.sh
+
+gpu-check:
+	bash scripts/gpu-check.sh
 
 clean:
 	rm -rf $(VENV) $(VENV_TL4) .pytest_cache .ruff_cache .mypy_cache site

@@ -215,13 +215,21 @@ def make_bridge(
     processing: bool = False,
     seed: int = 0,
     n_layers: int = N_LAYERS,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ):
-    """A TransformerBridge around a tiny random HF model (raw, or compatibility mode)."""
+    """A TransformerBridge around a tiny random HF model (raw, or compatibility mode),
+    its weights on `device` in `dtype` (the same draw, rounded, for every dtype)."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    hf_model = tiny_hf(architecture, seed, n_layers)
+    hf_model = tiny_hf(architecture, seed, n_layers).to(device=device, dtype=dtype)
     bridge = TransformerBridge.boot_transformers(
-        f"tiny-{architecture}", hf_model=copy.deepcopy(hf_model), tokenizer=tokenizer, device="cpu"
+        f"tiny-{architecture}",
+        hf_model=copy.deepcopy(hf_model),
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype,
     )
     if processing:
         bridge.enable_compatibility_mode(disable_warnings=True)

@@ -34,15 +34,19 @@ def _tokens(batch: int = 2, pos: int = 6, seed: int = 0) -> torch.Tensor:
 
 
 def _lenses(model) -> list:
+    """The logit lens, a random tuned lens and a random J-lens of `model`: the same
+    draws (made on the CPU) on whichever device and in whichever dtype `model` is."""
     generator = torch.Generator().manual_seed(0)
     tuned = TunedLens.from_model(model)
     with torch.no_grad():
         for param in tuned.parameters():
-            param.normal_(0, 0.05, generator=generator)
+            param.copy_(torch.empty(param.shape).normal_(0, 0.05, generator=generator))
+    like = {"device": model.W_U.device, "dtype": model.W_U.dtype}
     jacobians = {
-        layer: torch.eye(D_MODEL) + 0.05 * torch.randn(D_MODEL, D_MODEL, generator=generator)
+        layer: (torch.eye(D_MODEL) + 0.05 * torch.randn(D_MODEL, D_MODEL, generator=generator))
         for layer in range(N_LAYERS - 2)  # one layer left as the identity (logit lens)
     }
+    jacobians = {layer: matrix.to(**like) for layer, matrix in jacobians.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no matrix for layers [...]"
         jlens = JacobianLens.from_model(model, jacobians)
