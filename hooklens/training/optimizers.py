@@ -22,6 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from hooklens.errors import RunStateError
+
 OPTIMIZERS = ("adam", "adamw", "sgd", "muon")
 
 
@@ -74,7 +76,10 @@ class MuonWithAdam(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         parts = state_dict.get("parts")
         if not isinstance(parts, list) or len(parts) != len(self.parts):
-            raise ValueError("this optimiser state is not a MuonWithAdam's with these parts")
+            raise RunStateError(
+                "this optimiser state is not a MuonWithAdam's with these parts: was the "
+                "checkpoint written with another --optimizer?"
+            )
         for part, state in zip(self.parts, parts, strict=True):
             part.load_state_dict(state)
         # Loading replaces each part's group dicts: share the new ones with the schedule.

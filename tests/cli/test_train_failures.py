@@ -251,7 +251,7 @@ def test_help_shows_every_default_and_choice():
     undocumented = [a.dest for a in parser._actions if not a.help and a.dest != "help"]
     assert undocumented == []
     text = " ".join(parser.format_help().split())
-    assert "{adam,adamw,sgd}" in text and "{auto,float32,bfloat16}" in text
+    assert "{adam,adamw,sgd,muon}" in text and "{auto,float32,bfloat16,float16}" in text
     for default in ("(default: 0.001)", "(default: 250)", "(default: 512)", "(default: adam)"):
         assert default in text
 
