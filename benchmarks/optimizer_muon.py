@@ -10,6 +10,7 @@ and each kept lens. Printed: the table at equal steps, each optimiser's seconds 
 than the start. Both optimisers run in this one process, one after the other.
 
     python benchmarks/optimizer_muon.py [--steps 24] [--at 6,12,24] [--lr 1e-3]
+    python benchmarks/optimizer_muon.py --steps 48 --at 16,48 --runs adam:1e-3,muon:1e-2
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--at", default="6,12,24", help="steps to keep the lens at")
     parser.add_argument("--lr", default="1e-3", help="comma-separated, for both")
+    parser.add_argument(
+        "--runs", help="comma-separated optimizer:lr pairs instead, e.g. adam:1e-3,muon:1e-2"
+    )
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--fit-tokens", type=int, default=12_288)
@@ -60,6 +64,8 @@ def main() -> None:
     kept: dict[str, dict[str, torch.Tensor]] = {"start": start_state}
     seconds: dict[str, float] = {}
     runs = [(optimizer, float(lr)) for optimizer in ("adam", "muon") for lr in args.lr.split(",")]
+    if args.runs:
+        runs = [(run.split(":")[0], float(run.split(":")[1])) for run in args.runs.split(",")]
     for optimizer, lr in runs:
         name = f"{optimizer} lr {lr:g}"
         lens = TunedLens.from_model(model)

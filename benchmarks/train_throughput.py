@@ -134,7 +134,8 @@ def main() -> None:
     from hooklens import precision
 
     variants = dict(FLOAT32)
-    if precision.matmul_dtype("auto") == torch.bfloat16:
+    bf16_native = precision.matmul_dtype("auto") == torch.bfloat16
+    if bf16_native:
         variants |= BFLOAT16
     if args.only:  # the variants asked for and those they are compared with
         wanted = {name for name, (v, _) in variants.items() if v in args.only.split(",")}
@@ -147,17 +148,18 @@ def main() -> None:
         results[name] = json.loads(output.strip().splitlines()[-1])
     n_tokens = args.batch * args.seq
     print(f"SmolLM2-135M, {n_tokens} tokens per step ({args.batch} × {args.seq}), 30 layers")
-    print(precision.describe() + ("" if len(variants) > len(FLOAT32) else ": bf16 rows skipped"))
+    print(precision.describe() + ("" if bf16_native else ": bf16 rows skipped"))
     print(
         f"{'implementation':<36}{'s/step':>8}{'tokens/s':>10}{'× speed':>9}"
         f"{'peak MiB':>10}{'above model':>13}{'÷ memory':>10}"
     )
     for name, r in results.items():
-        base = results[variants[name][1]]
+        base = results.get(variants[name][1])  # absent when --only left it out
+        speed = f"{base['seconds'] / r['seconds']:>9.2f}" if base else f"{'–':>9}"
+        memory = f"{base['above'] / max(r['above'], 1):>10.1f}" if base else f"{'–':>10}"
         print(
             f"{name:<36}{r['seconds']:>8.1f}{n_tokens / r['seconds']:>10.0f}"
-            f"{base['seconds'] / r['seconds']:>9.2f}{r['peak']:>10.0f}{r['above']:>13.0f}"
-            f"{base['above'] / max(r['above'], 1):>10.1f}"
+            f"{speed}{r['peak']:>10.0f}{r['above']:>13.0f}{memory}"
         )
 
 

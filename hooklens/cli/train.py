@@ -49,7 +49,7 @@ from hooklens.training.data import (
 )
 from hooklens.training.fast_fit import fit_tuned_lens
 from hooklens.training.loop import TrainConfig, train_lens
-from hooklens.training.optimizers import OPTIMIZERS
+from hooklens.training.optimizers import DEFAULT_LR, OPTIMIZERS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sgd is Nesterov; muon is torch's Muon for the matrices, Adam for the biases",
     )
     parser.add_argument(
-        "--lr", type=float, default=TrainConfig.lr, help="for sgd: tuned-lens's scale (1.0)"
+        "--lr",
+        type=float,
+        default=argparse.SUPPRESS,  # absent: the optimizer's own, which the help lists
+        help="default: "
+        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+        + " (sgd: tuned-lens's scale)",
     )
     parser.add_argument("--momentum", type=float, default=TrainConfig.momentum, help="sgd momentum")
     parser.add_argument(
@@ -194,7 +199,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         steps=args.steps,
         optimizer=args.optimizer,
-        lr=args.lr,
+        lr=getattr(args, "lr", None),
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps,
