@@ -3,7 +3,8 @@ with the compute each used, in one run:
 
 - logit lens (no training);
 - fast fit: closed-form least squares on `--fit-tokens` (one pass of the model);
-- fast fit + KL fine-tune: then `--steps` Adam steps on KL(output ‖ lens);
+- fast fit + KL fine-tune: then `--steps` steps of `--optimizer` (default: hooklens's)
+  on KL(output ‖ lens);
 - KL from the identity: the same steps from zero translators (tuned-lens's recipe,
   with our default optimiser; `--no-identity` leaves it out);
 - with `--kl-samples N`: fast fit + sampled-KL fine-tune (`hooklens.core.sampled_kl`,
@@ -34,6 +35,7 @@ from hooklens.evaluation import evaluate_lenses
 from hooklens.training.data import batches, load_texts, pack, split_texts
 from hooklens.training.fast_fit import fit_tuned_lens
 from hooklens.training.loop import TrainConfig, train_lens
+from hooklens.training.optimizers import OPTIMIZERS
 
 SHOWN_LAYERS = (0, 5, 9, 14, 18, 24, 29)
 
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--all-layers", action="store_true")
     parser.add_argument("--no-identity", action="store_true", help="skip KL from identity")
     parser.add_argument("--kl-samples", type=int, default=0, help="also the sampled KL")
+    parser.add_argument("--optimizer", default=TrainConfig.optimizer, choices=OPTIMIZERS)
     args = parser.parse_args()
     model = models.load("smollm2-135m")
     texts = load_texts("wikipedia-summaries")["text"]
@@ -61,7 +64,7 @@ def main() -> None:
     fit = token_batches(False, args.fit_tokens)
     train = token_batches(False, args.steps * per_step, skip=len(fit) * args.batch_size)
     held_out = token_batches(True, args.eval_tokens)
-    config = TrainConfig(steps=args.steps, checkpoint_every=10**9)
+    config = TrainConfig(steps=args.steps, optimizer=args.optimizer, checkpoint_every=10**9)
     compute: dict[str, str] = {"logit lens": "-"}
 
     began = time.perf_counter()
@@ -125,7 +128,7 @@ def main() -> None:
     kl = {name: np.array(r["kl_to_output"][:-1]) for name, r in results["lenses"].items()}
     print(f"KL(output ‖ lens), nats/token, {results['tokens']} held-out tokens")
     print(
-        f"fine-tuning: Adam lr {config.lr}, {args.steps} steps of {per_step} tokens, "
+        f"fine-tuning: {config.optimizer} lr {config.lr}, {args.steps} steps of {per_step} tokens, "
         f"{precision.describe()}\n"
     )
     names = list(lenses)
