@@ -30,7 +30,7 @@ from hooklens.training.loop import TrainConfig, train_lens
 CONFIGS = {
     "sgd lr 10 (torch lr 1.0)": dict(optimizer="sgd", lr=10.0, weight_decay=1e-3),
     "sgd lr 1 (tuned-lens default)": dict(optimizer="sgd", lr=1.0, weight_decay=1e-3),
-    "adam lr 1e-3 (hooklens's default until Muon)": dict(optimizer="adam", lr=1e-3),
+    "adam lr 1e-3 (hooklens default)": dict(optimizer="adam", lr=1e-3),
 }
 
 

@@ -2,11 +2,13 @@
 
 `"adam"`, `"adamw"`, `"sgd"` (Nesterov, with tuned-lens's learning-rate convention) and
 `"muon"`: `torch.optim.Muon` for the translators' matrices (a full `d × d` weight, or a
-low-rank lens's `U` and `V`), with Moonshot's learning-rate adjustment so that the
-`lr` of Adam carries over, and Adam for what is not a matrix (the biases), which Muon
-does not take. `MuonWithAdam` holds the two behind one `torch.optim.Optimizer`, so the
-schedule and the checkpoint see one optimiser. The measured comparison is in the
-training guide (`benchmarks/optimizer_muon.py`).
+low-rank lens's `U` and `V`), with Moonshot's learning-rate adjustment (its update's
+RMS matches AdamW's; its own default lr is 1e-2), and Adam for what is not a matrix
+(the biases), which Muon does not take. torch's Muon orthogonalises in bf16 whatever the
+device, so it is for GPUs and CPUs with native bf16 (34 s an update of SmolLM2's
+translators where bf16 is emulated). `MuonWithAdam` holds the two behind one
+`torch.optim.Optimizer`, so the schedule and the checkpoint see one optimiser. The
+measured comparison is in the training guide (`benchmarks/optimizer_muon.py`).
 
 Examples:
     >>> from hooklens.training.loop import TrainConfig
@@ -25,9 +27,8 @@ import torch
 from hooklens.errors import RunStateError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "muon")
-# The learning rate of each when none is given. Muon at 1e-2 reached a lower held-out KL
-# than Adam at 1e-3 (Adam's best) from the fast fit, at equal steps and at equal wall
-# time (benchmarks/optimizer_muon.py, training guide); sgd's is tuned-lens's scale.
+# The learning rate of each when none is given: each one's best on SmolLM2 from the fast
+# fit (benchmarks/optimizer_muon.py, training guide); sgd's is tuned-lens's scale.
 DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "sgd": 1.0, "muon": 1e-2}
 
 

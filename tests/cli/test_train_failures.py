@@ -252,7 +252,7 @@ def test_help_shows_every_default_and_choice():
     assert undocumented == []
     text = " ".join(parser.format_help().split())
     assert "{adam,adamw,sgd,muon}" in text and "{auto,float32,bfloat16,float16}" in text
-    for default in ("(default: 250)", "(default: 512)", "(default: muon)"):
+    for default in ("(default: 250)", "(default: 512)", "(default: adam)"):
         assert default in text
     assert "default: adam 0.001, adamw 0.001, sgd 1, muon 0.01" in text  # --lr, per optimizer
 
@@ -309,8 +309,8 @@ def test_train_lens_resume_names_the_config_fields_that_differ(model_zoo, tmp_pa
         checkpoint_dir=tmp_path,
         progress=False,
     )
-    changed = TrainConfig(steps=2, checkpoint_every=1, matmul_dtype="float32", lr=0.03)
-    with pytest.raises(RunStateError, match=r"lr: 0.01 in the checkpoint, 0.03 now"):
+    changed = TrainConfig(steps=2, checkpoint_every=1, matmul_dtype="float32", lr=0.01)
+    with pytest.raises(RunStateError, match=r"lr: 0.001 in the checkpoint, 0.01 now"):
         train_lens(
             model,
             TunedLens.from_model(model),
@@ -399,8 +399,8 @@ def test_cli_resume_with_other_settings_names_them_before_the_model_loads(
     output = tmp_path / "run"
     assert cli_main(_arguments(corpus, output)) == 0
     loaded = len(tiny_models)
-    assert cli_main([*_arguments(corpus, output), "--lr", "0.03", "--resume"]) == 2
-    assert "lr: 0.01 then, 0.03 now" in capsys.readouterr().err
+    assert cli_main([*_arguments(corpus, output), "--lr", "0.01", "--resume"]) == 2
+    assert "lr: 0.001 then, 0.01 now" in capsys.readouterr().err
     with pytest.raises(RunStateError, match="seq_len: 16 then, 8 now; steps: 2 then, 3 now"):
         training.main(
             [*_arguments(corpus, output)[1:], "--seq-len", "8", "--steps", "3", "--resume"]
