@@ -43,6 +43,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hooklens.core import chunked_kl
 from hooklens.core.unembed import Unembed
 from hooklens.errors import InputError
 
@@ -72,11 +73,14 @@ def sample_columns(
     samples: int = 1024,
     dtype: torch.dtype = torch.float32,
     target_projection: Float[Tensor, "rows d_model"] | None = None,
+    target_neg_entropy: Float[Tensor, " rows"] | None = None,
     generator: torch.Generator | None = None,
 ) -> SampledColumns:
     """Draw the columns of one batch (`torch`'s global generator unless `generator`).
 
-    `target_projection`: `q W_Uᵀ` if already computed (it is one vocabulary matmul).
+    `target_projection` (`q W_Uᵀ`, one vocabulary matmul) and `target_neg_entropy`
+    (`Σ q log q`, a pass over `[rows, vocab]`): pass them if already computed, as
+    `target_distribution` and `target_projection` of `hooklens.core.chunked_kl` do.
     """
     if unembed.logit_softcap:
         raise InputError(
@@ -94,9 +98,11 @@ def sample_columns(
         log_weights = -(math.log(samples) + proposal[sampled].log())
         in_top = (sampled[None, :, None] == top[:, None, :]).any(-1)
         log_weights = log_weights.expand_as(in_top).masked_fill(in_top, -torch.inf)
-        if target_projection is None:
-            target_projection = target_probs @ W.T.float()
-        neg_entropy = torch.special.xlogy(target_probs, target_probs).sum(-1)
+        if target_projection is None:  # chunked over the vocabulary, as the exact loss's
+            target_projection = chunked_kl.target_projection(unembed, target_probs)
+        neg_entropy = target_neg_entropy
+        if neg_entropy is None:
+            neg_entropy = torch.special.xlogy(target_probs, target_probs).sum(-1)
         bias = unembed.b_U
         target_bias = target_probs @ bias.float() if bias is not None else None
     return SampledColumns(

@@ -179,6 +179,7 @@ def _batch_targets(
                 samples=config.kl_samples,
                 dtype=w_chunks[0].dtype,
                 target_projection=projection,
+                target_neg_entropy=neg_entropy,
             )
     hidden = [
         cache[adapter.hook_name(lens.component, layer)].reshape(-1, adapter.d_model)
