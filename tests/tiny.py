@@ -234,3 +234,16 @@ def make_bridge(
     if processing:
         bridge.enable_compatibility_mode(disable_warnings=True)
     return bridge
+
+
+class Killed(Exception):
+    """What `dies_after` raises: a run stopped from outside."""
+
+
+def dies_after(batches: Sequence[torch.Tensor], n: int):
+    """Yield `batches`, then raise `Killed` when the `n`-th (0-based) is asked for: a
+    training run killed mid-way, for the interrupt-and-resume tests."""
+    for index, batch in enumerate(batches):
+        if index == n:
+            raise Killed
+        yield batch

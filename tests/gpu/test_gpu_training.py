@@ -11,23 +11,13 @@ from hooklens import TunedLens
 from hooklens.core.precision import matmul_dtype
 from hooklens.training.loop import CHECKPOINT_FILE, TrainConfig, batch_loss, train_lens
 from tests.devices.test_device_discipline import _lenses, _tokens
+from tests.tiny import Killed, dies_after
 
 pytestmark = pytest.mark.cuda
 
 
 def _batches(n: int = 12) -> list[torch.Tensor]:
     return [_tokens(2, 12, seed) for seed in range(n)]  # on the CPU: the loop moves them
-
-
-class _Killed(Exception):
-    pass
-
-
-def _dies_after(batches: list[torch.Tensor], n: int):
-    for index, batch in enumerate(batches):
-        if index == n:
-            raise _Killed
-        yield batch
 
 
 def test_a_run_at_the_devices_precision_lowers_the_loss(on_device, device, tmp_path):
@@ -53,9 +43,9 @@ def test_a_killed_run_resumes_to_the_uninterrupted_lens(on_device, tmp_path):
     train_lens(on_device, straight, _batches(), config, progress=False)
 
     resumed = TunedLens.from_model(on_device)
-    with pytest.raises(_Killed):  # dies during step 4, after the step-2 checkpoint
+    with pytest.raises(Killed):  # dies during step 4, after the step-2 checkpoint
         train_lens(
-            on_device, resumed, _dies_after(_batches(), 7), config,
+            on_device, resumed, dies_after(_batches(), 7), config,
             checkpoint_dir=tmp_path, progress=False,
         )  # fmt: skip
     fresh = TunedLens.from_model(on_device)

@@ -8,6 +8,7 @@ import torch
 from hooklens import TunedLens
 from hooklens.training.loop import CHECKPOINT_FILE, TrainConfig, batch_loss, train_lens
 from tests.conftest import VOCAB, flip_in_zip_member
+from tests.tiny import Killed, dies_after
 
 
 def _batches(n: int = 12, seed: int = 0) -> list[torch.Tensor]:
@@ -35,17 +36,6 @@ def test_training_lowers_the_loss(hooked, variant):
     assert all(p.requires_grad for p in hooked.parameters())  # model flags restored
 
 
-class _Killed(Exception):
-    pass
-
-
-def _dies_after(batches: list[torch.Tensor], n: int):
-    for index, batch in enumerate(batches):
-        if index == n:
-            raise _Killed
-        yield batch
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_interrupted_and_resumed_run_ends_with_the_same_lens(hooked, tmp_path, variant):
     config = TrainConfig(
@@ -55,11 +45,11 @@ def test_interrupted_and_resumed_run_ends_with_the_same_lens(hooked, tmp_path, v
     train_lens(hooked, straight, _batches(), config, progress=False)
 
     resumed = TunedLens.from_model(hooked)
-    with pytest.raises(_Killed):  # dies during step 4, after the step-2 checkpoint
+    with pytest.raises(Killed):  # dies during step 4, after the step-2 checkpoint
         train_lens(
             hooked,
             resumed,
-            _dies_after(_batches(), 7),
+            dies_after(_batches(), 7),
             config,
             checkpoint_dir=tmp_path,
             progress=False,
